@@ -1,0 +1,104 @@
+"""Builds ackd_fast and its operator library ackd_fast._C.
+
+Environment switches (read at build time):
+  ACKD_FAST_CPU_ONLY=1   build the CPU kernels only, even where CUDA could be built
+  FORCE_CUDA=1           build the CUDA kernels too, and fail if they cannot be built
+  TORCH_CUDA_ARCH_LIST   CUDA targets; defaults to "8.0;9.0" (Ampere, Hopper) when no GPU is visible
+  MAX_JOBS               parallel compile jobs for ninja (defaults to the number of cores)
+  CUDA_HOME              the CUDA toolkit; found from nvcc when unset
+"""
+
+import glob
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).resolve().parent
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
+
+
+def _find_cuda_home() -> str | None:
+    """The real toolkit folder. `nvcc` on PATH may be a wrapper script in /usr/local/bin, from which torch
+    would guess /usr/local and fail to link, so accept a folder only if it holds the CUDA headers."""
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(Path(os.path.realpath(nvcc)).parent.parent)
+    candidates.append(Path("/usr/local/cuda"))
+    for home in candidates:
+        if (home / "bin" / "nvcc").exists() and (home / "include" / "cuda_runtime.h").exists():
+            return str(home)
+    return None
+
+
+# torch.utils.cpp_extension reads CUDA_HOME when it is imported, so settle it first.
+if not (os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")):
+    _home = _find_cuda_home()
+    if _home:
+        os.environ["CUDA_HOME"] = _home
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+
+def _want_cuda() -> bool:
+    if _flag("ACKD_FAST_CPU_ONLY"):
+        return False
+    can = torch.version.cuda is not None and CUDA_HOME is not None
+    if _flag("FORCE_CUDA") and not can:
+        sys.exit(
+            f"FORCE_CUDA=1 but CUDA cannot be built: torch.version.cuda={torch.version.cuda}, "
+            f"CUDA_HOME={CUDA_HOME} (set CUDA_HOME to the toolkit folder that holds bin/nvcc)"
+        )
+    return can
+
+
+def _pip_cuda_includes() -> list[str]:
+    """Headers of the pip-installed CUDA libraries (cusparse.h and friends live only there)."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    found = []
+    for base in nvidia.__path__:
+        found += sorted(glob.glob(os.path.join(base, "*", "include")))
+    return found
+
+
+def extensions():
+    cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
+    cu = sorted(glob.glob("csrc/cuda/*.cu"))
+    cxx = ["-O3"]  # torch adds the C++ standard it needs (C++20 for torch 2.14)
+    if not _want_cuda():
+        print("ackd_fast: building CPU kernels only", flush=True)
+        return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx})]
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+    print(
+        f"ackd_fast: building CPU and CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPU')}"
+        f" with {CUDA_HOME}",
+        flush=True,
+    )
+    return [
+        CUDAExtension(
+            "ackd_fast._C",
+            cpp + cu,
+            include_dirs=_pip_cuda_includes(),
+            define_macros=[("WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        )
+    ]
+
+
+setup(
+    packages=["ackd_fast", "ackd_fast.kernels"],
+    package_dir={"ackd_fast": "ackd_fast", "ackd_fast.kernels": "kernels"},
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
