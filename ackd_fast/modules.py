@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ackd_fast import checks, reference
+from ackd_fast import checks, ops, reference
 from ackd_fast.ops import check_backend, resolve_backend
 
 REFINER_MODES = ("attention", "fusion", "both")
@@ -66,7 +66,7 @@ class ACKAttention(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
-        resolve_backend("ack_attention", self.backend, deep.device)  # reference is the only backend so far
+        resolve_backend("ack_attention", self.backend, deep.device, deep.dtype)  # reference is the only backend so far
         return reference.ack_attention_block(
             deep,
             sources,
@@ -96,7 +96,7 @@ class ACKFusion(nn.Module):
         residual: return deep + ConvBlock(acc) (True) or ConvBlock(acc) alone.
         resize: how sources reach the deep map's size: "bilinear", "nearest" or "area".
         eps: instance-norm epsilon.
-        backend: "auto" or "reference".
+        backend: "auto", "extension" (the fused C++/CUDA ops of ackd_fast._C) or "reference".
 
     The accumulation weights w_j are learnable and start at 1/k; the instance norms are affine (start at 1, 0);
     the 3x3 convolutions have no bias, since the instance norm that follows removes it.
@@ -130,7 +130,7 @@ class ACKFusion(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
-        resolve_backend("ack_fusion", self.backend, deep.device)  # reference is the only backend so far
+        fused = resolve_backend("ack_fusion", self.backend, deep.device, deep.dtype) == "extension"
         return reference.ack_fusion_block(
             deep,
             sources,
@@ -143,6 +143,8 @@ class ACKFusion(nn.Module):
             residual=self.residual,
             mode=self.resize,
             eps=self.eps,
+            accumulate=ops.ack_accumulate if fused else reference.ack_accumulate,
+            norm_act=ops.instance_norm_act_residual if fused else reference.instance_norm_act_residual,
         )
 
     def extra_repr(self) -> str:

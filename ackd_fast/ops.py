@@ -26,7 +26,13 @@ EXTENSION_LOADED = EXTENSION_ERROR is None
 # input's device. The fast backends join these lists with the ACK-A (Triton) and ACK-F (C++) issues.
 BACKENDS: dict[str, tuple[str, ...]] = {
     "ack_attention": ("reference",),
-    "ack_fusion": ("reference",),
+    "ack_fusion": ("extension", "reference"),
+}
+
+# What the C++ kernels of each device compute in (CUDA accumulates fp16/bf16 in fp32).
+EXTENSION_DTYPES = {
+    "cpu": (torch.float32, torch.float64),
+    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 
 
@@ -38,8 +44,8 @@ def extension_cuda_version() -> int | None:
     return None if version < 0 else version
 
 
-def _unavailable(backend: str, device_type: str) -> str | None:
-    """Why `backend` cannot run on `device_type`, or None when it can."""
+def _unavailable(backend: str, device_type: str, dtype: torch.dtype | None = None) -> str | None:
+    """Why `backend` cannot run on `device_type` (for `dtype`, when given), or None when it can."""
     if backend == "reference":
         return None
     if backend == "extension":
@@ -47,6 +53,11 @@ def _unavailable(backend: str, device_type: str) -> str | None:
             return f"the C++ extension ackd_fast._C did not load ({EXTENSION_ERROR})"
         if device_type == "cuda" and extension_cuda_version() is None:
             return "ackd_fast._C was built without CUDA (rebuild with FORCE_CUDA=1)"
+        supported = EXTENSION_DTYPES.get(device_type, ())
+        if not supported:
+            return f"ackd_fast._C has no kernels for {device_type}"
+        if dtype is not None and dtype not in supported:
+            return f"its {device_type} kernels take {', '.join(str(d) for d in supported)}, got {dtype}"
         return None
     return f"unknown backend {backend!r}"
 
@@ -59,23 +70,24 @@ def check_backend(op: str, backend: str) -> str:
     return backend
 
 
-def resolve_backend(op: str, backend: str, device: torch.device | str) -> str:
-    """The backend that runs `op` on `device`: the forced one (or an error saying why it cannot run), or for
-    "auto" the fastest that can."""
+def resolve_backend(op: str, backend: str, device: torch.device | str, dtype: torch.dtype | None = None) -> str:
+    """The backend that runs `op` on `device` for `dtype`: the forced one (or an error saying why it cannot run),
+    or for "auto" the fastest that can."""
     device_type = torch.device(device).type
     if backend != "auto":
-        reason = _unavailable(backend, device_type)
+        reason = _unavailable(backend, device_type, dtype)
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} for {op} cannot run on {device_type}: {reason}")
         return backend
     for candidate in BACKENDS[op]:
-        if _unavailable(candidate, device_type) is None:
+        if _unavailable(candidate, device_type, dtype) is None:
             return candidate
     raise RuntimeError(f"no backend for {op} can run on {device_type}")  # unreachable: reference always runs
 
 
 def backends() -> dict:
-    """What is built and present, and which backend each op runs per device under backend="auto"."""
+    """What is built and present, and which backend each op runs per device under backend="auto" (for float32;
+    `resolve_backend` answers for other dtypes)."""
     triton_version = None
     if importlib.util.find_spec("triton") is not None:
         import triton
@@ -91,51 +103,125 @@ def backends() -> dict:
         },
         "triton": {"importable": triton_version is not None, "version": triton_version},
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
-        "ops": {op: {dev: resolve_backend(op, "auto", dev) for dev in ("cpu", "cuda")} for op in BACKENDS},
+        "ops": {
+            op: {dev: resolve_backend(op, "auto", dev, torch.float32) for dev in ("cpu", "cuda")} for op in BACKENDS
+        },
     }
 
 
-# ------------------------------------------------------------------------------------------- weighted_sum
+# ------------------------------------------------------------------------------------------- ACK-F ops
 
 
-def weighted_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """sum_j weights[j] * inputs[j] in one pass (C++/CUDA); 1 to 4 inputs of one shape, differentiable.
-
-    The output is channels_last when inputs[0] is (and not also contiguous), else contiguous.
-    """
-    reason = _unavailable("extension", "cpu")
-    if reason is not None:
-        raise RuntimeError(f"weighted_sum needs {reason}")
-    return torch.ops.ackd_fast.weighted_sum(list(inputs), weights)
+def _require_extension() -> None:
+    if not EXTENSION_LOADED:
+        raise RuntimeError(f"this op needs the C++ extension ackd_fast._C, which did not load ({EXTENSION_ERROR})")
 
 
 def _output_format(x: Tensor) -> torch.memory_format:
-    # Same rule as output_format() in csrc/checks.h.
+    # Same rule as output_format() in csrc/checks.h: outputs follow a channels_last input.
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
         return torch.channels_last
     return torch.contiguous_format
 
 
-def _weighted_sum_setup_context(ctx, inputs, output):
-    tensors, weights = inputs
-    ctx.save_for_backward(weights, *tensors)
+def _opmath(dtype: torch.dtype) -> torch.dtype:
+    """The dtype kernels accumulate in: fp32 for fp16/bf16."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _weighted_sum_backward(ctx, grad):
-    weights, *tensors = ctx.saved_tensors
-    grad_inputs = [grad * w for w in weights.unbind(0)]
-    grad_weights = torch.stack([(grad * x).sum() for x in tensors])
-    return grad_inputs, grad_weights
+def ack_accumulate(sources: Sequence[Tensor], weights: Tensor, size: Sequence[int], mode: str = "bilinear") -> Tensor:
+    """acc = sum_j weights[j] * resize(sources[j] -> size) in one pass over each source (C++/CUDA).
+
+    sources: 1 to 4 maps (B, C, H_j, W_j) of one batch, channel count, dtype and device; weights: (k,);
+    size: (H, W); mode: "bilinear" (as F.interpolate with align_corners=False), "nearest" or "area" (adaptive
+    average pooling). Differentiable in sources and weights. The output is channels_last when sources[0] is.
+    """
+    _require_extension()
+    return torch.ops.ackd_fast.ack_accumulate(list(sources), weights, [int(s) for s in size], mode)
+
+
+def instance_norm_act_residual(
+    x: Tensor,
+    weight: Tensor | None = None,
+    bias: Tensor | None = None,
+    residual: Tensor | None = None,
+    act: str = "relu",
+    eps: float = 1e-5,
+) -> Tensor:
+    """act(instance_norm(x) * weight + bias) + residual in one kernel (C++/CUDA); act is "relu" or "none".
+
+    Instance norm per sample and channel with the biased variance, as F.instance_norm. Differentiable in x,
+    weight, bias and residual. The output takes the layout of x.
+    """
+    _require_extension()
+    y, _, _ = torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, residual, act, float(eps))
+    return y
+
+
+def _accumulate_setup_context(ctx, inputs, output):
+    sources, weights, _, mode = inputs
+    ctx.save_for_backward(weights, *sources)
+    ctx.mode = mode
+
+
+def _accumulate_backward(ctx, grad):
+    weights, *sources = ctx.saved_tensors
+    grad_sources, grad_weights = torch.ops.ackd_fast.ack_accumulate_backward(grad, sources, weights, ctx.mode)
+    return list(grad_sources), grad_weights, None, None
+
+
+def _norm_setup_context(ctx, inputs, output):
+    x, weight, bias, residual, act, _ = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.save_for_backward(x, mean, rstd, weight, bias)
+    ctx.act = act
+    ctx.has_residual = residual is not None
+
+
+def _norm_backward(ctx, grad, _grad_mean, _grad_rstd):
+    x, mean, rstd, weight, bias = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = torch.ops.ackd_fast.instance_norm_act_residual_backward(
+        grad, x, mean, rstd, weight, bias, ctx.act
+    )
+    return (
+        grad_x,
+        grad_weight if weight is not None else None,
+        grad_bias if bias is not None else None,
+        grad if ctx.has_residual else None,
+        None,
+        None,
+    )
 
 
 if EXTENSION_LOADED:
 
-    @torch.library.register_fake("ackd_fast::weighted_sum")
-    def _weighted_sum_fake(inputs, weights):
-        first = inputs[0]
-        torch._check(len(inputs) == weights.shape[0], lambda: "weighted_sum: one weight per input")
-        return torch.empty(first.shape, dtype=first.dtype, device=first.device, memory_format=_output_format(first))
+    @torch.library.register_fake("ackd_fast::ack_accumulate")
+    def _accumulate_fake(sources, weights, size, mode):
+        first = sources[0]
+        torch._check(len(sources) == weights.shape[0], lambda: "ack_accumulate: one weight per source")
+        shape = (first.shape[0], first.shape[1], size[0], size[1])
+        return torch.empty(shape, dtype=first.dtype, device=first.device, memory_format=_output_format(first))
+
+    @torch.library.register_fake("ackd_fast::ack_accumulate_backward")
+    def _accumulate_backward_fake(grad, sources, weights, mode):
+        grads = [torch.empty(a.shape, dtype=a.dtype, device=a.device, memory_format=_output_format(a)) for a in sources]
+        return grads, weights.new_empty(weights.shape)
+
+    @torch.library.register_fake("ackd_fast::instance_norm_act_residual")
+    def _norm_fake(x, weight, bias, residual, act, eps):
+        stats = x.new_empty(x.shape[:2], dtype=_opmath(x.dtype))
+        return torch.empty_like(x, memory_format=_output_format(x)), stats, stats.clone()
+
+    @torch.library.register_fake("ackd_fast::instance_norm_act_residual_backward")
+    def _norm_backward_fake(grad, x, mean, rstd, weight, bias, act):
+        param = weight if weight is not None else (bias if bias is not None else x)
+        grad_param = x.new_empty(x.shape[1], dtype=param.dtype)
+        return torch.empty_like(x, memory_format=_output_format(x)), grad_param, grad_param.clone()
 
     torch.library.register_autograd(
-        "ackd_fast::weighted_sum", _weighted_sum_backward, setup_context=_weighted_sum_setup_context
+        "ackd_fast::ack_accumulate", _accumulate_backward, setup_context=_accumulate_setup_context
+    )
+    torch.library.register_autograd(
+        "ackd_fast::instance_norm_act_residual", _norm_backward, setup_context=_norm_setup_context
     )

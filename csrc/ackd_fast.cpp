@@ -1,8 +1,11 @@
 // The operator library: every schema of ackd_fast._C is declared here, once.
-// Kernels register against these schemas from cpu/ and cuda/; Python reaches them only through the
-// dispatcher (torch.ops.ackd_fast.*), so torch.compile, opcheck and export see ordinary ops.
+// Kernels register against these schemas from cpu/ and cuda/ (torchvision style: each backward is an op of its own);
+// Python reaches them only through the dispatcher (torch.ops.ackd_fast.*) and wires autograd and fake kernels in
+// ackd_fast/ops.py, so torch.compile, opcheck and export see ordinary ops.
 #include <Python.h>
 #include <torch/library.h>
+
+#include "checks.h"
 
 #ifdef WITH_CUDA
 #include <cuda_runtime_api.h>
@@ -19,10 +22,28 @@ int64_t cuda_version() {
 #endif
 }
 
+bool set_poison_outputs(bool enabled) { return poison_outputs.exchange(enabled); }
+
 TORCH_LIBRARY(ackd_fast, m) {
   m.def("cuda_version() -> int", &cuda_version);
-  // out = sum_j weights[j] * inputs[j]; 1 to kMaxSources inputs of one shape, dtype and device.
-  m.def("weighted_sum(Tensor[] inputs, Tensor weights) -> Tensor");
+  // Test hook: fill outputs with NaN before kernels write them. Returns the previous setting.
+  m.def("set_poison_outputs(bool enabled) -> bool", &set_poison_outputs);
+
+  // acc = sum_j weights[j] * resize(sources[j] -> size), mode "bilinear" | "nearest" | "area".
+  m.def("ack_accumulate(Tensor[] sources, Tensor weights, int[2] size, str mode) -> Tensor");
+  // -> (grad of each source, grad of weights)
+  m.def("ack_accumulate_backward(Tensor grad, Tensor[] sources, Tensor weights, str mode) -> (Tensor[], Tensor)");
+
+  // y = act(instance_norm(x) * weight + bias) + residual, act "relu" | "none"; also returns the per-(sample, channel)
+  // mean and 1/std that the backward needs.
+  m.def(
+      "instance_norm_act_residual(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, str act, float eps)"
+      " -> (Tensor, Tensor, Tensor)");
+  // -> (grad x, grad weight, grad bias); the residual's gradient is grad itself. Weight/bias grads are computed
+  // as if weight = 1 and bias = 0 when they are absent.
+  m.def(
+      "instance_norm_act_residual_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor? weight,"
+      " Tensor? bias, str act) -> (Tensor, Tensor, Tensor)");
 }
 
 }  // namespace ackd_fast

@@ -139,7 +139,8 @@ def test_backends_reports_build_and_choice():
     assert set(info) == {"extension", "triton", "cuda_device", "ops"}
     assert info["extension"]["loaded"] is ops.EXTENSION_LOADED
     assert info["ops"]["ack_attention"]["cpu"] == "reference"
-    assert info["ops"]["ack_fusion"]["cpu"] == "reference"
+    assert info["ops"]["ack_fusion"]["cpu"] == ("extension" if ops.EXTENSION_LOADED else "reference")
+    assert info["ops"]["ack_fusion"]["cuda"] == ("extension" if info["extension"]["cuda_compiled"] else "reference")
     assert info["cuda_device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
 
 
@@ -292,3 +293,38 @@ def test_head_dim_may_differ_from_channels_over_heads():
     m = randomise(ACKAttention(DEEP[1], channels(sources), heads=3, head_dim=5).double())
     assert m.to_q.out_channels == 15
     torch.testing.assert_close(m(deep, sources), independent.attention_module(m, deep, sources), rtol=1e-9, atol=1e-9)
+
+
+# ------------------------------------------------------------------------------------------- ACK-F backends
+
+
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="ackd_fast._C did not load")
+@pytest.mark.parametrize("residual", [True, False])
+def test_fusion_extension_matches_reference_backend(residual, device):
+    """The fused ops give the reference composition's output and gradients, parameters included."""
+    deep, sources = inputs(4, torch.float64, device)
+    for t in (deep, *sources):
+        t.requires_grad_()
+    fast = randomise(build(ACKFusion, sources, residual=residual, backend="extension").to(device, torch.float64))
+    slow = build(ACKFusion, sources, residual=residual, backend="reference").to(device, torch.float64)
+    slow.load_state_dict(fast.state_dict())
+    out_fast, out_slow = fast(deep, sources), slow(deep, sources)
+    torch.testing.assert_close(out_fast, out_slow, rtol=1e-10, atol=1e-10)
+    leaves_fast = [deep, *sources, *fast.parameters()]
+    leaves_slow = [deep, *sources, *slow.parameters()]
+    grads_fast = torch.autograd.grad(out_fast.sin().sum(), leaves_fast, allow_unused=True, materialize_grads=True)
+    grads_slow = torch.autograd.grad(out_slow.sin().sum(), leaves_slow, allow_unused=True, materialize_grads=True)
+    for g, e in zip(grads_fast, grads_slow, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="ackd_fast._C did not load")
+def test_fusion_auto_uses_reference_where_the_extension_lacks_the_dtype():
+    deep, sources = inputs(2, torch.bfloat16)
+    assert ops.resolve_backend("ack_fusion", "auto", "cpu", torch.bfloat16) == "reference"
+    assert ops.resolve_backend("ack_fusion", "auto", "cpu", torch.float32) == "extension"
+    forced = build(ACKFusion, sources, backend="extension").to(torch.bfloat16)
+    with pytest.raises(
+        RuntimeError, match=r"backend 'extension' for ack_fusion cannot run on cpu: its cpu kernels take"
+    ):
+        forced(deep, sources)

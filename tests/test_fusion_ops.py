@@ -1,0 +1,327 @@
+"""ACK-F's fused ops in ackd_fast._C (ack_accumulate, instance_norm_act_residual): values and gradients against
+the fp64 reference on fresh random inputs, every layout, every output element written, schemas by opcheck."""
+
+import pytest
+import torch
+
+from ackd_fast import ops, reference
+
+pytestmark = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason=f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
+
+f64 = torch.float64
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+CUDA_DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs():
+    """Every output starts as NaN, so an element a kernel does not write fails the finiteness checks."""
+    previous = torch.ops.ackd_fast.set_poison_outputs(True)
+    yield
+    torch.ops.ackd_fast.set_poison_outputs(previous)
+
+
+def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """The same values as x, laid out as `kind`: contiguous, channels_last, or a non-contiguous view."""
+    if kind == "contiguous":
+        return x.contiguous()
+    if kind == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if kind == "sliced_channels":  # unit stride along W, gaps between channels, a storage offset
+        b, c, h, w = x.shape
+        big = torch.randn(b, c + 3, h, w, dtype=x.dtype, device=x.device)
+        big[:, 2 : 2 + c] = x
+        return big[:, 2 : 2 + c]
+    if kind == "strided_width":  # no unit stride at all
+        b, c, h, w = x.shape
+        big = torch.randn(b, c, h, 2 * w, dtype=x.dtype, device=x.device)
+        big[..., ::2] = x
+        return big[..., ::2]
+    raise AssertionError(kind)
+
+
+LAYOUTS = ["contiguous", "channels_last", "sliced_channels", "strided_width"]
+
+
+def close(got, want, dtype):
+    tol = TOLERANCE[dtype]
+    assert torch.isfinite(got).all(), "an output element was not written"
+    torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol)
+
+
+# --------------------------------------------------------------------------------------------- ack_accumulate
+
+# (target size, source sizes): up- and down-sampling, identity, odd sizes, 1 to 4 sources.
+ACCUMULATE_CASES = [
+    ((9, 7), [(9, 7)]),
+    ((7, 5), [(13, 11), (3, 4)]),
+    ((13, 11), [(7, 5), (13, 11), (26, 22)]),
+    ((8, 6), [(16, 12), (4, 3), (5, 9), (8, 6)]),
+]
+
+
+def accumulate_inputs(target, sizes, dtype, device, kind="contiguous", channels=5, batch=2):
+    sources = [layout(torch.randn(batch, channels, *s, dtype=dtype, device=device), kind) for s in sizes]
+    weights = torch.randn(len(sizes), dtype=dtype, device=device)
+    return sources, weights
+
+
+def check_accumulate(target, sizes, mode, dtype, device, kind):
+    sources, weights = accumulate_inputs(target, sizes, dtype, device, kind)
+    for t in (*sources, weights):
+        t.requires_grad_()
+    out = ops.ack_accumulate(sources, weights, target, mode)
+    exact = [a.detach().double().requires_grad_() for a in (*sources, weights)]
+    want = reference.ack_accumulate(exact[:-1], exact[-1], target, mode)
+    close(out, want, dtype)
+    assert out.dtype == dtype and out.shape == (2, 5, *target)
+    assert out.is_contiguous(memory_format=ops._output_format(sources[0]))
+    grad = torch.randn_like(want)
+    got = torch.autograd.grad(out, (*sources, weights), grad.to(dtype))
+    expected = torch.autograd.grad(want, exact, grad)
+    for g, e, a in zip(got, expected, (*sources, weights), strict=True):
+        close(g, e, dtype)
+        assert g.shape == a.shape
+
+
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+@pytest.mark.parametrize(("target", "sizes"), ACCUMULATE_CASES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_accumulate_matches_reference(mode, target, sizes, dtype):
+    check_accumulate(target, sizes, mode, dtype, "cpu", "contiguous")
+
+
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+@pytest.mark.parametrize("kind", LAYOUTS[1:])
+def test_accumulate_any_layout(mode, kind):
+    check_accumulate((7, 6), [(13, 11), (7, 6), (4, 3)], mode, torch.float64, "cpu", kind)
+
+
+def test_accumulate_mixed_layouts():
+    sources, weights = accumulate_inputs((7, 6), [(13, 11), (7, 6), (4, 3)], f64, "cpu")
+    mixed = [layout(sources[0], "channels_last"), layout(sources[1], "strided_width"), sources[2]]
+    close(ops.ack_accumulate(mixed, weights, (7, 6)), reference.ack_accumulate(sources, weights, (7, 6)), f64)
+    mixed = [sources[0], layout(sources[1], "channels_last"), layout(sources[2], "sliced_channels")]
+    close(
+        ops.ack_accumulate(mixed, weights, (7, 6), "area"),
+        reference.ack_accumulate(sources, weights, (7, 6), "area"),
+        f64,
+    )
+
+
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+def test_accumulate_gradcheck(mode):
+    sources, weights = accumulate_inputs((5, 4), [(7, 9), (3, 2), (5, 4)], f64, "cpu", channels=2, batch=1)
+    for t in (*sources, weights):
+        t.requires_grad_()
+    fn = lambda a, b, c, w: ops.ack_accumulate([a, b, c], w, (5, 4), mode)
+    assert torch.autograd.gradcheck(fn, (*sources, weights))
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_accumulate_opcheck(kind):
+    sources, weights = accumulate_inputs((5, 4), [(7, 9), (3, 2)], torch.float32, "cpu", kind, channels=3)
+    for t in (*sources, weights):
+        t.requires_grad_()
+    for mode in reference.RESIZE_MODES:
+        torch.library.opcheck(torch.ops.ackd_fast.ack_accumulate.default, (sources, weights, [5, 4], mode))
+
+
+# ------------------------------------------------------------------------------------ instance_norm_act_residual
+
+
+def norm_inputs(shape, dtype, device, kind, affine, with_residual):
+    x = layout(torch.randn(shape, dtype=dtype, device=device) * 3 + 1, kind)
+    weight = torch.randn(shape[1], dtype=dtype, device=device) if affine else None
+    bias = torch.randn(shape[1], dtype=dtype, device=device) if affine else None
+    residual = layout(torch.randn(shape, dtype=dtype, device=device), kind) if with_residual else None
+    return x, weight, bias, residual
+
+
+def check_norm(shape, dtype, device, kind, affine, with_residual, act, param_dtype=None):
+    x, weight, bias, residual = norm_inputs(shape, dtype, device, kind, affine, with_residual)
+    if affine and param_dtype is not None:  # fp32 parameters on half-precision maps, as under autocast
+        weight, bias = weight.to(param_dtype), bias.to(param_dtype)
+    inputs = [t.requires_grad_() if t is not None else None for t in (x, weight, bias, residual)]
+    out = ops.instance_norm_act_residual(*inputs, act=act, eps=1e-3)
+    exact = [t.detach().double().requires_grad_() if t is not None else None for t in inputs]
+    want = reference.instance_norm_act_residual(*exact, act=act, eps=1e-3)
+    close(out, want, dtype)
+    assert out.is_contiguous(memory_format=ops._output_format(x))
+    live = [(t, e) for t, e in zip(inputs, exact, strict=True) if t is not None]
+    grad = torch.randn_like(want)
+    got = torch.autograd.grad(out, [t for t, _ in live], grad.to(dtype))
+    expected = torch.autograd.grad(want, [e for _, e in live], grad)
+    for g, e, (t, _) in zip(got, expected, live, strict=True):
+        close(g, e, dtype)
+        assert g.dtype == t.dtype and g.shape == t.shape
+
+
+@pytest.mark.parametrize("act", reference.ACTIVATIONS)
+@pytest.mark.parametrize("affine", [False, True])
+@pytest.mark.parametrize("with_residual", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_norm_matches_reference(act, affine, with_residual, dtype):
+    check_norm((3, 5, 13, 11), dtype, "cpu", "contiguous", affine, with_residual, act)
+
+
+@pytest.mark.parametrize("kind", LAYOUTS[1:])
+def test_norm_any_layout(kind):
+    check_norm((2, 4, 7, 5), f64, "cpu", kind, True, True, "relu")
+
+
+def test_norm_gradcheck():
+    x, weight, bias, residual = norm_inputs((2, 3, 5, 4), f64, "cpu", "contiguous", True, True)
+    for t in (x, weight, bias, residual):
+        t.requires_grad_()
+    fn = lambda *t: ops.instance_norm_act_residual(*t, act="relu")
+    assert torch.autograd.gradcheck(fn, (x, weight, bias, residual))
+
+
+def test_norm_opcheck():
+    for affine, with_residual, act in [(True, True, "relu"), (False, False, "none"), (True, False, "none")]:
+        x, weight, bias, residual = norm_inputs((2, 3, 5, 4), torch.float32, "cpu", "contiguous", affine, with_residual)
+        for t in (x, weight, bias, residual):
+            if t is not None:
+                t.requires_grad_()
+        torch.library.opcheck(
+            torch.ops.ackd_fast.instance_norm_act_residual.default, (x, weight, bias, residual, act, 1e-5)
+        )
+
+
+# ------------------------------------------------------------------------------------------- both, compiled
+
+
+def test_ops_compile_without_graph_breaks():
+    def fusion_tail(a, b, w, weight, bias, deep):
+        acc = ops.ack_accumulate([a, b], w, deep.shape[-2:], "bilinear")
+        return ops.instance_norm_act_residual(acc, weight, bias, deep, act="none")
+
+    compiled = torch.compile(fusion_tail, backend="aot_eager", fullgraph=True)
+    args = [torch.randn(2, 3, 9, 7), torch.randn(2, 3, 4, 3), torch.randn(2), torch.randn(3), torch.randn(3)]
+    args.append(torch.randn(2, 3, 6, 5))
+    for t in args:
+        t.requires_grad_()
+    out = compiled(*args)
+    eager = fusion_tail(*args)
+    torch.testing.assert_close(out, eager)
+    for g, e in zip(torch.autograd.grad(out.sum(), args), torch.autograd.grad(eager.sum(), args), strict=True):
+        torch.testing.assert_close(g, e)
+
+
+# -------------------------------------------------------------------------------------------------- bad input
+
+BAD_ACCUMULATE = [
+    (lambda: ([], torch.ones(0), (4, 4), "bilinear"), ValueError, "sources must hold 1 to 4 maps, got 0"),
+    (lambda: ([torch.randn(1, 2, 3, 3)] * 5, torch.ones(5), (4, 4), "bilinear"), ValueError, "got 5"),
+    (
+        lambda: ([torch.randn(1, 2, 3, 3), torch.randn(1, 3, 3, 3)], torch.ones(2), (4, 4), "bilinear"),
+        ValueError,
+        r"sources\[1\] has shape \[1, 3, 3, 3\], expected batch 1 and channels 2 like sources\[0\]",
+    ),
+    (
+        lambda: ([torch.randn(1, 2, 3, 3), torch.randn(2, 2, 3, 3)], torch.ones(2), (4, 4), "bilinear"),
+        ValueError,
+        r"sources\[1\] has shape \[2, 2, 3, 3\], expected batch 1",
+    ),
+    (
+        lambda: ([torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3)], torch.ones(3), (4, 4), "bilinear"),
+        ValueError,
+        r"weights has shape \[3\], expected \(2,\)",
+    ),
+    (
+        lambda: ([torch.randn(1, 2, 3, 3), torch.randn(1, 2, 3, 3).double()], torch.ones(2), (4, 4), "bilinear"),
+        TypeError,
+        r"sources\[1\] has dtype Double, expected Float like sources\[0\]",
+    ),
+    (lambda: ([torch.randn(1, 2, 3, 3)], torch.ones(1), (4, 4), "bicubic"), ValueError, "mode must be one of"),
+    (
+        lambda: ([torch.randn(2, 3, 3)], torch.ones(1), (4, 4), "bilinear"),
+        ValueError,
+        "must have shape \\(B, C, H, W\\)",
+    ),
+    (lambda: ([torch.randn(1, 2, 0, 3)], torch.ones(1), (4, 4), "bilinear"), ValueError, "must not be empty"),
+    (lambda: ([torch.randn(1, 2, 3, 3)], torch.ones(1), (0, 4), "bilinear"), ValueError, "size must be two positive"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "message"), BAD_ACCUMULATE)
+def test_accumulate_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        ops.ack_accumulate(*args())
+
+
+BAD_NORM = [
+    (lambda: (torch.randn(1, 2, 3, 3), None, None, None, "gelu"), ValueError, "act must be one of 'relu', 'none'"),
+    (lambda: (torch.randn(1, 2, 3, 3), torch.ones(3), None, None, "relu"), ValueError, r"weight has shape \[3\]"),
+    (lambda: (torch.randn(1, 2, 3, 3), None, torch.ones(1), None, "relu"), ValueError, r"bias has shape \[1\]"),
+    (
+        lambda: (torch.randn(1, 2, 3, 3), None, None, torch.randn(1, 2, 3, 4), "relu"),
+        ValueError,
+        r"residual has shape \[1, 2, 3, 4\], expected \[1, 2, 3, 3\] like x",
+    ),
+    (
+        lambda: (torch.randn(1, 2, 3, 3), None, None, torch.randn(1, 2, 3, 3).double(), "relu"),
+        TypeError,
+        "residual has dtype Double, expected Float like x",
+    ),
+    (lambda: (torch.arange(9.0).view(1, 1, 9), None, None, None, "relu"), ValueError, "x must have shape"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "message"), BAD_NORM)
+def test_norm_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        ops.instance_norm_act_residual(*args())
+
+
+# ------------------------------------------------------------------------------------------------------- CUDA
+
+requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+@pytest.mark.parametrize(("target", "sizes"), ACCUMULATE_CASES[2:])
+def test_accumulate_cuda(dtype, kind, mode, target, sizes):
+    check_accumulate(target, sizes, mode, dtype, "cuda", kind)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize(("affine", "with_residual", "act"), [(True, True, "relu"), (False, False, "none")])
+def test_norm_cuda(dtype, kind, affine, with_residual, act):
+    check_norm((2, 6, 13, 11), dtype, "cuda", kind, affine, with_residual, act)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_norm_cuda_fp32_params_on_bf16_maps():
+    check_norm((2, 6, 9, 7), torch.bfloat16, "cuda", "contiguous", True, True, "relu", param_dtype=torch.float32)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_opcheck():
+    sources, weights = accumulate_inputs((5, 4), [(7, 9), (3, 2)], torch.float32, "cuda", "channels_last", channels=3)
+    torch.library.opcheck(torch.ops.ackd_fast.ack_accumulate.default, (sources, weights, [5, 4], "bilinear"))
+    x, weight, bias, residual = norm_inputs((2, 3, 5, 4), torch.float16, "cuda", "contiguous", True, True)
+    torch.library.opcheck(
+        torch.ops.ackd_fast.instance_norm_act_residual.default, (x, weight, bias, residual, "relu", 1e-5)
+    )
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_cuda_rejects_mixed_devices():
+    with pytest.raises(ValueError, match=r"sources\[1\] is on cpu, expected cuda:0"):
+        ops.ack_accumulate(
+            [torch.randn(1, 2, 3, 3, device="cuda"), torch.randn(1, 2, 3, 3)], torch.ones(2, device="cuda"), (4, 4)
+        )
+    with pytest.raises(ValueError, match="residual is on cpu, expected cuda:0"):
+        ops.instance_norm_act_residual(torch.randn(1, 2, 3, 3, device="cuda"), residual=torch.randn(1, 2, 3, 3))
