@@ -5,11 +5,13 @@ Environment switches (read at build time):
   FORCE_CUDA=1           build the CUDA kernels too, and fail if they cannot be built
   TORCH_CUDA_ARCH_LIST   CUDA targets; defaults to "8.0;9.0" (Ampere, Hopper) when no GPU is visible
   MAX_JOBS               parallel compile jobs for ninja (defaults to the number of cores)
+  ACKD_FAST_CPU_BASELINE=1  no AVX2/FMA for the CPU kernels (they are used when the building machine has them)
   CUDA_HOME              the CUDA toolkit; found from nvcc when unset
 """
 
 import glob
 import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -71,10 +73,24 @@ def _pip_cuda_includes() -> list[str]:
     return found
 
 
+def _cpu_vector_flags() -> list[str]:
+    """AVX2/FMA for the at::vec kernels when the building machine has them (the extension is built where it runs);
+    without these flags at::vec falls back to plain loops. ACKD_FAST_CPU_BASELINE=1 builds for any x86-64."""
+    if _flag("ACKD_FAST_CPU_BASELINE") or platform.machine() not in ("x86_64", "AMD64"):
+        return []
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = set(f.read().split())
+    except OSError:
+        return []
+    return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"] if {"avx2", "fma"} <= flags else []
+
+
 def extensions():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
-    cxx = ["-O3"]  # torch adds the C++ standard it needs (C++20 for torch 2.14)
+    # torch adds the C++ standard it needs (C++20 for torch 2.14)
+    cxx = ["-O3", *_cpu_vector_flags()]
     if not _want_cuda():
         print("ackd_fast: building CPU kernels only", flush=True)
         return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx})]

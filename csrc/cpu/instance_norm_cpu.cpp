@@ -56,12 +56,16 @@ inline void store(const Vec<T>& v, T* p, int64_t n) {
     v.store(p, n);
 }
 
+// A running sum kept as a vector and reduced once at the end. Partial vectors are loaded zero-filled past their
+// length, so every lane may be added.
 template <typename T>
-inline T reduce_sum(const Vec<T>& v, int64_t n) {
-  // Partial vectors are loaded zero-filled past n, so summing all lanes is exact.
-  (void)n;
-  return at::vec::vec_reduce_all<T>([](auto a, auto b) { return a + b; }, v);
-}
+struct VecSum {
+  Vec<T> acc{T(0)};
+  void add(const Vec<T>& v) { acc = acc + v; }
+  T total() const {
+    return at::vec::vec_reduce_all<T>([](auto a, auto b) { return a + b; }, acc);
+  }
+};
 
 at::Tensor rows_unit(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 
@@ -86,17 +90,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / C, c = bc % C;
         const auto px = plane<T>(x, b, c);
-        T sum = 0;
-        each_vector(px, [&](int64_t h, int64_t i, int64_t n) { sum += reduce_sum(load(px.row(h) + i, n), n); });
-        const T mu = sum / N;
-        T sq = 0;
+        VecSum<T> sum;
+        each_vector(px, [&](int64_t h, int64_t i, int64_t n) { sum.add(load(px.row(h) + i, n)); });
+        const T mu = sum.total() / N;
+        VecSum<T> sq;
         each_vector(px, [&](int64_t h, int64_t i, int64_t n) {
-          const auto d = load(px.row(h) + i, n) - Vec<T>(mu);
-          // Lanes past n hold 0 - mu: mask them out of the sum of squares.
-          const auto d_masked = n == Vec<T>::size() ? d : Vec<T>::set(Vec<T>(0), d, n);
-          sq += reduce_sum(d_masked * d_masked, n);
+          auto d = load(px.row(h) + i, n) - Vec<T>(mu);
+          if (n != Vec<T>::size()) d = Vec<T>::set(Vec<T>(0), d, n);  // lanes past n hold 0 - mu
+          sq.add(d * d);
         });
-        const T r = T(1) / std::sqrt(sq / N + static_cast<T>(eps));
+        const T r = T(1) / std::sqrt(sq.total() / N + static_cast<T>(eps));
         mean.mutable_data_ptr<T>()[bc] = mu;
         rstd.mutable_data_ptr<T>()[bc] = r;
         // y = (x - mu) * (r * weight) + bias, as one FMA per element.
@@ -155,13 +158,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backwa
             gz = Vec<T>::blendv(Vec<T>(0), gz, z > Vec<T>(0));
           }
         };
-        T sum_gz = 0, sum_gz_xhat = 0;
+        VecSum<T> gz_sum, gz_xhat_sum;
         each_vector(px, [&](int64_t h, int64_t i, int64_t n) {
           Vec<T> gz, xhat;
           terms(h, i, n, gz, xhat);
-          sum_gz += reduce_sum(gz, n);
-          sum_gz_xhat += reduce_sum(gz * xhat, n);
+          gz_sum.add(gz);
+          gz_xhat_sum.add(gz * xhat);
         });
+        const T sum_gz = gz_sum.total(), sum_gz_xhat = gz_xhat_sum.total();
         s1.mutable_data_ptr<T>()[bc] = sum_gz;
         s2.mutable_data_ptr<T>()[bc] = sum_gz_xhat;
         const T k = r * wc, a = sum_gz / N, bb = sum_gz_xhat / N;

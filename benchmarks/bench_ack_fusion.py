@@ -1,0 +1,162 @@
+"""ACK-F: the fused C++/CUDA ops and the whole ACKFusion against what a user would otherwise run.
+
+Paths, measured in one run so their ratios hold:
+  extension  ackd_fast.ops (one pass per source; fused norm, activation and residual)
+  eager      the reference composition: F.interpolate, weighted sums, F.instance_norm, relu, add
+  compiled   the same reference composition under torch.compile (inductor)
+
+    pytest benchmarks/bench_ack_fusion.py                          # full shapes
+    ACKD_BENCH_SMOKE=1 pytest benchmarks/bench_ack_fusion.py --benchmark-disable   # CI: tiny shapes, one call each
+    python benchmarks/summarize.py results.json                    # ratio table from --benchmark-json output
+
+Shapes (DESIGN.md): paper = B 4, 256 channels, 64x64 target, sources at 64x64, 32x32 and 128x128;
+student = the same with 64 channels. fp32 on CPU; fp32 and bf16 on CUDA.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from ackd_fast import ops, reference
+from ackd_fast.modules import ACKFusion
+
+SMOKE = os.environ.get("ACKD_BENCH_SMOKE") == "1"
+SHAPES = {  # name: (batch, channels, target size, source sizes)
+    "paper": (4, 256, (64, 64), [(64, 64), (32, 32), (128, 128)]),
+    "student": (4, 64, (64, 64), [(64, 64), (32, 32), (128, 128)]),
+}
+if SMOKE:
+    SHAPES = {"smoke": (2, 8, (12, 10), [(12, 10), (6, 5), (24, 20)])}
+DEVICES = ["cuda"] if torch.cuda.is_available() else ["cpu"]
+DTYPES = {"cpu": [torch.float32], "cuda": [torch.float32, torch.bfloat16]}
+PATHS = ["extension", "eager", "compiled"]
+# Inductor compiles C++/Triton for a minute per graph; the smoke run checks the path traces with a cheap backend.
+COMPILE_BACKEND = "aot_eager" if SMOKE else "inductor"
+
+pytestmark = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason=f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
+
+CASES = [
+    pytest.param(shape, device, dtype, id=f"{shape}-{device}-{str(dtype).removeprefix('torch.')}")
+    for shape in SHAPES
+    for device in DEVICES
+    for dtype in DTYPES[device]
+]
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run(benchmark, fn, device: str, **info) -> None:
+    """Times fn() after a warm-up call (which also compiles), records peak CUDA memory and the facts in `info`."""
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def call():
+        fn()
+        sync(device)
+
+    call()
+    benchmark.extra_info.update(info)
+    benchmark.pedantic(call, rounds=1 if SMOKE else 5, iterations=1, warmup_rounds=0 if SMOKE else 1)
+    if device == "cuda":
+        benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+
+def with_backward(fn, leaves):
+    """fn's forward plus a backward into `leaves` (the gradient of sum(out))."""
+
+    def step():
+        out = fn()
+        torch.autograd.grad(out, leaves, torch.ones_like(out))
+
+    return step
+
+
+def compiled_or_eager(fn, path: str):
+    return torch.compile(fn, backend=COMPILE_BACKEND, fullgraph=True) if path == "compiled" else fn
+
+
+# ------------------------------------------------------------------------------------------ ack_accumulate
+
+
+def accumulate_inputs(shape, device, dtype):
+    b, c, size, sizes = SHAPES[shape]
+    sources = [torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True) for s in sizes]
+    weights = torch.full((len(sizes),), 1 / len(sizes), device=device, requires_grad=True)
+    return sources, weights, size
+
+
+def accumulate_fn(path: str):
+    if path == "extension":
+        return ops.ack_accumulate
+    return compiled_or_eager(reference.ack_accumulate, path)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
+def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
+    sources, weights, size = accumulate_inputs(shape, device, dtype)
+    fn = accumulate_fn(path)
+    call = lambda: fn(sources, weights.to(dtype), size, "bilinear")
+    benchmark.group = f"ack_accumulate {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
+    if backward:
+        run(benchmark, with_backward(call, [*sources, weights]), device, path=path)
+    else:
+        with torch.no_grad():
+            run(benchmark, call, device, path=path)
+
+
+# ------------------------------------------------------------------------------- instance_norm_act_residual
+
+
+def norm_fn(path: str):
+    if path == "extension":
+        return ops.instance_norm_act_residual
+    return compiled_or_eager(reference.instance_norm_act_residual, path)
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
+def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backward):
+    """The ConvBlock's last norm: affine instance norm, then the residual (and a ReLU, as the first norm has)."""
+    b, c, size, _ = SHAPES[shape]
+    x = torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True)
+    residual = torch.randn_like(x, requires_grad=True)
+    weight = torch.ones(c, device=device, dtype=dtype, requires_grad=True)
+    bias = torch.zeros(c, device=device, dtype=dtype, requires_grad=True)
+    fn = norm_fn(path)
+    call = lambda: fn(x, weight, bias, residual, "relu", 1e-5)
+    benchmark.group = f"instance_norm_act_residual {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
+    if backward:
+        run(benchmark, with_backward(call, [x, weight, bias, residual]), device, path=path)
+    else:
+        with torch.no_grad():
+            run(benchmark, call, device, path=path)
+
+
+# ------------------------------------------------------------------------------------------------ ACKFusion
+
+
+@pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
+def test_ack_fusion_module(benchmark, shape, device, dtype, path, backward):
+    b, c, size, sizes = SHAPES[shape]
+    deep = torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True)
+    sources = [torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True) for s in sizes]
+    module = ACKFusion(c, [c] * len(sizes), backend="extension" if path == "extension" else "reference")
+    module = compiled_or_eager(module.to(device, dtype), path)
+    call = lambda: module(deep, sources)
+    benchmark.group = f"ACKFusion {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
+    if backward:
+        run(benchmark, with_backward(call, [deep, *sources, *module.parameters()]), device, path=path)
+    else:
+        with torch.no_grad():
+            run(benchmark, call, device, path=path)
