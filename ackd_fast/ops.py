@@ -151,9 +151,13 @@ def instance_norm_act_residual(
     """act(instance_norm(x) * weight + bias) + residual in one kernel (C++/CUDA); act is "relu" or "none".
 
     Instance norm per sample and channel with the biased variance, as F.instance_norm. Differentiable in x,
-    weight, bias and residual. The output takes the layout of x.
+    weight, bias and residual. The output takes the layout of x, and the dtype of `norm(x) + residual`: a
+    residual wider than x (an fp32 skip path beside bf16 maps under autocast) widens the computation.
     """
     _require_extension()
+    if residual is not None and residual.dtype != x.dtype and x.is_floating_point() and residual.is_floating_point():
+        dtype = torch.promote_types(x.dtype, residual.dtype)
+        x, residual = x.to(dtype), residual.to(dtype)
     y, _, _ = torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, residual, act, float(eps))
     return y
 

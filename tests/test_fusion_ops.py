@@ -170,6 +170,14 @@ def test_norm_any_layout(kind):
     check_norm((2, 4, 7, 5), f64, "cpu", kind, True, True, "relu")
 
 
+def test_norm_residual_of_wider_dtype_promotes_like_an_add():
+    x, weight, bias, residual = norm_inputs((2, 3, 5, 4), torch.float32, "cpu", "contiguous", True, True)
+    out = ops.instance_norm_act_residual(x, weight, bias, residual.double(), act="relu")
+    want = reference.instance_norm_act_residual(x.double(), weight.double(), bias.double(), residual.double())
+    assert out.dtype == torch.float64
+    close(out, want, torch.float32)
+
+
 def test_norm_gradcheck():
     x, weight, bias, residual = norm_inputs((2, 3, 5, 4), f64, "cpu", "contiguous", True, True)
     for t in (x, weight, bias, residual):
@@ -261,9 +269,9 @@ BAD_NORM = [
         r"residual has shape \[1, 2, 3, 4\], expected \[1, 2, 3, 3\] like x",
     ),
     (
-        lambda: (torch.randn(1, 2, 3, 3), None, None, torch.randn(1, 2, 3, 3).double(), "relu"),
+        lambda: (torch.randn(1, 2, 3, 3), None, None, torch.ones(1, 2, 3, 3, dtype=torch.long), "relu"),
         TypeError,
-        "residual has dtype Double, expected Float like x",
+        "residual has dtype Long, expected Float like x",
     ),
     (lambda: (torch.arange(9.0).view(1, 1, 9), None, None, None, "relu"), ValueError, "x must have shape"),
 ]
