@@ -46,35 +46,28 @@ CASES = [
 ]
 
 
-def sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def run(benchmark, fn, device: str, **info) -> None:
-    """Times fn() after a warm-up call (which also compiles), records peak CUDA memory and the facts in `info`."""
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-
-    def call():
-        fn()
-        sync(device)
-
-    call()
-    benchmark.extra_info.update(info)
-    benchmark.pedantic(call, rounds=1 if SMOKE else 5, iterations=1, warmup_rounds=0 if SMOKE else 1)
-    if device == "cuda":
-        benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
-
-
-def with_backward(fn, leaves):
-    """fn's forward plus a backward into `leaves` (the gradient of sum(out))."""
+def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: str, dtype, path: str) -> None:
+    """Times call() (under no_grad) or call() plus a backward into `leaves`, after a warm-up call that also
+    compiles; records the path, and on CUDA the peak memory, in extra_info."""
+    benchmark.group = f"{name} {shape} {device} {str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}"
+    benchmark.extra_info["path"] = path
 
     def step():
-        out = fn()
-        torch.autograd.grad(out, leaves, torch.ones_like(out))
+        if backward:
+            out = call()
+            torch.autograd.grad(out, leaves, torch.ones_like(out))
+        else:
+            with torch.no_grad():
+                call()
+        if device == "cuda":
+            torch.cuda.synchronize()
 
-    return step
+    step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    benchmark.pedantic(step, rounds=1 if SMOKE else 5, iterations=1, warmup_rounds=0 if SMOKE else 1)
+    if device == "cuda":
+        benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
 
 def compiled_or_eager(fn, path: str):
@@ -104,12 +97,7 @@ def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
     sources, weights, size = accumulate_inputs(shape, device, dtype)
     fn = accumulate_fn(path)
     call = lambda: fn(sources, weights.to(dtype), size, "bilinear")
-    benchmark.group = f"ack_accumulate {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
-    if backward:
-        run(benchmark, with_backward(call, [*sources, weights]), device, path=path)
-    else:
-        with torch.no_grad():
-            run(benchmark, call, device, path=path)
+    measure(benchmark, "ack_accumulate", call, [*sources, weights], backward, shape, device, dtype, path)
 
 
 # ------------------------------------------------------------------------------- instance_norm_act_residual
@@ -133,12 +121,9 @@ def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backw
     bias = torch.zeros(c, device=device, dtype=dtype, requires_grad=True)
     fn = norm_fn(path)
     call = lambda: fn(x, weight, bias, residual, "relu", 1e-5)
-    benchmark.group = f"instance_norm_act_residual {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
-    if backward:
-        run(benchmark, with_backward(call, [x, weight, bias, residual]), device, path=path)
-    else:
-        with torch.no_grad():
-            run(benchmark, call, device, path=path)
+    measure(
+        benchmark, "instance_norm_act_residual", call, [x, weight, bias, residual], backward, shape, device, dtype, path
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ACKFusion
@@ -154,9 +139,5 @@ def test_ack_fusion_module(benchmark, shape, device, dtype, path, backward):
     module = ACKFusion(c, [c] * len(sizes), backend="extension" if path == "extension" else "reference")
     module = compiled_or_eager(module.to(device, dtype), path)
     call = lambda: module(deep, sources)
-    benchmark.group = f"ACKFusion {shape} {device} {dtype} {'fwd+bwd' if backward else 'fwd'}"
-    if backward:
-        run(benchmark, with_backward(call, [deep, *sources, *module.parameters()]), device, path=path)
-    else:
-        with torch.no_grad():
-            run(benchmark, call, device, path=path)
+    leaves = [deep, *sources, *module.parameters()]
+    measure(benchmark, "ACKFusion", call, leaves, backward, shape, device, dtype, path)

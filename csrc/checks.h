@@ -70,6 +70,12 @@ inline void check_accumulate_args(at::TensorList sources, const at::Tensor& weig
                     size);
 }
 
+inline void check_accumulate_backward_args(const at::Tensor& grad, at::TensorList sources, const at::Tensor& weights) {
+  check_map("ack_accumulate_backward", "grad", grad);
+  check_accumulate_args(sources, weights, grad.sizes().slice(2));
+  check_like("ack_accumulate_backward", "grad", grad, sources[0], "sources[0]");
+}
+
 inline void check_norm_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                             const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual) {
   constexpr const char* op = "instance_norm_act_residual";
@@ -81,6 +87,13 @@ inline void check_norm_args(const at::Tensor& x, const std::optional<at::Tensor>
                       x.sizes(), " like x");
     check_like(op, "residual", *residual, x, "x");
   }
+}
+
+inline void check_norm_backward_args(const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+                                     const std::optional<at::Tensor>& bias) {
+  check_norm_args(x, weight, bias, std::nullopt);
+  check_map("instance_norm_act_residual_backward", "grad", grad);
+  check_like("instance_norm_act_residual_backward", "grad", grad, x, "x");
 }
 
 enum class Act { None, Relu };

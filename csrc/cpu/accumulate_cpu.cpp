@@ -212,9 +212,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cpu(cons
                                                                             at::TensorList sources,
                                                                             const at::Tensor& weights,
                                                                             c10::string_view mode_name) {
-  check_map("ack_accumulate_backward", "grad", grad_in);
-  check_accumulate_args(sources, weights, grad_in.sizes().slice(2));
-  check_like("ack_accumulate_backward", "grad", grad_in, sources[0], "sources[0]");
+  check_accumulate_backward_args(grad_in, sources, weights);
   const Resize mode = parse_resize(std::string(mode_name));
   const bool pixels = output_format(sources[0]) == at::MemoryFormat::ChannelsLast;
   const auto path_format = pixels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

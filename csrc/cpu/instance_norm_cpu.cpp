@@ -125,9 +125,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& rstd,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, c10::string_view act_name) {
-  check_norm_args(x_in, weight, bias, std::nullopt);
-  check_map("instance_norm_act_residual_backward", "grad", grad_in);
-  check_like("instance_norm_act_residual_backward", "grad", grad_in, x_in, "x");
+  check_norm_backward_args(grad_in, x_in, weight, bias);
   const Act act = parse_act(std::string(act_name));
   const auto x = rows_unit(x_in);
   const auto grad = rows_unit(grad_in);

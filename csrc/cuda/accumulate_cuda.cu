@@ -180,9 +180,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cuda(con
                                                                              at::TensorList sources,
                                                                              const at::Tensor& weights,
                                                                              c10::string_view mode_name) {
-  check_map("ack_accumulate_backward", "grad", grad);
-  check_accumulate_args(sources, weights, grad.sizes().slice(2));
-  check_like("ack_accumulate_backward", "grad", grad, sources[0], "sources[0]");
+  check_accumulate_backward_args(grad, sources, weights);
   const Resize mode = parse_resize(std::string(mode_name));
   const c10::cuda::CUDAGuard guard(grad.device());
   const int64_t C = grad.size(1), H = grad.size(2), W = grad.size(3);

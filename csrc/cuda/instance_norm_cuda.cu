@@ -147,9 +147,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cuda(
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, c10::string_view act_name) {
-  check_norm_args(x, weight, bias, std::nullopt);
-  check_map("instance_norm_act_residual_backward", "grad", grad);
-  check_like("instance_norm_act_residual_backward", "grad", grad, x, "x");
+  check_norm_backward_args(grad, x, weight, bias);
   const Act act = parse_act(std::string(act_name));
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t B = x.size(0), C = x.size(1), W = x.size(3), N = x.size(2) * W;
