@@ -252,3 +252,21 @@ def test_bad_input_is_refused(make, error, message):
     q, keys = _maps()
     with pytest.raises(error, match=message):
         ops.ack_attention(*make(q, keys))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_memory_does_not_grow_with_query_times_key_tokens():
+    """Forward and backward at 4096 queries x 12288 keys allocate O(tokens), never an Nq x Nkv score matrix."""
+    heads, head_dim = 1, 64
+    q = torch.randn(1, heads * head_dim, 64, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    keys = [torch.randn_like(q, requires_grad=True) for _ in range(3)]
+    values = [torch.randn_like(q, requires_grad=True) for _ in range(3)]
+    run(ops.ack_attention, q, keys, values, heads, torch.randn_like(q))  # autotune outside the measurement
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run(ops.ack_attention, q, keys, values, heads, torch.randn_like(q))
+    extra = torch.cuda.max_memory_allocated() - base
+    scores = 64 * 64 * 3 * 64 * 64 * 2  # one fp16 score matrix
+    assert extra < 16 * q.numel() * q.element_size() < scores / 10, extra
