@@ -165,7 +165,7 @@ def compile_kernel(
 
 ARCHS = (80, 90)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The widest tiles of each config class (configs.candidates): BLOCK_D 64 covers head dims 33-64, 128 covers 65-128;
+# The widest tiles of each config class (configs.gpu_candidates): BLOCK_D 64 covers head dims 33-64, 128 covers 65-128;
 # narrower head dims use the same tiles with less data.
 AOT_BLOCK_D = (64, 128)
 
@@ -176,7 +176,7 @@ def compile_all() -> list[Report]:
     for kernel in configs.KERNELS:
         for dtype in DTYPES:
             for block_d in AOT_BLOCK_D:
-                for tile in configs.candidates(kernel, torch.empty((), dtype=dtype).element_size(), block_d):
+                for tile in configs.gpu_candidates(kernel, torch.empty((), dtype=dtype).element_size(), block_d):
                     for arch in ARCHS:
                         reports.append(compile_kernel(kernel, dtype, arch, block_d, tile))
     return reports

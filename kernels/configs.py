@@ -63,13 +63,17 @@ def block_d(head_dim: int) -> int:
 
 
 def candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
-    """The tiles `kernel` may use for inputs of `element_size` bytes and padded head dim `block_d`."""
+    """The tiles `kernel` may use for inputs of `element_size` bytes and padded head dim `block_d` (the single
+    interpreter tile under TRITON_INTERPRET=1)."""
+    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d)
+
+
+def gpu_candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
+    """The tiles a launch on a GPU may use: what the ahead-of-time check compiles."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if block_d not in BLOCK_D_SIZES:
         raise ValueError(f"block_d must be one of {BLOCK_D_SIZES}, got {block_d}")
-    if INTERPRET:
-        return (_INTERPRET_TILE,)
     width = "16bit" if element_size == 2 else "32bit"
     return _TILES[kernel, width, "small" if block_d <= 64 else "large"]
 
