@@ -89,3 +89,40 @@ def feature_maps(
             )
         checked.append(a)
     return deep, checked
+
+
+ATTENTION_DTYPES = ("float16", "bfloat16", "float32")  # what the Triton kernels compute in
+MAX_HEAD_DIM = 128  # the widest tile the kernels' configs are built (and compiled ahead of time) for
+
+
+def attention_inputs(
+    q: object, keys: object, values: object, heads: object
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Checks the inputs of the `ack_attention` op: q (B, heads*d, Hq, Wq); keys[j] and values[j] (B, heads*d,
+    H_j, W_j) of one shape per source; 1 to MAX_SOURCES sources; one dtype (fp16, bf16, fp32) and device; no
+    empty dimension; d <= MAX_HEAD_DIM."""
+    heads = positive_int("heads", heads)
+    q, keys = feature_maps(q, keys, deep_name="q", sources_name="keys")
+    q, values = feature_maps(q, values, deep_name="q", sources_name="values")
+    if len(values) != len(keys):
+        raise ValueError(f"values holds {len(values)} maps, expected one per key map ({len(keys)})")
+    dtype = str(q.dtype).removeprefix("torch.")
+    if dtype not in ATTENTION_DTYPES:
+        raise TypeError(f"q has dtype {q.dtype}, expected one of {ATTENTION_DTYPES}")
+    if 0 in q.shape:
+        raise ValueError(f"q must have no empty dimension, got shape {tuple(q.shape)}")
+    channels = q.shape[1]
+    if channels % heads:
+        raise ValueError(f"heads={heads} must divide the channels of q, got shape {tuple(q.shape)}")
+    if channels // heads > MAX_HEAD_DIM:
+        raise ValueError(
+            f"head dim channels/heads = {channels}/{heads} = {channels // heads} must be at most {MAX_HEAD_DIM}"
+        )
+    for j, (k, v) in enumerate(zip(keys, values, strict=True)):
+        if k.shape[1] != channels:
+            raise ValueError(
+                f"keys[{j}] has {k.shape[1]} channels (shape {tuple(k.shape)}), expected {channels} like q"
+            )
+        if v.shape != k.shape:
+            raise ValueError(f"values[{j}] has shape {tuple(v.shape)}, expected {tuple(k.shape)} like keys[{j}]")
+    return q, keys, values

@@ -33,7 +33,9 @@ class ACKAttention(nn.Module):
         head_dim: width d of a head; defaults to deep_channels // heads (which must then divide).
         kv_stride: average-pool stride applied to the sources before the key/value projections.
         residual: return deep + attention (True) or the attention branch alone.
-        backend: "auto" or "reference".
+        backend: "auto", "triton" or "reference". "auto" runs the Triton kernels on CUDA tensors of fp16, bf16
+            or fp32 and the reference elsewhere; "triton" on CPU needs TRITON_INTERPRET=1 (the interpreter,
+            for tests).
     """
 
     def __init__(
@@ -66,7 +68,8 @@ class ACKAttention(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
-        resolve_backend("ack_attention", self.backend, deep.device, deep.dtype)  # reference is the only backend so far
+        backend = resolve_backend("ack_attention", self.backend, deep.device, deep.dtype)
+        attention = ops.ack_attention if backend == "triton" else reference.ack_attention
         return reference.ack_attention_block(
             deep,
             sources,
@@ -77,6 +80,7 @@ class ACKAttention(nn.Module):
             heads=self.heads,
             kv_stride=self.kv_stride,
             residual=self.residual,
+            attention=attention,
         )
 
     def extra_repr(self) -> str:

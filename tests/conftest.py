@@ -5,6 +5,11 @@ import zlib
 import pytest
 import torch
 
+if not torch.cuda.is_available():
+    # No GPU: the Triton kernels run in the interpreter on CPU tensors. Triton reads the variable when a kernel
+    # module is imported, so it is set here, before any test imports one. With a GPU the real compiler runs.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Fresh random inputs every run; ACKD_TEST_SEED=<n> replays a run (the seed is in the report header).
 RUN_SEED = int(os.environ.get("ACKD_TEST_SEED", random.SystemRandom().randrange(2**31)))
 

@@ -1,0 +1,450 @@
+"""ACK-A in Triton: multi-source cross-attention, forward and backward (FlashAttention-2 scheme).
+
+One query map attends to the tokens of 1 to 4 key/value maps under one softmax. Every map is read where it
+lies: a token t of a map of width W sits at row t // W, column t % W, and its address uses that map's own
+(batch, channel, row, column) strides, so channels_last and sliced views need no copy. When a map's rows
+follow each other in memory (contiguous NCHW, channels_last, row-sliced views) the kernels take the
+cheaper `t * token_stride` path (the *_FLAT flags), which also lets Triton vectorise the loads.
+
+Passes, one @triton.jit function each:
+  _forward_kernel  grid (query blocks, B*heads): online softmax over every source's key blocks, fp32
+                   accumulators, writes O (NCHW contiguous) and the log-sum-exp (B*heads, Nq), natural log.
+  _delta_kernel    Delta = rowsum(O * dO), the backward's pre-pass.
+  _dkdv_kernel     grid (key blocks of one source, B*heads), launched once per source: dK, dV of its keys,
+                   looping over all query blocks (no atomics).
+  _dq_kernel       grid (query blocks, B*heads): dQ, looping over all sources' key blocks.
+Softmax runs in the log2 domain (exp2, scale folded with log2(e)). Head dims that are not powers of two are
+padded to BLOCK_D with masked loads and stores.
+
+`forward` and `backward` are the launchers: they take checked inputs (ackd_fast.checks does the checking at
+the op boundary), read strides once, allocate the outputs and compute the grids.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Sequence
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ackd_fast.kernels import configs
+
+INTERPRET = configs.INTERPRET
+LOG2E = 1.4426950408889634
+# Kernels may read module globals only when they are constexpr.
+_LOG2E = tl.constexpr(LOG2E)
+_LN2 = tl.constexpr(0.6931471805599453)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+@triton.jit
+def _tokens(t, width, stride_h, stride_w, FLAT: tl.constexpr):
+    """Memory offsets of tokens `t` of a map of `width` columns (FLAT: rows follow each other, stride_w is the
+    token stride)."""
+    if FLAT:  # noqa: SIM108 (a constexpr branch: only one side is compiled)
+        offset = t * stride_w
+    else:
+        offset = (t // width) * stride_h + (t % width) * stride_w
+    return offset
+
+
+@triton.jit
+def _forward_source(
+    acc, m_i, l_i, q, K, V, k_strides, v_strides, n_tokens, width, b, h, head_dim, qk_scale, offs_d, mask_d,
+    KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Folds the key blocks of one source into the running softmax state (acc, m_i, l_i) of a query block."""
+    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
+    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
+    for start in range(0, n_tokens, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_tokens
+        k_tok = _tokens(offs_n, width, k_strides[2], k_strides[3], KV_FLAT)
+        kt = tl.load(k_chan[:, None] + k_tok[None, :], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        # Every block holds at least one real key, so m_new is finite and alpha is exp2(-inf) = 0 on the first.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_tok = _tokens(offs_n, width, v_strides[2], v_strides[3], KV_FLAT)
+        v = tl.load(v_chan[None, :] + v_tok[:, None], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _dq_source(
+    dq, q, do, lse2, delta, K, V, k_strides, v_strides, n_tokens, width, b, h, head_dim, qk_scale, offs_d, mask_d,
+    KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Adds one source's share of dS @ K to a query block's dQ (unscaled)."""
+    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
+    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
+    for start in range(0, n_tokens, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        mask_n = offs_n < n_tokens
+        mask = mask_d[:, None] & mask_n[None, :]
+        kt = tl.load(
+            k_chan[:, None] + _tokens(offs_n, width, k_strides[2], k_strides[3], KV_FLAT)[None, :], mask=mask, other=0.0
+        )
+        vt = tl.load(
+            v_chan[:, None] + _tokens(offs_n, width, v_strides[2], v_strides[3], KV_FLAT)[None, :], mask=mask, other=0.0
+        )
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        # Padding keys load as 0 and would get weight exp(-lse) > 0: zero them.
+        p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
+    return dq
+
+
+# ---------------------------------------------------------------------------------------------- kernels
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("forward"),
+    key=["q_tokens", "NUM_SOURCES", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": configs.prune("forward", "Q")},
+)
+@triton.jit
+def _forward_kernel(
+    Out, LSE, Q, K, V,  # K, V: tuples of NUM_SOURCES maps
+    q_strides, k_strides, v_strides,  # (batch, channel, row, column); k/v: one tuple per source
+    q_tokens, q_width, kv_tokens, kv_widths,  # kv_*: one per source
+    heads, head_dim, qk_scale,
+    NUM_SOURCES: tl.constexpr, Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_tokens
+    mask_d = offs_d < head_dim
+    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
+    q_tok = _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)
+    q = tl.load(q_chan[None, :] + q_tok[:, None], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for j in tl.static_range(NUM_SOURCES):
+        acc, m_i, l_i = _forward_source(
+            acc, m_i, l_i, q, K[j], V[j], k_strides[j], v_strides[j], kv_tokens[j], kv_widths[j],
+            b, h, head_dim, qk_scale, offs_d, mask_d, KV_FLAT, PRECISION, BLOCK_N,
+        )  # fmt: skip
+
+    acc = acc / l_i[:, None]
+    tl.store(LSE + bh.to(tl.int64) * q_tokens + offs_m, (m_i + tl.log2(l_i)) * _LN2, mask=mask_m)
+    out_chan = Out + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    tl.store(out_chan[None, :] + offs_m[:, None], acc.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("preprocess"),
+    key=["q_tokens", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": configs.prune("preprocess", "DO")},
+)
+@triton.jit
+def _delta_kernel(
+    Delta, Out, DO, do_strides, q_tokens, q_width, heads, head_dim,
+    DO_FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_tokens
+    mask = mask_m[:, None] & (offs_d < head_dim)[None, :]
+    o_chan = Out + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    o = tl.load(o_chan[None, :] + offs_m[:, None], mask=mask, other=0.0)
+    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
+    do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
+    do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    tl.store(Delta + bh.to(tl.int64) * q_tokens + offs_m, delta, mask=mask_m)
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("dkdv"),
+    key=["q_tokens", "kv_tokens", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": configs.prune("dkdv", "Q")},
+)
+@triton.jit
+def _dkdv_kernel(
+    DK, DV, Q, K, V, DO, LSE, Delta,  # K, V: one source; DK, DV: its gradients, NCHW contiguous
+    q_strides, k_strides, v_strides, do_strides,
+    q_tokens, q_width, kv_tokens, kv_width, heads, head_dim, sm_scale, qk_scale,
+    Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_n = offs_n < kv_tokens
+    mask_d = offs_d < head_dim
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
+    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
+    k = tl.load(
+        k_chan[None, :] + _tokens(offs_n, kv_width, k_strides[2], k_strides[3], KV_FLAT)[:, None],
+        mask=mask_nd,
+        other=0.0,
+    )
+    v = tl.load(
+        v_chan[None, :] + _tokens(offs_n, kv_width, v_strides[2], v_strides[3], KV_FLAT)[:, None],
+        mask=mask_nd,
+        other=0.0,
+    )
+
+    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
+    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
+    row = bh.to(tl.int64) * q_tokens
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    for start in range(0, q_tokens, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < q_tokens
+        q_tok = _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)
+        qt = tl.load(q_chan[:, None] + q_tok[None, :], mask=mask_d[:, None] & mask_m[None, :], other=0.0)
+        # Padding queries get lse = +inf, hence probability 0, and contribute nothing.
+        lse2 = tl.load(LSE + row + offs_m, mask=mask_m, other=float("inf")) * _LOG2E
+        pt = tl.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse2[None, :])
+        do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
+        do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
+        delta = tl.load(Delta + row + offs_m, mask=mask_m, other=0.0)
+        dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
+        dst = pt * (dpt - delta[None, :])
+        dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+
+    grad_chan = b * (heads * head_dim * kv_tokens) + (h * head_dim + offs_d) * kv_tokens
+    grad_offsets = grad_chan[None, :] + offs_n[:, None]
+    tl.store(DK + grad_offsets, (dk * sm_scale).to(DK.dtype.element_ty), mask=mask_nd)
+    tl.store(DV + grad_offsets, dv.to(DV.dtype.element_ty), mask=mask_nd)
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("dq"),
+    key=["q_tokens", "NUM_SOURCES", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": configs.prune("dq", "Q")},
+)
+@triton.jit
+def _dq_kernel(
+    DQ, Q, K, V, DO, LSE, Delta,  # K, V: tuples of NUM_SOURCES maps; DQ: NCHW contiguous
+    q_strides, k_strides, v_strides, do_strides,
+    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale,
+    NUM_SOURCES: tl.constexpr, Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_tokens
+    mask_d = offs_d < head_dim
+    mask_md = mask_m[:, None] & mask_d[None, :]
+    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
+    q = tl.load(
+        q_chan[None, :] + _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)[:, None], mask=mask_md, other=0.0
+    )
+    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
+    do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
+    do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask_md, other=0.0)
+    row = bh.to(tl.int64) * q_tokens
+    lse2 = tl.load(LSE + row + offs_m, mask=mask_m, other=0.0) * _LOG2E
+    delta = tl.load(Delta + row + offs_m, mask=mask_m, other=0.0)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for j in tl.static_range(NUM_SOURCES):
+        dq = _dq_source(
+            dq, q, do, lse2, delta, K[j], V[j], k_strides[j], v_strides[j], kv_tokens[j], kv_widths[j],
+            b, h, head_dim, qk_scale, offs_d, mask_d, KV_FLAT, PRECISION, BLOCK_N,
+        )  # fmt: skip
+
+    dq_chan = DQ + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    tl.store(dq_chan[None, :] + offs_m[:, None], (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_md)
+
+
+# --------------------------------------------------------------------------------------------- launchers
+
+
+def _map_strides(x: Tensor) -> tuple[tuple[int, int, int, int], bool]:
+    """(batch, channel, row, column) strides of a (B, C, H, W) map, and whether its rows follow each other in
+    memory; then the column stride returned is the token stride."""
+    sb, sc, sh, sw = x.stride()
+    height, width = x.shape[2], x.shape[3]
+    if width == 1:
+        return (sb, sc, sh, sh), True
+    return (sb, sc, sh, sw), height == 1 or sh == width * sw
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """tl.dot's input precision: fp32 follows torch.get_float32_matmul_precision() (tf32 unless "highest");
+    the interpreter computes in full fp32 anyway."""
+    if dtype == torch.float32 and not INTERPRET and torch.get_float32_matmul_precision() != "highest":
+        return "tf32"
+    return "ieee"
+
+
+def _check_device(q: Tensor) -> None:
+    if q.device.type == "cpu" and not INTERPRET:
+        raise RuntimeError(
+            "the Triton ACK-A kernels got CPU tensors but run on CPU only under the Triton interpreter: "
+            "set TRITON_INTERPRET=1 before importing ackd_fast to run Triton kernels on CPU"
+        )
+
+
+def _check_buffer(name: str, buf: Tensor | None, shape: Sequence[int], like: Tensor, dtype=None) -> Tensor:
+    """A preallocated output (tests pass NaN-filled ones) or a fresh contiguous one."""
+    dtype = like.dtype if dtype is None else dtype
+    if buf is None:
+        return torch.empty(tuple(shape), dtype=dtype, device=like.device)
+    if tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != like.device or not buf.is_contiguous():
+        raise ValueError(
+            f"{name} must be a contiguous {dtype} tensor of shape {tuple(shape)} on {like.device}, got "
+            f"{buf.dtype} shape {tuple(buf.shape)} on {buf.device} (contiguous={buf.is_contiguous()})"
+        )
+    return buf
+
+
+def _device_guard(x: Tensor):
+    # Triton launches on the current CUDA device: make it the inputs' one.
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _sources(keys: Sequence[Tensor], values: Sequence[Tensor]):
+    k_strides, v_strides, flat = [], [], True
+    for k, v in zip(keys, values, strict=True):
+        ks, k_flat = _map_strides(k)
+        vs, v_flat = _map_strides(v)
+        k_strides.append(ks)
+        v_strides.append(vs)
+        flat = flat and k_flat and v_flat
+    tokens = tuple(k.shape[2] * k.shape[3] for k in keys)
+    widths = tuple(k.shape[3] for k in keys)
+    return tuple(k_strides), tuple(v_strides), tokens, widths, flat
+
+
+def forward(
+    q: Tensor,
+    keys: Sequence[Tensor],
+    values: Sequence[Tensor],
+    heads: int,
+    scale: float | None = None,
+    out: Tensor | None = None,
+    lse: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """O = softmax(Q K^T * scale) V over the keys of all sources, and the log-sum-exp (B*heads, Nq) fp32.
+
+    Inputs as `ackd_fast.ops.ack_attention` checks them. O is NCHW contiguous in q's dtype.
+    """
+    _check_device(q)
+    batch, channels, q_height, q_width = q.shape
+    head_dim = channels // heads
+    q_tokens = q_height * q_width
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    out = _check_buffer("out", out, q.shape, q)
+    lse = _check_buffer("lse", lse, (batch * heads, q_tokens), q, torch.float32)
+    q_strides, q_flat = _map_strides(q)
+    k_strides, v_strides, kv_tokens, kv_widths, kv_flat = _sources(keys, values)
+
+    def grid(meta):
+        return (triton.cdiv(q_tokens, meta["BLOCK_M"]), batch * heads)
+
+    with _device_guard(q):
+        _forward_kernel[grid](
+            Out=out, LSE=lse, Q=q, K=tuple(keys), V=tuple(values),
+            q_strides=q_strides, k_strides=k_strides, v_strides=v_strides,
+            q_tokens=q_tokens, q_width=q_width, kv_tokens=kv_tokens, kv_widths=kv_widths,
+            heads=heads, head_dim=head_dim, qk_scale=scale * LOG2E,
+            NUM_SOURCES=len(keys), Q_FLAT=q_flat, KV_FLAT=kv_flat, PRECISION=_precision(q.dtype),
+            BLOCK_D=configs.block_d(head_dim),
+        )  # fmt: skip
+    return out, lse
+
+
+def backward(
+    grad_out: Tensor,
+    q: Tensor,
+    keys: Sequence[Tensor],
+    values: Sequence[Tensor],
+    out: Tensor,
+    lse: Tensor,
+    heads: int,
+    scale: float | None = None,
+    dq: Tensor | None = None,
+    dkeys: Sequence[Tensor] | None = None,
+    dvalues: Sequence[Tensor] | None = None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Gradients of q and of every key and value map (NCHW contiguous) from grad_out (any strides), given the
+    forward's out and lse."""
+    _check_device(q)
+    batch, channels, q_height, q_width = q.shape
+    head_dim = channels // heads
+    q_tokens = q_height * q_width
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    block_d = configs.block_d(head_dim)
+    precision = _precision(q.dtype)
+    _check_buffer("out", out, q.shape, q)
+    _check_buffer("lse", lse, (batch * heads, q_tokens), q, torch.float32)
+    if grad_out.shape != q.shape or grad_out.dtype != q.dtype or grad_out.device != q.device:
+        raise ValueError(
+            f"grad_out must match the output: {q.dtype} shape {tuple(q.shape)} on {q.device}, got "
+            f"{grad_out.dtype} shape {tuple(grad_out.shape)} on {grad_out.device}"
+        )
+    dq = _check_buffer("dq", dq, q.shape, q)
+    dkeys = [_check_buffer(f"dkeys[{j}]", None if dkeys is None else dkeys[j], k.shape, k) for j, k in enumerate(keys)]
+    dvalues = [
+        _check_buffer(f"dvalues[{j}]", None if dvalues is None else dvalues[j], v.shape, v)
+        for j, v in enumerate(values)
+    ]
+    q_strides, q_flat = _map_strides(q)
+    do_strides, do_flat = _map_strides(grad_out)
+    k_strides, v_strides, kv_tokens, kv_widths, kv_flat = _sources(keys, values)
+    delta = torch.empty_like(lse)
+
+    def q_grid(meta):
+        return (triton.cdiv(q_tokens, meta["BLOCK_M"]), batch * heads)
+
+    with _device_guard(q):
+        _delta_kernel[q_grid](
+            Delta=delta, Out=out, DO=grad_out, do_strides=do_strides, q_tokens=q_tokens, q_width=q_width,
+            heads=heads, head_dim=head_dim, DO_FLAT=do_flat, BLOCK_D=block_d,
+        )  # fmt: skip
+        for j in range(len(keys)):
+            _dkdv_kernel[lambda meta, n=kv_tokens[j]: (triton.cdiv(n, meta["BLOCK_N"]), batch * heads)](
+                DK=dkeys[j], DV=dvalues[j], Q=q, K=keys[j], V=values[j], DO=grad_out, LSE=lse, Delta=delta,
+                q_strides=q_strides, k_strides=k_strides[j], v_strides=v_strides[j], do_strides=do_strides,
+                q_tokens=q_tokens, q_width=q_width, kv_tokens=kv_tokens[j], kv_width=kv_widths[j],
+                heads=heads, head_dim=head_dim, sm_scale=scale, qk_scale=scale * LOG2E,
+                Q_FLAT=q_flat, KV_FLAT=kv_flat, DO_FLAT=do_flat, PRECISION=precision, BLOCK_D=block_d,
+            )  # fmt: skip
+        _dq_kernel[q_grid](
+            DQ=dq, Q=q, K=tuple(keys), V=tuple(values), DO=grad_out, LSE=lse, Delta=delta,
+            q_strides=q_strides, k_strides=k_strides, v_strides=v_strides, do_strides=do_strides,
+            q_tokens=q_tokens, q_width=q_width, kv_tokens=kv_tokens, kv_widths=kv_widths,
+            heads=heads, head_dim=head_dim, sm_scale=scale, qk_scale=scale * LOG2E,
+            NUM_SOURCES=len(keys), Q_FLAT=q_flat, KV_FLAT=kv_flat, DO_FLAT=do_flat, PRECISION=precision,
+            BLOCK_D=block_d,
+        )  # fmt: skip
+    return dq, dkeys, dvalues

@@ -1,0 +1,105 @@
+"""Autotune configs of the ACK-A kernels: the one list the launcher tunes over and the AOT test compiles.
+
+A config is (BLOCK_M, BLOCK_N, num_warps, num_stages): BLOCK_M query tokens by BLOCK_N key tokens per step.
+Which configs a launch may use depends on the element size and the padded head dim BLOCK_D, because the tiles
+held in shared memory (and in registers for the fp32 accumulators) grow with both; `candidates` applies
+that rule, and `tests/test_aot_compile.py` proves for sm_80 and sm_90 that every config it lets through
+compiles without spills and within the shared-memory limit.
+
+Under TRITON_INTERPRET=1 there is a single small config: the autotuner cannot time configs without a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+KERNELS = ("forward", "preprocess", "dkdv", "dq")
+
+
+class Tile(NamedTuple):
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+# Hopper/Ampere choices. "small" is for BLOCK_D <= 64, "large" for BLOCK_D = 128; fp32 tiles take twice the
+# shared memory and registers of fp16/bf16 ones, so they get their own, smaller tiles and shallower pipelines.
+# Each one compiles for sm_80 and sm_90 without register spills (kernels/aot.py, tests/test_aot_compile.py).
+_TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
+    ("forward", "16bit", "small"): (Tile(128, 64, 8, 3), Tile(128, 128, 8, 3), Tile(64, 64, 4, 3)),
+    ("forward", "16bit", "large"): (Tile(128, 32, 8, 3), Tile(64, 64, 8, 3), Tile(64, 64, 4, 2)),
+    ("forward", "32bit", "small"): (Tile(128, 64, 8, 2), Tile(64, 64, 4, 2)),
+    ("forward", "32bit", "large"): (Tile(64, 64, 8, 2), Tile(128, 32, 8, 1)),
+    ("dkdv", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
+    ("dkdv", "16bit", "large"): (Tile(64, 64, 8, 2), Tile(32, 64, 8, 2), Tile(16, 128, 8, 2)),
+    ("dkdv", "32bit", "small"): (Tile(16, 64, 4, 2), Tile(32, 32, 4, 2)),
+    ("dkdv", "32bit", "large"): (Tile(32, 64, 8, 2), Tile(16, 64, 8, 1), Tile(32, 32, 8, 2)),
+    ("dq", "16bit", "small"): (Tile(128, 64, 8, 2), Tile(64, 32, 4, 2)),
+    ("dq", "16bit", "large"): (Tile(128, 32, 8, 2), Tile(64, 64, 8, 2), Tile(64, 32, 4, 2)),
+    ("dq", "32bit", "small"): (Tile(64, 32, 4, 2), Tile(32, 32, 4, 2)),
+    ("dq", "32bit", "large"): (Tile(32, 32, 4, 2),),
+    ("preprocess", "16bit", "small"): (Tile(128, 0, 4, 1),),
+    ("preprocess", "16bit", "large"): (Tile(128, 0, 4, 1),),
+    ("preprocess", "32bit", "small"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "32bit", "large"): (Tile(64, 0, 4, 1),),
+}
+
+# Interpreter: tl.dot needs every dim >= 16; 32 keeps the program count (each one costs milliseconds) low
+# while still splitting the odd token counts of the tests into several blocks.
+_INTERPRET_TILE = Tile(32, 32, 1, 1)
+
+BLOCK_D_SIZES = (16, 32, 64, 128)
+
+
+def block_d(head_dim: int) -> int:
+    """The head dim padded to the tile width: a power of 2 (masked on load and store), at least 16 for tl.dot."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
+    """The tiles `kernel` may use for inputs of `element_size` bytes and padded head dim `block_d` (the single
+    interpreter tile under TRITON_INTERPRET=1)."""
+    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d)
+
+
+def gpu_candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
+    """The tiles a launch on a GPU may use: what the ahead-of-time check compiles."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if block_d not in BLOCK_D_SIZES:
+        raise ValueError(f"block_d must be one of {BLOCK_D_SIZES}, got {block_d}")
+    width = "16bit" if element_size == 2 else "32bit"
+    return _TILES[kernel, width, "small" if block_d <= 64 else "large"]
+
+
+def _config(tile: Tile) -> triton.Config:
+    meta = {"BLOCK_M": tile.block_m} if tile.block_n == 0 else {"BLOCK_M": tile.block_m, "BLOCK_N": tile.block_n}
+    return triton.Config(meta, num_warps=tile.num_warps, num_stages=tile.num_stages)
+
+
+def autotune_configs(kernel: str) -> list[triton.Config]:
+    """Every distinct config of `kernel` over all dtypes and head dims; `prune` narrows it per launch."""
+    tiles = dict.fromkeys(t for (k, _, _), ts in _TILES.items() if k == kernel for t in ts)
+    return [_config(t) for t in ((_INTERPRET_TILE,) if INTERPRET else tiles)]
+
+
+def _tile(config: triton.Config) -> Tile:
+    return Tile(config.kwargs["BLOCK_M"], config.kwargs.get("BLOCK_N", 0), config.num_warps, config.num_stages)
+
+
+def prune(kernel: str, tensor_arg: str):
+    """An `early_config_prune` for triton.autotune: keeps the configs `candidates` allows for this launch
+    (`tensor_arg` names an input whose element size decides)."""
+
+    def early_config_prune(configs, named_args, **kwargs):
+        args = {**named_args, **kwargs}
+        allowed = set(candidates(kernel, args[tensor_arg].element_size(), args["BLOCK_D"]))
+        return [c for c in configs if _tile(c) in allowed]
+
+    return early_config_prune

@@ -1,0 +1,272 @@
+"""ACK-A's Triton kernels through the `ack_attention` op: values and gradients against the fp64 reference,
+layouts, fully written outputs, opcheck, torch.compile, dispatch and bad input.
+
+Without a GPU the kernels run in the Triton interpreter (conftest sets TRITON_INTERPRET=1), where a program
+costs milliseconds: shapes stay at a few hundred tokens. With a GPU the same tests run the compiled kernels.
+"""
+
+import math
+import os
+
+import pytest
+import torch
+
+from ackd_fast import ops, reference
+from ackd_fast.modules import ACKAttention
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+TRITON_DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(not INTERPRET, reason="Triton on CPU needs TRITON_INTERPRET=1")),
+    pytest.param(
+        "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+    ),
+]
+
+# Odd token counts, each source its own: (H, W) of the query map and of up to four sources.
+QUERY = (9, 7)
+SOURCES = [(5, 9), (13, 10), (3, 3), (7, 4)]
+# Interpreter precision gives the error scale of the dtype; atol covers results that are exact in both.
+ATOL = {torch.float32: 1e-6, torch.float16: 2e-4, torch.bfloat16: 2e-3}
+
+
+@pytest.fixture(params=TRITON_DEVICES)
+def device(request):
+    return torch.device(request.param)
+
+
+def layout(x, kind):
+    """The same values as `x` in another memory layout: channels_last, or a view into a larger tensor."""
+    if kind == "contiguous":
+        return x
+    if kind == "channels_last":
+        return x.to(memory_format=torch.channels_last)
+    if kind == "sliced":  # a column slice: rows no longer follow each other (the kernels' general path)
+        b, c, h, w = x.shape
+        wide = torch.randn(b, c + 3, h + 1, 2 * w + 1, dtype=x.dtype, device=x.device)
+        view = wide[:, 2 : 2 + c, 1:, 1::2]
+        view.copy_(x)
+        return view
+    raise ValueError(kind)
+
+
+def make_inputs(count, heads, head_dim, dtype, device, batch=2):
+    c = heads * head_dim
+    q = torch.randn(batch, c, *QUERY, dtype=dtype, device=device)
+    keys = [torch.randn(batch, c, *hw, dtype=dtype, device=device) for hw in SOURCES[:count]]
+    values = [torch.randn(batch, c, *hw, dtype=dtype, device=device) for hw in SOURCES[:count]]
+    return q, keys, values
+
+
+def run(fn, q, keys, values, heads, grad, scale=None):
+    """fn's output and its gradients for q, every key and every value under the output gradient `grad`."""
+    q, keys, values = (q.detach().requires_grad_(), [k.detach().requires_grad_() for k in keys],
+                       [v.detach().requires_grad_() for v in values])  # fmt: skip
+    out = fn(q, keys, values, heads, scale)
+    grads = torch.autograd.grad(out, [q, *keys, *values], grad.to(out.dtype))
+    return [out.detach(), *grads]
+
+
+def max_errors(results, exact):
+    return [(r.double() - e).abs().max().item() for r, e in zip(results, exact, strict=True)]
+
+
+CASES = [
+    # count, heads, head_dim, dtype, layout of q / keys / values
+    (1, 2, 16, torch.float32, "contiguous"),
+    (2, 1, 48, torch.float32, "channels_last"),
+    (3, 2, 64, torch.float32, "sliced"),
+    (4, 2, 16, torch.float32, "contiguous"),
+    (2, 1, 128, torch.float32, "channels_last"),
+    (1, 1, 64, torch.float16, "contiguous"),
+    (3, 2, 48, torch.float16, "channels_last"),
+    (4, 1, 16, torch.float16, "sliced"),
+    (2, 1, 80, torch.float16, "contiguous"),
+    (3, 2, 64, torch.bfloat16, "channels_last"),
+    (2, 1, 96, torch.bfloat16, "sliced"),
+]
+
+
+@pytest.mark.parametrize(("count", "heads", "head_dim", "dtype", "kind"), CASES)
+def test_forward_and_backward_match_reference(count, heads, head_dim, dtype, kind, device):
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        pytest.skip("the Triton interpreter computes bf16 wrongly (ANCHORS.md); bf16 is tested on GPUs")
+    q, keys, values = make_inputs(count, heads, head_dim, dtype, device)
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact = run(reference.ack_attention, q.double(), [k.double() for k in keys], [v.double() for v in values],
+                heads, grad)  # fmt: skip
+    torch_same_dtype = run(reference.ack_attention, q, keys, values, heads, grad)
+    got = run(ops.ack_attention, layout(q, kind), [layout(k, kind) for k in keys], [layout(v, kind) for v in values],
+              heads, grad)  # fmt: skip
+    names = ["out", "dq", *(f"dkeys[{j}]" for j in range(count)), *(f"dvalues[{j}]" for j in range(count))]
+    for name, err, ref_err in zip(names, max_errors(got, exact), max_errors(torch_same_dtype, exact), strict=True):
+        assert err <= 2 * ref_err + ATOL[dtype], f"{name}: error {err:.3g}, PyTorch in {dtype}: {ref_err:.3g}"
+    assert got[0].is_contiguous() and all(g.is_contiguous() for g in got[1:])
+
+
+def test_scale_and_large_logits(device):
+    """A custom scale, and scores large enough that an unshifted exp would overflow fp32."""
+    q, keys, values = make_inputs(2, 2, 16, torch.float32, device, batch=1)
+    q = q * 30
+    got = ops.ack_attention(q, keys, values, 2, scale=0.7)
+    want = reference.ack_attention(q.double(), [k.double() for k in keys], [v.double() for v in values], 2, 0.7)
+    torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def test_outputs_poisoned_with_nan_come_back_fully_written(device):
+    from ackd_fast.kernels import ack_attention as kernels
+
+    heads, head_dim = 2, 48  # head dim padded to 64: the padding lanes must not be stored, the rest must
+    q, keys, values = make_inputs(3, heads, head_dim, torch.float32, device, batch=2)
+
+    def nan(x, dtype=None):
+        return torch.full(x.shape, float("nan"), dtype=dtype or x.dtype, device=device)
+
+    lse_shape = torch.empty(2 * heads, math.prod(QUERY))
+    out, lse = kernels.forward(q, keys, values, heads, out=nan(q), lse=nan(lse_shape, torch.float32))
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    grad = torch.randn_like(out)
+    dq, dkeys, dvalues = kernels.backward(
+        grad,
+        q,
+        keys,
+        values,
+        out,
+        lse,
+        heads,
+        dq=nan(q),
+        dkeys=[nan(k) for k in keys],
+        dvalues=[nan(v) for v in values],
+    )
+    for g in (dq, *dkeys, *dvalues):
+        assert torch.isfinite(g).all()
+
+
+def test_opcheck(device):
+    q, keys, values = make_inputs(2, 2, 16, torch.float32, device, batch=1)
+    for t in (q, *keys, *values):
+        t.requires_grad_()
+    torch.library.opcheck(torch.ops.ackd_fast.ack_attention.default, (q, keys, values, 2, None))
+    out, lse = torch.ops.ackd_fast.ack_attention(q, keys, values, 2, 0.5)
+    args = (torch.randn_like(out), q.detach(), [k.detach() for k in keys], [v.detach() for v in values], out.detach(),
+            lse, 2, 0.5)  # fmt: skip
+    torch.library.opcheck(torch.ops.ackd_fast.ack_attention_backward.default, args)
+
+
+def test_module_compiles_with_fullgraph(device):
+    """ACKAttention on the Triton backend compiles without graph breaks, forward and backward; values as eager."""
+    torch._dynamo.reset()
+    m = ACKAttention(32, [16, 32], heads=2, backend="triton").to(device)
+    deep = torch.randn(1, 32, 6, 5, device=device, requires_grad=True)
+    sources = [torch.randn(1, 16, 4, 7, device=device), torch.randn(1, 32, 3, 3, device=device)]
+    # CPU: aot_eager traces the same graph (Dynamo, fake kernels, autograd) without inductor's C++ build.
+    compiled = torch.compile(m, fullgraph=True, backend="inductor" if device.type == "cuda" else "aot_eager")
+    got = compiled(deep, sources)
+    (grad_got,) = torch.autograd.grad(got.sum(), deep)
+    want = m(deep, sources)
+    (grad_want,) = torch.autograd.grad(want.sum(), deep)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_got, grad_want, rtol=1e-5, atol=1e-5)
+
+
+def test_module_runs_triton_and_matches_reference(device):
+    deep = torch.randn(2, 16, 7, 5, device=device)
+    sources = [torch.randn(2, 8, 5, 9, device=device), torch.randn(2, 16, 3, 4, device=device)]
+    fast = ACKAttention(16, [8, 16], heads=2, backend="triton").to(device)
+    slow = ACKAttention(16, [8, 16], heads=2, backend="reference").to(device)
+    slow.load_state_dict(fast.state_dict())
+    torch.testing.assert_close(fast(deep, sources), slow(deep, sources), rtol=1e-5, atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- dispatch
+
+
+def test_auto_uses_reference_on_cpu_and_triton_on_cuda():
+    assert ops.resolve_backend("ack_attention", "auto", "cpu", torch.float32) == "reference"
+    if ops.TRITON_IMPORTABLE:
+        assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16) == "triton"
+    # fp64 is not a Triton dtype: auto takes the reference, forcing Triton says why it cannot.
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float64) == "reference"
+    with pytest.raises(RuntimeError, match=r"backend 'triton' for ack_attention cannot run on cuda: .*float64"):
+        ops.resolve_backend("ack_attention", "triton", "cuda", torch.float64)
+
+
+def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    message = "set TRITON_INTERPRET=1 before importing ackd_fast to run Triton kernels on CPU"
+    with pytest.raises(RuntimeError, match=message):
+        ops.resolve_backend("ack_attention", "triton", "cpu")
+    q, keys, values = make_inputs(1, 1, 16, torch.float32, "cpu", batch=1)
+    with pytest.raises(RuntimeError, match=message):
+        ops.ack_attention(q, keys, values, 1)
+    m = ACKAttention(8, [8], heads=2, backend="triton")
+    with pytest.raises(RuntimeError, match=message):
+        m(torch.randn(1, 8, 3, 3), [torch.randn(1, 8, 3, 3)])
+
+
+def test_fp32_precision_follows_torch(monkeypatch):
+    from ackd_fast.kernels import ack_attention as kernels
+
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    for setting, want in (("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")):
+        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda s=setting: s)
+        assert kernels._precision(torch.float32) == want
+    assert kernels._precision(torch.float16) == kernels._precision(torch.bfloat16) == "ieee"
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def _maps(c=8, dtype=torch.float32):
+    return torch.randn(1, c, 3, 3, dtype=dtype), [torch.randn(1, c, 4, 2, dtype=dtype)]
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "message"),
+    [
+        (lambda q, k: (q, k, k, 3), ValueError, r"heads=3 must divide the channels of q, got shape \(1, 8, 3, 3\)"),
+        (lambda q, k: (q, k, k, 0), ValueError, "heads must be >= 1, got 0"),
+        (
+            lambda q, k: (q, k, [k[0].half()], 2),
+            TypeError,
+            r"values\[0\] has dtype torch.float16, expected torch.float32",
+        ),
+        (lambda q, k: (q, k, [k[0].to("meta")], 2), ValueError, r"values\[0\] is on meta, expected cpu like q"),
+        (lambda q, k: (q, k * 5, k * 5, 2), ValueError, "keys must hold 1 to 4 feature maps, got 5"),
+        (lambda q, k: (q, [], [], 2), ValueError, "keys must hold 1 to 4 feature maps, got 0"),
+        (lambda q, k: (q, k, k + k, 2), ValueError, r"values holds 2 maps, expected one per key map \(1\)"),
+        (lambda q, k: (q, [k[0][:, :, :0]], k, 2), ValueError, r"keys\[0\] must have a non-empty H x W map"),
+        (lambda q, k: (q[:0], [k[0][:0]], [k[0][:0]], 2), ValueError, "q must have no empty dimension"),
+        (lambda q, k: (q.double(), [k[0].double()], [k[0].double()], 2), TypeError, "q has dtype torch.float64"),
+        (lambda q, k: (q, [k[0][:, :4]], k, 2), ValueError, r"keys\[0\] has 4 channels .* expected 8 like q"),
+        (lambda q, k: (q, k, [k[0][:, :, :3]], 2), ValueError, r"values\[0\] has shape \(1, 8, 3, 2\), expected"),
+        (
+            lambda q, k: (torch.randn(1, 258, 2, 2), [torch.randn(1, 258, 2, 2)] * 1, [torch.randn(1, 258, 2, 2)], 2),
+            ValueError,
+            "head dim channels/heads = 258/2 = 129 must be at most 128",
+        ),
+        (lambda q, k: (q[0], k, k, 2), ValueError, r"q must have shape \(B, C, H, W\)"),
+    ],
+)
+def test_bad_input_is_refused(make, error, message):
+    q, keys = _maps()
+    with pytest.raises(error, match=message):
+        ops.ack_attention(*make(q, keys))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_memory_does_not_grow_with_query_times_key_tokens():
+    """Forward and backward at 4096 queries x 12288 keys allocate O(tokens), never an Nq x Nkv score matrix."""
+    heads, head_dim = 1, 64
+    q = torch.randn(1, heads * head_dim, 64, 64, device="cuda", dtype=torch.float16, requires_grad=True)
+    keys = [torch.randn_like(q, requires_grad=True) for _ in range(3)]
+    values = [torch.randn_like(q, requires_grad=True) for _ in range(3)]
+    run(ops.ack_attention, q, keys, values, heads, torch.randn_like(q))  # autotune outside the measurement
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    run(ops.ack_attention, q, keys, values, heads, torch.randn_like(q))
+    extra = torch.cuda.max_memory_allocated() - base
+    scores = 64 * 64 * 3 * 64 * 64 * 2  # one fp16 score matrix
+    assert extra < 16 * q.numel() * q.element_size() < scores / 10, extra
