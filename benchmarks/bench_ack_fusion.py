@@ -52,10 +52,14 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
     benchmark.group = f"{name} {shape} {device} {str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}"
     benchmark.extra_info["path"] = path
 
+    grad = []  # the output's gradient, made once: a fresh buffer per step would time its page faults too
+
     def step():
         if backward:
             out = call()
-            torch.autograd.grad(out, leaves, torch.ones_like(out))
+            if not grad:
+                grad.append(torch.ones_like(out))
+            torch.autograd.grad(out, leaves, grad[0])
         else:
             with torch.no_grad():
                 call()

@@ -170,6 +170,12 @@ def test_norm_any_layout(kind):
     check_norm((2, 4, 7, 5), f64, "cpu", kind, True, True, "relu")
 
 
+@pytest.mark.parametrize("act", reference.ACTIVATIONS)
+def test_norm_channels_last_across_channel_blocks(act):
+    """More channels than one CPU task takes (64), and a count that is no multiple of the vector width."""
+    check_norm((2, 75, 5, 3), torch.float32, "cpu", "channels_last", True, True, act)
+
+
 def test_norm_residual_of_wider_dtype_promotes_like_an_add():
     x, weight, bias, residual = norm_inputs((2, 3, 5, 4), torch.float32, "cpu", "contiguous", True, True)
     out = ops.instance_norm_act_residual(x, weight, bias, residual.double(), act="relu")

@@ -1,8 +1,11 @@
 // instance_norm_act_residual on CPU: y = act((x - mean) * rstd * weight + bias) + residual, and its backward.
 //
-// One task per (sample, channel) plane, vectorised along W with at::vec. Statistics are two-pass (mean, then the
-// mean squared deviation) for accuracy. Inputs whose rows are not unit-stride (channels_last among them) are
-// copied to NCHW first and the result is given back in the input's layout.
+// Two layouts, each vectorised with at::vec along its unit-stride axis:
+//  - planes (NCHW): one task per (sample, channel) plane, vectors along W;
+//  - pixels (channels_last): one task per (sample, block of channels), vectors along C, per-channel sums kept
+//    in small arrays while the task walks the pixels.
+// x's layout picks the path (outputs take it too); an input whose unit stride lies elsewhere is copied into the
+// path's layout first. Statistics are two-pass (mean, then the mean squared deviation) for accuracy.
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -67,7 +70,152 @@ struct VecSum {
   }
 };
 
-at::Tensor rows_unit(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
+
+// ------------------------------------------------------------------------------------- pixels (channels_last)
+
+constexpr int64_t kChannelBlock = 64;  // channels per task: per-channel sums stay in registers / L1
+
+// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial.
+template <typename T, typename F>
+inline void each_lane_block(int64_t n, F&& f) {
+  int64_t k = 0;
+  for (; k + Vec<T>::size() <= n; k += Vec<T>::size()) f(k, Vec<T>::size());
+  if (k < n) f(k, n - k);
+}
+
+// A (B, C, H, W) tensor with unit stride along C: the channel run of sample b at pixel p starts at pixel(b, p).
+template <typename T>
+struct Pixels {
+  T* ptr;
+  int64_t sb, sh, sw, W;
+  T* pixel(int64_t b, int64_t p) const { return ptr + b * sb + (p / W) * sh + (p % W) * sw; }
+};
+
+template <typename T>
+Pixels<T> pixels_of(const at::Tensor& t) {
+  return {const_cast<T*>(t.const_data_ptr<T>()), t.stride(0), t.stride(2), t.stride(3), t.size(3)};
+}
+
+template <typename T>
+void forward_pixels(const at::Tensor& x, const at::Tensor& res, const at::Tensor& w, const at::Tensor& bi,
+                    at::Tensor& y, at::Tensor& mean, at::Tensor& rstd, Act act, double eps) {
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2) * x.size(3);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const auto px = pixels_of<T>(x), py = pixels_of<T>(y);
+  const Pixels<T> pr = res.defined() ? pixels_of<T>(res) : Pixels<T>{nullptr, 0, 0, 0, 1};
+  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> mu(kChannelBlock), scale(kChannelBlock), shift(kChannelBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, c0 = (task % blocks) * kChannelBlock, n = std::min(kChannelBlock, C - c0);
+      std::fill(mu.begin(), mu.end(), T(0));
+      std::fill(scale.begin(), scale.end(), T(0));  // the sum of squared deviations, then the scale
+      for (int64_t p = 0; p < N; ++p) {
+        const T* xp = px.pixel(b, p) + c0;
+        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
+          (load(xp + k, count) + load(mu.data() + k, count)).store(mu.data() + k, count);
+        });
+      }
+      for (int64_t k = 0; k < n; ++k) mu[k] /= N;
+      for (int64_t p = 0; p < N; ++p) {
+        const T* xp = px.pixel(b, p) + c0;
+        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
+          const auto d = load(xp + k, count) - load(mu.data() + k, count);
+          at::vec::fmadd(d, d, load(scale.data() + k, count)).store(scale.data() + k, count);
+        });
+      }
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t c = c0 + k;
+        const T r = T(1) / std::sqrt(scale[k] / N + static_cast<T>(eps));
+        mean.mutable_data_ptr<T>()[b * C + c] = mu[k];
+        rstd.mutable_data_ptr<T>()[b * C + c] = r;
+        scale[k] = r * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
+        shift[k] = (bi.defined() ? bi.const_data_ptr<T>()[c] : T(0)) - mu[k] * scale[k];
+      }
+      for (int64_t p = 0; p < N; ++p) {
+        const T* xp = px.pixel(b, p) + c0;
+        T* yp = py.pixel(b, p) + c0;
+        const T* rp = pr.ptr ? pr.pixel(b, p) + c0 : nullptr;
+        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
+          auto v = at::vec::fmadd(load(xp + k, count), load(scale.data() + k, count), load(shift.data() + k, count));
+          if (act == Act::Relu) v = at::vec::clamp_min(v, Vec<T>(0));
+          if (rp) v = v + load(rp + k, count);
+          store(v, yp + k, count);
+        });
+      }
+    }
+  });
+}
+
+template <typename T>
+void backward_pixels(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
+                     const at::Tensor& w, const at::Tensor& bi, at::Tensor& gx, at::Tensor& s1, at::Tensor& s2,
+                     Act act) {
+  const int64_t B = x.size(0), C = x.size(1), N = x.size(2) * x.size(3);
+  const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const auto px = pixels_of<T>(x), pg = pixels_of<T>(grad), pgx = pixels_of<T>(gx);
+  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
+    // Per channel: xhat = x * r + xhat0, z = x * zs + z0, and the sums of gz and gz * xhat.
+    std::vector<T> r(kChannelBlock), xhat0(kChannelBlock), zs(kChannelBlock), z0(kChannelBlock);
+    std::vector<T> sum_gz(kChannelBlock), sum_gz_xhat(kChannelBlock), k1(kChannelBlock), k2(kChannelBlock),
+        k3(kChannelBlock);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / blocks, c0 = (task % blocks) * kChannelBlock, n = std::min(kChannelBlock, C - c0);
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t c = c0 + k;
+        const T mu = mean.const_data_ptr<T>()[b * C + c];
+        const T wc = w.defined() ? w.const_data_ptr<T>()[c] : T(1);
+        const T bc = bi.defined() ? bi.const_data_ptr<T>()[c] : T(0);
+        r[k] = rstd.const_data_ptr<T>()[b * C + c];
+        xhat0[k] = -mu * r[k];
+        zs[k] = r[k] * wc;
+        z0[k] = bc + xhat0[k] * wc;
+        sum_gz[k] = sum_gz_xhat[k] = 0;
+      }
+      auto terms = [&](const T* xp, const T* gp, int64_t k, int64_t count, Vec<T>& gz, Vec<T>& xhat) {
+        const auto xv = load(xp + k, count);
+        xhat = at::vec::fmadd(xv, load(r.data() + k, count), load(xhat0.data() + k, count));
+        gz = load(gp + k, count);
+        if (act == Act::Relu) {
+          const auto z = at::vec::fmadd(xv, load(zs.data() + k, count), load(z0.data() + k, count));
+          gz = Vec<T>::blendv(Vec<T>(0), gz, z > Vec<T>(0));
+        }
+      };
+      for (int64_t p = 0; p < N; ++p) {
+        const T *xp = px.pixel(b, p) + c0, *gp = pg.pixel(b, p) + c0;
+        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
+          Vec<T> gz, xhat;
+          terms(xp, gp, k, count, gz, xhat);
+          (load(sum_gz.data() + k, count) + gz).store(sum_gz.data() + k, count);
+          at::vec::fmadd(gz, xhat, load(sum_gz_xhat.data() + k, count)).store(sum_gz_xhat.data() + k, count);
+        });
+      }
+      // grad x = k1 * gz - k2 * xhat - k3 with k1 = r * w, k2 = k1 * mean(gz * xhat), k3 = k1 * mean(gz)
+      for (int64_t k = 0; k < n; ++k) {
+        k1[k] = zs[k];
+        k2[k] = zs[k] * sum_gz_xhat[k] / N;
+        k3[k] = zs[k] * sum_gz[k] / N;
+        s1.mutable_data_ptr<T>()[b * C + c0 + k] = sum_gz[k];
+        s2.mutable_data_ptr<T>()[b * C + c0 + k] = sum_gz_xhat[k];
+      }
+      for (int64_t p = 0; p < N; ++p) {
+        const T *xp = px.pixel(b, p) + c0, *gp = pg.pixel(b, p) + c0;
+        T* op = pgx.pixel(b, p) + c0;
+        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
+          Vec<T> gz, xhat;
+          terms(xp, gp, k, count, gz, xhat);
+          const auto v = load(k1.data() + k, count) * gz - load(k2.data() + k, count) * xhat - load(k3.data() + k, count);
+          store(v, op + k, count);
+        });
+      }
+    }
+  });
+}
+
+// An input in the layout of the chosen path: unit stride along W (planes) or along C (pixels).
+at::Tensor in_layout(const at::Tensor& t, bool pixels) {
+  if (pixels) return t.stride(1) == 1 ? t : t.contiguous(at::MemoryFormat::ChannelsLast);
+  return t.stride(3) == 1 ? t : t.contiguous();
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(const at::Tensor& x_in,
                                                                                const std::optional<at::Tensor>& weight,
@@ -76,16 +224,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
                                                                                c10::string_view act_name, double eps) {
   check_norm_args(x_in, weight, bias, residual);
   const Act act = parse_act(std::string(act_name));
-  const auto x = rows_unit(x_in);
-  const auto res = residual ? rows_unit(*residual) : at::Tensor();
+  const auto format = output_format(x_in);
+  const bool pixels = format == at::MemoryFormat::ChannelsLast;
+  const auto x = in_layout(x_in, pixels);
+  const auto res = residual ? in_layout(*residual, pixels) : at::Tensor();
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2) * x.size(3);
-  auto y = new_output(x.sizes(), x.options(), at::MemoryFormat::Contiguous);
+  auto y = new_output(x.sizes(), x.options(), format);
   auto mean = new_output({B, C}, x.options(), at::MemoryFormat::Contiguous);
   auto rstd = new_output({B, C}, x.options(), at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "instance_norm_act_residual_cpu", [&] {
     using T = scalar_t;
     const auto w = weight ? weight->to(x.scalar_type()).contiguous() : at::Tensor();
     const auto bi = bias ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
+    if (pixels) return forward_pixels<T>(x, res, w, bi, y, mean, rstd, act, eps);
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / C, c = bc % C;
@@ -116,7 +267,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
       }
     });
   });
-  return {y.contiguous(output_format(x_in)), mean, rstd};
+  return {y, mean, rstd};
 }
 
 // With xhat = (x - mean) * rstd, z = xhat * weight + bias and gz = grad * act'(z):
@@ -127,10 +278,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backwa
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, c10::string_view act_name) {
   check_norm_backward_args(grad_in, x_in, weight, bias);
   const Act act = parse_act(std::string(act_name));
-  const auto x = rows_unit(x_in);
-  const auto grad = rows_unit(grad_in);
+  const auto format = output_format(x_in);
+  const bool pixels = format == at::MemoryFormat::ChannelsLast;
+  const auto x = in_layout(x_in, pixels);
+  const auto grad = in_layout(grad_in, pixels);
   const int64_t B = x.size(0), C = x.size(1), N = x.size(2) * x.size(3);
-  auto gx = new_output(x.sizes(), x.options(), at::MemoryFormat::Contiguous);
+  auto gx = new_output(x.sizes(), x.options(), format);
   auto s1 = at::empty({B, C}, x.options());  // per plane: sum gz
   auto s2 = at::empty({B, C}, x.options());  // per plane: sum gz * xhat
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "instance_norm_act_residual_backward_cpu", [&] {
@@ -138,6 +291,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backwa
     const auto w = weight ? weight->to(x.scalar_type()).contiguous() : at::Tensor();
     const auto bi = bias ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
     const auto m = mean.to(x.scalar_type()).contiguous(), rs = rstd.to(x.scalar_type()).contiguous();
+    if (pixels) return backward_pixels<T>(grad, x, m, rs, w, bi, gx, s1, s2, act);
     at::parallel_for(0, B * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t bc = begin; bc < end; ++bc) {
         const int64_t b = bc / C, c = bc % C;
@@ -176,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backwa
     });
   });
   auto param_options = weight ? weight->options() : (bias ? bias->options() : x.options());
-  return {gx.contiguous(output_format(x_in)), s2.sum(0).to(param_options), s1.sum(0).to(param_options)};
+  return {gx, s2.sum(0).to(param_options), s1.sum(0).to(param_options)};
 }
 
 }  // namespace
