@@ -69,7 +69,7 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
     step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    benchmark.pedantic(step, rounds=1 if SMOKE else 5, iterations=1, warmup_rounds=0 if SMOKE else 1)
+    benchmark.pedantic(step, rounds=1 if SMOKE else 10, iterations=1, warmup_rounds=0 if SMOKE else 1)
     if device == "cuda":
         benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
 
