@@ -251,10 +251,15 @@ def build_sample_set(
     if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
         return root
     rng = np.random.default_rng(seed)
-    for phase, photos, n in (("train", SAMPLE_TRAIN_PHOTOS, train_per_photo), ("test", SAMPLE_TEST_PHOTOS, test_per_photo)):
+    for phase, photos, n in (
+        ("train", SAMPLE_TRAIN_PHOTOS, train_per_photo),
+        ("test", SAMPLE_TEST_PHOTOS, test_per_photo),
+    ):
         pairs = []
         for name in photos:
-            pairs += [(f"{name}_{i:03d}", c, _edges(c, sigma)) for i, c in enumerate(_crops(_photo(name), n, size, rng))]
+            pairs += [
+                (f"{name}_{i:03d}", c, _edges(c, sigma)) for i, c in enumerate(_crops(_photo(name), n, size, rng))
+            ]
         if unpaired:
             folder_a, folder_b = root / f"{phase}A", root / f"{phase}B"
             folder_a.mkdir(parents=True, exist_ok=True)
