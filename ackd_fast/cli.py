@@ -54,7 +54,7 @@ HELP = {
     "device": "auto (CUDA when present), cpu or cuda",
     "amp": "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, or fp16 (with a gradient scaler)",
     "compile": "torch.compile the generators and discriminators",
-    "channels_last": "channels_last memory format for images and weights",
+    "channels_last": "channels_last memory format for images and weights (CUDA only: slower on CPU)",
     "tf32": "TF32 matmuls and convolutions on CUDA",
     "seed": "random seed (weights, data order, augmentation)",
     "log_every": "steps between log.jsonl records and progress-bar updates",

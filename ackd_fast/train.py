@@ -82,7 +82,7 @@ class Config:
     device: str = "auto"
     amp: str = "auto"  # "auto": bf16 on a CUDA device that has it, none on CPU
     compile: bool = False
-    channels_last: bool = True
+    channels_last: bool = True  # on CUDA only
     tf32: bool = True
     seed: int = 0
     log_every: int = 10
@@ -254,7 +254,8 @@ def train(cfg: Config) -> dict:
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    # channels_last pays on CUDA (tensor cores); on CPU the instance norms run several times slower in it.
+    memory_format = torch.channels_last if cfg.channels_last and use_cuda else torch.contiguous_format
     master = rank == 0
     out_dir = Path(cfg.out_dir)
     if master:
@@ -304,7 +305,13 @@ def train(cfg: Config) -> dict:
 
     g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, lr_lambda)
     d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, lr_lambda)
-    g_model = DDP(objective, device_ids=[local_rank] if use_cuda else None) if ddp else objective
+    # Without residuals, ACK-F in "both" mode ignores ACK-A's output: DDP must then expect unused parameters.
+    unused = cfg.job == "distill" and cfg.ackd and cfg.mode == "both" and not cfg.residual
+    g_model = (
+        DDP(objective, device_ids=[local_rank] if use_cuda else None, find_unused_parameters=unused)
+        if ddp
+        else objective
+    )
     d_model = DDP(critic, device_ids=[local_rank] if use_cuda else None) if ddp else critic
 
     # --- resume
