@@ -235,6 +235,10 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
 
 def train(cfg: Config) -> dict:
     # --- set-up: processes, device, precision, seed
+    if cfg.job not in ("teacher", "distill"):
+        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
+    if cfg.job == "distill" and not cfg.teacher:
+        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
     if ddp:
