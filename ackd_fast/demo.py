@@ -29,8 +29,8 @@ CROP_SIZE = 64
 @dataclass
 class DemoConfig:
     out_dir: str = "runs/demo"
-    teacher_steps: int = 300
-    student_steps: int = 200
+    teacher_steps: int = 400
+    student_steps: int = 300
     teacher_ngf: int = 16
     student_ngf: int = 16
     ndf: int = 32

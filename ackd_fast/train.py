@@ -362,6 +362,7 @@ def train(cfg: Config) -> dict:
         bar = tqdm(total=end, initial=step, desc=f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}")
     t0, images, start_time = time.perf_counter(), 0, time.perf_counter()
     logs: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}
     g_model.train()
     d_model.train()
     while step < end:
@@ -394,15 +395,18 @@ def train(cfg: Config) -> dict:
         step += 1
         images += a.shape[0] * world
 
+        # Losses are summed on the device and read once per log interval (one sync), then averaged over it.
+        terms = {"g_loss": out.loss, "d_loss": d_loss, **out.logs}
+        sums = {k: sums.get(k, 0) + v.detach().float() for k, v in terms.items()}
         if master and (step % cfg.log_every == 0 or step == end):
-            elapsed = time.perf_counter() - t0
-            logs = {"g_loss": out.loss.item(), "d_loss": d_loss.item(), **{k: v.item() for k, v in out.logs.items()}}
+            elapsed, n = time.perf_counter() - t0, images // (a.shape[0] * world)
+            logs = {k: v.item() / n for k, v in sums.items()}
             record = {"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images / elapsed}
             log_file.write(json.dumps(record) + "\n")
             log_file.flush()
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images / elapsed:.1f}"})
-            t0, images = time.perf_counter(), 0
+            t0, images, sums = time.perf_counter(), 0, {}
         if master and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == end):
             save_grid(out_dir / "samples" / f"step_{step:07d}.png", [a, out.fake, b], rows=min(4, a.shape[0]))
         if step % cfg.ckpt_every == 0 or step == end:
