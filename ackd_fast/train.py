@@ -359,7 +359,8 @@ def train(cfg: Config) -> dict:
     if master and cfg.progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=end, initial=step, desc=f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}")
+        desc = f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}"
+        bar = tqdm(total=end, initial=step, desc=desc, mininterval=0.5)
     t0, images, start_time = time.perf_counter(), 0, time.perf_counter()
     logs: dict[str, float] = {}
     sums: dict[str, torch.Tensor] = {}
