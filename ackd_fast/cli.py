@@ -108,6 +108,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     g, cfg = load_generator(args.checkpoint)
     dataroot = args.dataroot or cfg["dataroot"]
+    if dataroot == "sample":  # the run built the sample set in its own folder
+        dataroot = str(data.Path(cfg["out_dir"]) / "data")
     mode = args.dataset_mode
     if mode == "auto":
         mode = "aligned" if (data.Path(dataroot) / args.phase).is_dir() else "unaligned"

@@ -131,7 +131,10 @@ class Distiller(nn.Module):
             feat = fake.new_zeros((), dtype=torch.float32)
             for phi, name, t_star in zip(self.connectors, self.student_taps[1:], refined, strict=True):
                 t_star = t_star.detach() if self.ack_train == "teacher-path" else t_star
-                feat = feat + F.mse_loss(phi(s_feats[name]).float(), t_star.float())
+                s_map = phi(s_feats[name])
+                if s_map.shape[-2:] != t_star.shape[-2:]:  # taps of different generators may differ in resolution
+                    s_map = F.interpolate(s_map, size=t_star.shape[-2:], mode="bilinear", align_corners=False)
+                feat = feat + F.mse_loss(s_map.float(), t_star.float())
             loss = loss + self.lambda_feat * feat + path
             logs |= {"g_feat": feat, "ack_path": path}
         real_pair = torch.cat([a, b], 1) if self.paired else b

@@ -5,7 +5,7 @@ import torch
 
 from ackd_fast.distill import Distiller
 from ackd_fast.losses import Critic
-from ackd_fast.models import NLayerDiscriminator, mobile_resnet_9blocks, resnet_9blocks
+from ackd_fast.models import NLayerDiscriminator, UnetGenerator, mobile_resnet_9blocks, resnet_9blocks
 from ackd_fast.modules import ACKRefiner
 
 TAPS = ("stem", "block3", "block6", "block9")
@@ -110,3 +110,16 @@ def test_teacher_stays_in_eval_and_bad_config_raises():
         Distiller(resnet_9blocks(ngf=8), mobile_resnet_9blocks(ngf=4), ("stem", "x"), TAPS[:2], True, "hinge")
     with pytest.raises(ValueError, match="ack_train"):
         _distiller(ack_train="both")
+
+
+def test_unet_teacher_with_named_taps_of_other_shapes():
+    # A U-Net's taps differ in channels and resolution from each other and from the student's; the config names them.
+    teacher, student = UnetGenerator(num_downs=5, ngf=4), mobile_resnet_9blocks(ngf=4)
+    d = Distiller(teacher, student, ("enc2", "enc3", "dec3"), ("stem", "block3", "block9"), True, "hinge", kv_stride=1)
+    assert [r.attention.source_channels for r in d.refiners] == [[8], [8, 16]]
+    critic = Critic([NLayerDiscriminator(6, ndf=8)], "hinge")
+    critic.requires_grad_(False)
+    a, b = _batch()
+    out = d(a, b, critic)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and all(p.grad is not None for p in d.connectors.parameters())
