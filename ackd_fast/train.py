@@ -409,7 +409,9 @@ def train(cfg: Config) -> dict:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images / elapsed:.1f}"})
             t0, images, sums = time.perf_counter(), 0, {}
         if master and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == end):
-            save_grid(out_dir / "samples" / f"step_{step:07d}.png", [a, out.fake, b], rows=min(4, a.shape[0]))
+            # input / (teacher, when distilling) / output / target
+            columns = [a, *out.extra.values(), out.fake, b]
+            save_grid(out_dir / "samples" / f"step_{step:07d}.png", columns, rows=min(4, a.shape[0]))
         if step % cfg.ckpt_every == 0 or step == end:
             checkpoint()
         if bar is not None:
