@@ -55,10 +55,10 @@ def to_tensor(im: Image.Image) -> Tensor:
 class _Augment:
     """Resize, crop and flip with one draw per sample, applied identically to every image of the sample."""
 
-    def __init__(self, load_size: int, crop_size: int, train: bool):
+    def __init__(self, load_size: int, crop_size: int, train: bool, flip: bool = True):
         if crop_size > load_size:
             raise ValueError(f"crop_size={crop_size} must be <= load_size={load_size}")
-        self.load_size, self.crop_size, self.train = load_size, crop_size, train
+        self.load_size, self.crop_size, self.train, self.flip = load_size, crop_size, train, flip
 
     def __call__(self, images: list[Image.Image], rng: np.random.Generator) -> list[Tensor]:
         if not self.train:
@@ -66,7 +66,7 @@ class _Augment:
             return [to_tensor(im.resize(size, Image.BICUBIC)) for im in images]
         s, c = self.load_size, self.crop_size
         x, y = int(rng.integers(0, s - c + 1)), int(rng.integers(0, s - c + 1))
-        flip = bool(rng.random() < 0.5)
+        flip = bool(rng.random() < 0.5) and self.flip  # drawn either way: the same stream with flips off
         out = []
         for im in images:
             im = im.resize((s, s), Image.BICUBIC).crop((x, y, x + c, y + c))
@@ -79,8 +79,8 @@ class _Augment:
 class _EpochSeeded(Dataset):
     paired: bool
 
-    def __init__(self, load_size: int, crop_size: int, train: bool, seed: int):
-        self.augment = _Augment(load_size, crop_size, train)
+    def __init__(self, load_size: int, crop_size: int, train: bool, seed: int, flip: bool = True):
+        self.augment = _Augment(load_size, crop_size, train, flip)
         self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -104,8 +104,9 @@ class AlignedDataset(_EpochSeeded):
         crop_size: int = 256,
         train: bool = True,
         seed: int = 0,
+        flip: bool = True,
     ):
-        super().__init__(load_size, crop_size, train, seed)
+        super().__init__(load_size, crop_size, train, seed, flip)
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         self.direction = direction
@@ -142,8 +143,9 @@ class UnalignedDataset(_EpochSeeded):
         crop_size: int = 256,
         train: bool = True,
         seed: int = 0,
+        flip: bool = True,
     ):
-        super().__init__(load_size, crop_size, train, seed)
+        super().__init__(load_size, crop_size, train, seed, flip)
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
@@ -171,14 +173,15 @@ def make_dataset(
     load_size: int = 286,
     crop_size: int = 256,
     seed: int = 0,
+    flip: bool = True,
 ) -> AlignedDataset | UnalignedDataset:
-    """`mode`: "aligned" or "unaligned"."""
+    """`mode`: "aligned" or "unaligned"; `flip`: random horizontal flips when `train`."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist (or is not a directory)")
     kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset}
     if mode not in kinds:
         raise ValueError(f"dataset mode must be one of {tuple(kinds)}, got {mode!r}")
-    return kinds[mode](root, phase, direction, load_size, crop_size, train, seed)
+    return kinds[mode](root, phase, direction, load_size, crop_size, train, seed, flip)
 
 
 # ------------------------------------------------------------------------------------------- the sample set

@@ -225,9 +225,9 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
     root = cfg.dataroot
     if root == "sample":
         root = data_lib.build_sample_set(Path(cfg.out_dir) / "data", unpaired=mode == "unaligned", seed=cfg.seed)
-    ds = data_lib.make_dataset(root, mode, phase, train, cfg.direction, cfg.load_size, cfg.crop_size, cfg.seed)
-    ds.augment.flip = cfg.flip
-    return ds
+    return data_lib.make_dataset(
+        root, mode, phase, train, cfg.direction, cfg.load_size, cfg.crop_size, cfg.seed, cfg.flip
+    )
 
 
 # ----------------------------------------------------------------------------------------- the loop
@@ -332,6 +332,8 @@ def train(cfg: Config) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         step = ckpt["step"]
+        if master:
+            print(f"resumed {ckpt_path} at step {step}")
 
     def checkpoint() -> None:
         if master:
@@ -354,7 +356,8 @@ def train(cfg: Config) -> dict:
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
     epoch, skip = divmod(step, steps_per_epoch)
     batches = iter(epoch_loader(epoch, skip))
-    log_file = open(out_dir / "log.jsonl", "a") if master else None  # noqa: SIM115 (closed at the end)
+    # a resumed run appends to its log; a fresh one starts it over
+    log_file = open(out_dir / "log.jsonl", "a" if step else "w") if master else None  # noqa: SIM115 (closed below)
     bar = None
     if master and cfg.progress:
         from tqdm import tqdm

@@ -67,6 +67,14 @@ def test_pairs_share_crop_and_flip_and_draws_are_seeded_by_epoch_and_index(tmp_p
     ds.set_epoch(2)
     assert torch.equal(ds[0]["A"], samples[2])
     assert len({t.sum().item() for t in samples}) > 1  # epochs draw different crops
+    no_flip = data.make_dataset(tmp_path, "aligned", load_size=20, crop_size=12, seed=3, flip=False)
+    flipped = 0
+    for epoch in range(6):  # the same crops, never flipped
+        no_flip.set_epoch(epoch)
+        x = no_flip[0]["A"]
+        assert torch.equal(x, samples[epoch]) or torch.equal(x.flip(-1), samples[epoch])
+        flipped += not torch.equal(x, samples[epoch])
+    assert flipped > 0  # with flips on, some epoch drew one (seeded: the same draws every run)
 
 
 def test_unaligned_layout(tmp_path):
