@@ -1,76 +1,182 @@
-"""The `ackd-fast` command. It only parses flags and calls into the package."""
+"""The `ackd-fast` command: train-teacher, distill, evaluate, demo. It only parses flags and calls into the package.
+
+Multi-GPU / multi-node: start any training command under torchrun, e.g.
+    torchrun --nproc_per_node 8 -m ackd_fast.cli distill --teacher runs/teacher/ckpt.pt ...
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+from dataclasses import MISSING, fields
 
-import torch
+from ackd_fast.train import Config
 
-import ackd_fast
-from ackd_fast.modules import ACKAttention, ACKFusion, ACKRefiner
+# One line per flag; the flag is the Config field with "-" for "_".
+HELP = {
+    "model": "teacher objective: pix2pix (hinge GAN + L1 x100, paired) or cyclegan (LSGAN + cycle x10 + identity x0.5)",
+    "out_dir": "run folder: ckpt.pt, log.jsonl, samples/",
+    "dataroot": "dataset folder (aligned: DIR/train/*.png with A|B side by side; unaligned: DIR/trainA, DIR/trainB), "
+    "or 'sample' for the built-in edges->photo set (built under OUT_DIR/data)",
+    "dataset_mode": "aligned, unaligned, or auto (aligned when the objective is paired)",
+    "direction": "AtoB or BtoA: which half (aligned) or folder (unaligned) is the input",
+    "load_size": "training images are resized to this square size before cropping",
+    "crop_size": "random square crop for training; evaluation resizes to this size",
+    "flip": "random horizontal flips in training",
+    "batch_size": "images per process and step; 0 = 4 when paired, 1 when unpaired",
+    "workers": "data-loading worker processes per training process",
+    "generator": "teacher generator: resnet_9blocks, mobile_resnet_9blocks or unet_256",
+    "ngf": "teacher generator width (channels of its first conv)",
+    "discriminator": "n_layers (PatchGAN) or multi_scale (PatchGANs at 1x, 1/2x)",
+    "ndf": "discriminator width",
+    "n_layers_d": "PatchGAN layers (3: the 70x70 PatchGAN)",
+    "teacher": "checkpoint of a train-teacher run (its generator is distilled; its discriminator starts the student's)",
+    "recipe": "compress: student mobile_resnet_9blocks at --student-ngf; self: the teacher's own architecture",
+    "student_ngf": "student width for --recipe compress (16: 0.137 M params, 1.41 GMACs at 256x256)",
+    "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
+    "a source",
+    "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
+    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only)",
+    "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both (ACK-F after ACK-A)",
+    "residual": "residual connections in ACK-A and ACK-F (--no-residual: the ablation)",
+    "ack_train": "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
+    "features detached; joint: the feature loss also trains the refiners",
+    "kv_stride": "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
+    "heads": "ACK-A attention heads (must divide the teacher's tap channels)",
+    "lambda_recon": "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired)",
+    "lambda_gan": "weight of the student's GAN loss",
+    "lambda_feat": "weight of the ACKD feature MSE",
+    "steps": "training steps (the learning-rate schedule spans them)",
+    "decay_steps": "the last DECAY_STEPS steps decay the learning rate linearly to 0; -1 = steps // 2",
+    "lr": "Adam learning rate (generator and discriminator)",
+    "beta1": "Adam beta1",
+    "beta2": "Adam beta2",
+    "device": "auto (CUDA when present), cpu or cuda",
+    "amp": "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, or fp16 (with a gradient scaler)",
+    "compile": "torch.compile the generators and discriminators",
+    "channels_last": "channels_last memory format for images and weights (CUDA only: slower on CPU)",
+    "tf32": "TF32 matmuls and convolutions on CUDA",
+    "seed": "random seed (weights, data order, augmentation)",
+    "log_every": "steps between log.jsonl records and progress-bar updates",
+    "sample_every": "steps between sample grids (input / output / target) in OUT_DIR/samples",
+    "ckpt_every": "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically)",
+    "resume": "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
+    "stop_at": "stop after this step with a checkpoint (the schedule still spans --steps); 0 = run to the end",
+    "progress": "show a progress bar",
+}
+TEACHER_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
+                "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
+DISTILL_ONLY = {"model", "generator", "ngf", "discriminator", "ndf", "n_layers_d"}
 
-# The paper's setting (DESIGN.md): a ResNet teacher with ngf 64 at 256x256 has 4*ngf = 256 channels at
-# H/4 x W/4 = 64x64 in every tap, and the last deep stage reads the three taps before it.
-PAPER_CHANNELS = 256
-PAPER_SIZE = 64
-PAPER_SOURCES = 3
+
+def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str], defaults: dict) -> None:
+    for f in fields(Config):
+        if f.name in skip or f.name == "job":
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in (bool, "bool"):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+        else:
+            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            parser.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} (default: %(default)s)")
 
 
-def _time_ms(fn, repeats: int, device: torch.device) -> float:
-    """Median wall time of fn() in milliseconds, after one warm-up call, synchronised on CUDA."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
+def _config(args: argparse.Namespace, job: str) -> Config:
+    names = {f.name for f in fields(Config)}
+    return Config(job=job, **{k: v for k, v in vars(args).items() if k in names})
 
 
-def demo(args: argparse.Namespace) -> None:
-    """Runs the three ACK modules on random feature maps of the paper's shapes; prints backends and timings."""
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    c, s, k = args.channels, args.size, PAPER_SOURCES
-    deep = torch.randn(args.batch, c, s, s, device=device)
-    sources = [torch.randn(args.batch, c, s, s, device=device) for _ in range(k)]
-    print("backends:", json.dumps(ackd_fast.backends(), indent=2))
-    print(f"\nfeature maps: deep {tuple(deep.shape)}, {k} sources {tuple(sources[0].shape)}, {device}, fp32")
-    print(f"{'module':<14} {'params':>10} {'forward ms':>11} {'fwd+bwd ms':>11}")
-    modules = {
-        "ACKAttention": ACKAttention(c, [c] * k, heads=args.heads),
-        "ACKFusion": ACKFusion(c, [c] * k),
-        "ACKRefiner": ACKRefiner(c, [c] * k, heads=args.heads),
-    }
-    for name, module in modules.items():
-        module.to(device)
-        params = sum(p.numel() for p in module.parameters())
-        with torch.no_grad():
-            fwd = _time_ms(lambda m=module: m(deep, sources), args.repeats, device)
-        fwd_bwd = _time_ms(lambda m=module: m(deep, sources).square().mean().backward(), args.repeats, device)
-        print(f"{name:<14} {params:>10,} {fwd:>11.1f} {fwd_bwd:>11.1f}")
+def cmd_train_teacher(args: argparse.Namespace) -> None:
+    from ackd_fast.train import train
+
+    print(json.dumps(train(_config(args, "teacher")), indent=1))
+
+
+def cmd_distill(args: argparse.Namespace) -> None:
+    from ackd_fast.train import train
+
+    print(json.dumps(train(_config(args, "distill")), indent=1))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    import torch
+
+    from ackd_fast import data
+    from ackd_fast.metrics import count_macs, count_params
+    from ackd_fast.train import evaluate, load_generator
+
+    g, cfg = load_generator(args.checkpoint)
+    dataroot = args.dataroot or cfg["dataroot"]
+    if dataroot == "sample":  # the run built the sample set in its own folder
+        dataroot = str(data.Path(cfg["out_dir"]) / "data")
+    mode = args.dataset_mode
+    if mode == "auto":
+        mode = "aligned" if (data.Path(dataroot) / args.phase).is_dir() else "unaligned"
+    size = args.crop_size or cfg["crop_size"]
+    ds = data.make_dataset(dataroot, mode, args.phase, train=False, direction=args.direction, load_size=size,
+                           crop_size=size)  # fmt: skip
+    scores = evaluate(g, ds, batch_size=args.batch_size, device=args.device)
+    scores |= {"params": count_params(g), "macs": count_macs(g.cpu(), torch.zeros(1, 3, size, size))}
+    print(json.dumps(scores, indent=1))
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from ackd_fast.demo import DemoConfig, run_demo
+
+    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)}))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ackd-fast", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("train-teacher", help="train a pix2pix or CycleGAN teacher")
+    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/teacher"})
+    p.set_defaults(func=cmd_train_teacher)
+
+    p = commands.add_parser("distill", help="distill a teacher checkpoint into a student with ACKD (or the baseline)")
+    _add_config_flags(p, DISTILL_ONLY, {"out_dir": "runs/distill"})
+    p.set_defaults(func=cmd_distill)
+
+    p = commands.add_parser("evaluate", help="held-out PSNR/SSIM, params and MACs of a checkpoint's generator")
+    p.add_argument("checkpoint", help="ckpt.pt of a train-teacher or distill run")
+    p.add_argument("--dataroot", default="", help="dataset folder (default: the run's own)")
+    p.add_argument("--phase", default="test", help="split folder to score (default: %(default)s)")
+    p.add_argument("--dataset-mode", default="auto", help="aligned, unaligned, or auto (from the folder layout)")
+    p.add_argument("--direction", default="AtoB", help="AtoB or BtoA (default: %(default)s)")
+    p.add_argument("--crop-size", type=int, default=0, help="images are resized to this size; 0 = the run's crop size")
+    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.set_defaults(func=cmd_evaluate)
+
+    from ackd_fast.demo import DemoConfig
+
+    p = commands.add_parser(
+        "demo", help="teacher, ACKD student and baseline on the built-in sample set; prints a table"
+    )
+    d = DemoConfig()
+    p.add_argument("--out-dir", default=d.out_dir, help="output folder (default: %(default)s)")
+    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="teacher steps (default: %(default)s)")
+    p.add_argument(
+        "--student-steps", type=int, default=d.student_steps, help="steps of each student (default: %(default)s)"
+    )
+    p.add_argument("--teacher-ngf", type=int, default=d.teacher_ngf, help="teacher width (default: %(default)s)")
+    p.add_argument("--student-ngf", type=int, default=d.student_ngf, help="student width (default: %(default)s)")
+    p.add_argument("--ndf", type=int, default=d.ndf, help="discriminator width (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
+    p.add_argument("--kv-stride", type=int, default=d.kv_stride, help="ACK-A key/value pooling (default: %(default)s)")
+    p.add_argument("--workers", type=int, default=d.workers, help="data workers (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="progress bars")
+    p.set_defaults(func=cmd_demo)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="ackd-fast", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("demo", help="run the ACK modules on random feature maps of the paper's shapes")
-    p.add_argument("--batch", type=int, default=1, help="batch size B (default 1)")
-    p.add_argument("--channels", type=int, default=PAPER_CHANNELS, help="channels of every map (default 256)")
-    p.add_argument("--size", type=int, default=PAPER_SIZE, help="height and width of every map (default 64)")
-    p.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs per measurement; the median is shown")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.set_defaults(func=demo)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     args.func(args)
 
 

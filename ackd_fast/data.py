@@ -1,0 +1,282 @@
+"""Data: aligned folders (pix2pix: one A|B image per sample), unaligned folders (CycleGAN: trainA/ and trainB/), and
+the built-in sample set (edges -> photo, cut from the photographs that scikit-image ships).
+
+Layouts (those of pix2pix, CycleGAN and GAN Compression):
+    aligned:    ROOT/train/*.png, ROOT/test/*.png, each image A and B side by side (`direction` picks which is input)
+    unaligned:  ROOT/trainA, ROOT/trainB, ROOT/testA, ROOT/testB
+
+Augmentation (train): resize to `load_size`, random `crop_size` crop, random horizontal flip; the same crop and
+flip for A and B of a pair. Evaluation: resize to `crop_size`. The random draws of sample `i` in epoch `e` come from
+a generator seeded by (seed, e, i), so the data a step sees does not depend on workers or on resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import Tensor
+from torch.utils.data import Dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files of `folder`, sorted; FileNotFoundError/ValueError naming the folder when there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist (or is not a directory)")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"image folder {folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """An RGB PIL image; ValueError naming the path when the file cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def to_tensor(im: Image.Image) -> Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return x.float().div(127.5).sub(1.0)
+
+
+class _Augment:
+    """Resize, crop and flip with one draw per sample, applied identically to every image of the sample."""
+
+    def __init__(self, load_size: int, crop_size: int, train: bool, flip: bool = True):
+        if crop_size > load_size:
+            raise ValueError(f"crop_size={crop_size} must be <= load_size={load_size}")
+        self.load_size, self.crop_size, self.train, self.flip = load_size, crop_size, train, flip
+
+    def __call__(self, images: list[Image.Image], rng: np.random.Generator) -> list[Tensor]:
+        if not self.train:
+            size = (self.crop_size, self.crop_size)
+            return [to_tensor(im.resize(size, Image.BICUBIC)) for im in images]
+        s, c = self.load_size, self.crop_size
+        x, y = int(rng.integers(0, s - c + 1)), int(rng.integers(0, s - c + 1))
+        flip = bool(rng.random() < 0.5) and self.flip  # drawn either way: the same stream with flips off
+        out = []
+        for im in images:
+            im = im.resize((s, s), Image.BICUBIC).crop((x, y, x + c, y + c))
+            if flip:
+                im = im.transpose(Image.FLIP_LEFT_RIGHT)
+            out.append(to_tensor(im))
+        return out
+
+
+class _EpochSeeded(Dataset):
+    paired: bool
+
+    def __init__(self, load_size: int, crop_size: int, train: bool, seed: int, flip: bool = True):
+        self.augment = _Augment(load_size, crop_size, train, flip)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index])
+
+
+class AlignedDataset(_EpochSeeded):
+    """pix2pix layout: `ROOT/PHASE/*.png`, each image the pair A|B side by side."""
+
+    paired = True
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        phase: str = "train",
+        direction: str = "AtoB",
+        load_size: int = 286,
+        crop_size: int = 256,
+        train: bool = True,
+        seed: int = 0,
+        flip: bool = True,
+    ):
+        super().__init__(load_size, crop_size, train, seed, flip)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.direction = direction
+        self.files = list_images(Path(root) / phase)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        path = self.files[index]
+        ab = read_image(path)
+        w, h = ab.size
+        if w < 2:
+            raise ValueError(f"aligned image {path} is {w}x{h}; expected A and B side by side (width >= 2)")
+        a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w, h))
+        if self.direction == "BtoA":
+            a, b = b, a
+        a, b = self.augment([a, b], self._rng(index))
+        return {"A": a, "B": b, "index": index}
+
+
+class UnalignedDataset(_EpochSeeded):
+    """CycleGAN layout: `ROOT/PHASE` + "A" and + "B" with unrelated images; sample i is A[i] and a random B
+    (when `train`; in evaluation B[i % len(B)], which is the pair when the test folders are aligned by name)."""
+
+    paired = False
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        phase: str = "train",
+        direction: str = "AtoB",
+        load_size: int = 286,
+        crop_size: int = 256,
+        train: bool = True,
+        seed: int = 0,
+        flip: bool = True,
+    ):
+        super().__init__(load_size, crop_size, train, seed, flip)
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
+        self.files_a = list_images(Path(root) / f"{phase}{src}")
+        self.files_b = list_images(Path(root) / f"{phase}{dst}")
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.files_a)
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self._rng(index)
+        j = int(rng.integers(0, len(self.files_b))) if self.train else index % len(self.files_b)
+        a = self.augment([read_image(self.files_a[index])], rng)[0]
+        b = self.augment([read_image(self.files_b[j])], rng)[0]
+        return {"A": a, "B": b, "index": index}
+
+
+def make_dataset(
+    root: str | os.PathLike,
+    mode: str,
+    phase: str = "train",
+    train: bool = True,
+    direction: str = "AtoB",
+    load_size: int = 286,
+    crop_size: int = 256,
+    seed: int = 0,
+    flip: bool = True,
+) -> AlignedDataset | UnalignedDataset:
+    """`mode`: "aligned" or "unaligned"; `flip`: random horizontal flips when `train`."""
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"dataset root {root} does not exist (or is not a directory)")
+    kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset}
+    if mode not in kinds:
+        raise ValueError(f"dataset mode must be one of {tuple(kinds)}, got {mode!r}")
+    return kinds[mode](root, phase, direction, load_size, crop_size, train, seed, flip)
+
+
+# ------------------------------------------------------------------------------------------- the sample set
+
+# Colour photographs bundled with scikit-image (no download). The split is by photograph: a test photo never
+# contributes a training crop.
+SAMPLE_TRAIN_PHOTOS = ("astronaut", "rocket", "hubble_deep_field", "immunohistochemistry", "retina", "motorcycle")
+SAMPLE_TEST_PHOTOS = ("chelsea", "coffee")
+SAMPLE_SET_VERSION = 1
+
+
+def _photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    if name == "motorcycle":
+        return skimage.data.stereo_motorcycle()[0]
+    return getattr(skimage.data, name)()
+
+
+def _edges(photo: np.ndarray, sigma: float) -> np.ndarray:
+    """Canny edges as a pix2pix edges image: black lines on white, 3 channels."""
+    from skimage.color import rgb2gray
+    from skimage.feature import canny
+
+    lines = canny(rgb2gray(photo), sigma=sigma)
+    return np.repeat(np.where(lines, 0, 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+def _crops(photo: np.ndarray, n: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """n random size x size crops, each at a random scale (the crop covers 1/3 to 3/4 of the shorter side)."""
+    im = Image.fromarray(photo)
+    out = []
+    for _ in range(n):
+        short = min(im.size)
+        side = int(short * rng.uniform(1 / 3, 3 / 4))
+        x = int(rng.integers(0, im.size[0] - side + 1))
+        y = int(rng.integers(0, im.size[1] - side + 1))
+        crop = im.crop((x, y, x + side, y + side)).resize((size, size), Image.LANCZOS)
+        if rng.random() < 0.5:
+            crop = crop.transpose(Image.FLIP_LEFT_RIGHT)
+        out.append(np.asarray(crop))
+    return out
+
+
+def build_sample_set(
+    root: str | os.PathLike,
+    size: int = 72,
+    train_per_photo: int = 48,
+    test_per_photo: int = 24,
+    unpaired: bool = False,
+    seed: int = 0,
+    sigma: float = 1.5,
+) -> Path:
+    """Writes the edges -> photo sample set under `root` (once: a matching `meta.json` means it is there) and returns
+    `root`. Paired: `train/` and `test/` hold A|B images (A = Canny edges, B = photo). Unpaired: `trainA/` and
+    `trainB/` hold the edges and photos of *different* crops; `testA/`/`testB/` stay aligned by name for scoring."""
+    root = Path(root)
+    meta = {
+        "version": SAMPLE_SET_VERSION,
+        "size": size,
+        "train_per_photo": train_per_photo,
+        "test_per_photo": test_per_photo,
+        "unpaired": unpaired,
+        "seed": seed,
+        "sigma": sigma,
+        "train_photos": SAMPLE_TRAIN_PHOTOS,
+        "test_photos": SAMPLE_TEST_PHOTOS,
+    }
+    meta_file = root / "meta.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+        return root
+    rng = np.random.default_rng(seed)
+    for phase, photos, n in (
+        ("train", SAMPLE_TRAIN_PHOTOS, train_per_photo),
+        ("test", SAMPLE_TEST_PHOTOS, test_per_photo),
+    ):
+        pairs = []
+        for name in photos:
+            pairs += [
+                (f"{name}_{i:03d}", c, _edges(c, sigma)) for i, c in enumerate(_crops(_photo(name), n, size, rng))
+            ]
+        if unpaired:
+            folder_a, folder_b = root / f"{phase}A", root / f"{phase}B"
+            folder_a.mkdir(parents=True, exist_ok=True)
+            folder_b.mkdir(parents=True, exist_ok=True)
+            # Training: edges of the even crops, photos of the odd ones, so no file in trainB is trainA's partner.
+            a_items, b_items = (pairs[0::2], pairs[1::2]) if phase == "train" else (pairs, pairs)
+            for stem, _, edges in a_items:
+                Image.fromarray(edges).save(folder_a / f"{stem}.png")
+            for stem, photo, _ in b_items:
+                Image.fromarray(photo).save(folder_b / f"{stem}.png")
+        else:
+            folder = root / phase
+            folder.mkdir(parents=True, exist_ok=True)
+            for stem, photo, edges in pairs:
+                Image.fromarray(np.concatenate([edges, photo], axis=1)).save(folder / f"{stem}.png")
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return root

@@ -1,0 +1,142 @@
+"""ACKD distillation (DESIGN.md section 1): a frozen teacher, ACK refiners over its taps, 1x1 connectors from the
+student's taps, and the student's losses, as one nn.Module whose forward is the generator side of a step.
+
+Taps F_0 .. F_{K-1} come from the config by name (default: stem, block3, block6, block9). For each deep stage
+k >= 1, `ACKRefiner` turns F_k and its sources S_k = {F_0 .. F_{k-1}} into T*_k; the student's tap k, through its
+connector phi_k, is pulled towards T*_k by an MSE.
+
+How the refiners learn (`ack_train`):
+  "teacher-path" (default): T*_k replaces F_k inside the frozen teacher's forward; the rest of the teacher decodes it
+      and an L1 to the teacher's own output (plus the ground truth when paired) trains the refiner. The student's
+      feature loss sees T*_k detached, so it cannot pull the knowledge towards what the student already knows.
+  "joint": the same teacher-path loss, and the feature loss's gradient reaches the refiners too (no detach).
+Student losses: lambda_recon * L1 to the ground truth when paired (to the teacher's output when unpaired),
+lambda_gan * GAN loss under a discriminator initialised from the teacher's, lambda_feat * sum_k MSE.
+With `ackd=False` the refiners, connectors and feature loss are left out: the baseline student.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ackd_fast import checks
+from ackd_fast.losses import Critic, Step
+from ackd_fast.models import TappedGenerator
+from ackd_fast.modules import REFINER_MODES, ACKRefiner
+
+ACK_TRAIN = ("teacher-path", "joint")
+RECIPES = ("compress", "self")
+
+
+class Distiller(nn.Module):
+    """Args:
+    teacher, student: generators with named taps; the teacher is frozen here (eval, no grad).
+    teacher_taps, student_taps: K tap names each (K >= 2), in forward order; tap 0 is only ever a source.
+    paired: whether the data has ground truth (pix2pix) or not (CycleGAN: reconstruct the teacher's output).
+    gan_mode: the GAN loss of the critic.
+    ackd: False builds the baseline (no refiners, connectors or feature loss).
+    mode, residual, kv_stride, heads, backend: passed to every ACKRefiner.
+    ack_train: "teacher-path" or "joint" (module docstring).
+    """
+
+    def __init__(
+        self,
+        teacher: TappedGenerator,
+        student: TappedGenerator,
+        teacher_taps: Sequence[str],
+        student_taps: Sequence[str],
+        paired: bool,
+        gan_mode: str,
+        ackd: bool = True,
+        mode: str = "both",
+        residual: bool = True,
+        ack_train: str = "teacher-path",
+        kv_stride: int = 1,
+        heads: int = 4,
+        backend: str = "auto",
+        lambda_recon: float = 100.0,
+        lambda_gan: float = 1.0,
+        lambda_feat: float = 1.0,
+    ):
+        super().__init__()
+        self.teacher, self.student = teacher, student
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        self.teacher_taps, self.student_taps = tuple(teacher_taps), tuple(student_taps)
+        if len(self.teacher_taps) != len(self.student_taps) or len(self.teacher_taps) < 2:
+            raise ValueError(
+                f"teacher_taps {self.teacher_taps} and student_taps {self.student_taps} must name the same number "
+                "of taps, at least 2 (the first is only a source)"
+            )
+        teacher._check_names("teacher_taps", self.teacher_taps)
+        student._check_names("student_taps", self.student_taps)
+        self.paired, self.gan_mode, self.ackd = bool(paired), gan_mode, bool(ackd)
+        self.mode = checks.one_of("mode", mode, REFINER_MODES)
+        self.ack_train = checks.one_of("ack_train", ack_train, ACK_TRAIN)
+        self.lambda_recon, self.lambda_gan, self.lambda_feat = lambda_recon, lambda_gan, lambda_feat
+        self.refiners = nn.ModuleList()
+        self.connectors = nn.ModuleList()
+        if self.ackd:
+            t_ch, s_ch = teacher.tap_channels(), student.tap_channels()
+            channels = [t_ch[n] for n in self.teacher_taps]
+            for k in range(1, len(channels)):
+                self.refiners.append(
+                    ACKRefiner(
+                        channels[k],
+                        channels[:k],
+                        mode=mode,
+                        residual=residual,
+                        backend=backend,
+                        **({"kv_stride": kv_stride, "heads": heads} if mode != "fusion" else {}),
+                    )
+                )
+                self.connectors.append(nn.Conv2d(s_ch[self.student_taps[k]], channels[k], 1))
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        self.teacher.eval()  # frozen whatever the loop asks
+        return self
+
+    def refine(self, feats: list[Tensor]) -> list[Tensor]:
+        """T*_k for k = 1 .. K-1 from the teacher's taps F_0 .. F_{K-1}."""
+        return [r(feats[k], feats[:k]) for k, r in enumerate(self.refiners, start=1)]
+
+    def forward(self, a: Tensor, b: Tensor, critic: Critic) -> Step:
+        with torch.no_grad():
+            t_out, t_feats = self.teacher(a, taps=self.teacher_taps)
+        if self.ackd:
+            fake, s_feats = self.student(a, taps=self.student_taps)
+        else:
+            fake, s_feats = self.student(a), {}
+        target = b if self.paired else t_out
+        recon = F.l1_loss(fake.float(), target.float())
+        gan = critic.adversarial(0, torch.cat([a, fake], 1) if self.paired else fake)
+        loss = self.lambda_recon * recon + self.lambda_gan * gan
+        logs = {"g_recon": recon, "g_gan": gan}
+        if self.ackd:
+            feats = [t_feats[n] for n in self.teacher_taps]
+            refined = self.refine(feats)
+            # Teacher path: each T*_k decoded by the rest of the frozen teacher must still give the teacher's
+            # output (and the ground truth when there is one); only the refiners receive this gradient.
+            path = fake.new_zeros((), dtype=torch.float32)
+            for name, t_star in zip(self.teacher_taps[1:], refined, strict=True):
+                decoded = self.teacher(a, replace={name: t_star}).float()
+                path = path + F.l1_loss(decoded, t_out.float())
+                if self.paired:
+                    path = path + F.l1_loss(decoded, b.float())
+            feat = fake.new_zeros((), dtype=torch.float32)
+            for phi, name, t_star in zip(self.connectors, self.student_taps[1:], refined, strict=True):
+                t_star = t_star.detach() if self.ack_train == "teacher-path" else t_star
+                s_map = phi(s_feats[name])
+                if s_map.shape[-2:] != t_star.shape[-2:]:  # taps of different generators may differ in resolution
+                    s_map = F.interpolate(s_map, size=t_star.shape[-2:], mode="bilinear", align_corners=False)
+                feat = feat + F.mse_loss(s_map.float(), t_star.float())
+            loss = loss + self.lambda_feat * feat + path
+            logs |= {"g_feat": feat, "ack_path": path}
+        real_pair = torch.cat([a, b], 1) if self.paired else b
+        fake_pair = torch.cat([a, fake], 1) if self.paired else fake
+        return Step(loss, logs, [(real_pair, fake_pair)], fake, {"teacher": t_out})

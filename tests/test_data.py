@@ -1,0 +1,108 @@
+"""Data: the folder layouts, errors that name the path, paired augmentation, determinism, the sample set's split."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ackd_fast import data
+
+
+def _aligned_folder(root, n=3, size=16):
+    folder = root / "train"
+    folder.mkdir(parents=True)
+    for i in range(n):
+        a = np.zeros((size, size, 3), np.uint8)
+        a[..., 0] = 255  # A red
+        b = np.zeros((size, size, 3), np.uint8)
+        b[..., 2] = 255  # B blue
+        Image.fromarray(np.concatenate([a, b], 1)).save(folder / f"{i}.png")
+    return root
+
+
+def test_missing_empty_and_unreadable_paths_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "nope")):
+        data.make_dataset(tmp_path / "nope", "aligned")
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "train")):
+        data.make_dataset(tmp_path, "aligned")
+    (tmp_path / "train").mkdir()
+    with pytest.raises(ValueError, match=f"{tmp_path / 'train'} holds no images"):
+        data.make_dataset(tmp_path, "aligned")
+    (tmp_path / "train" / "bad.png").write_bytes(b"not a png")
+    ds = data.make_dataset(tmp_path, "aligned", load_size=16, crop_size=16)
+    with pytest.raises(ValueError, match=r"cannot read image .*bad\.png"):
+        ds[0]
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "trainA")):
+        data.make_dataset(tmp_path, "unaligned")
+    with pytest.raises(ValueError, match="direction"):
+        data.make_dataset(tmp_path, "aligned", direction="AB")
+    with pytest.raises(ValueError, match="mode"):
+        data.make_dataset(tmp_path, "paired")
+    with pytest.raises(ValueError, match="crop_size"):
+        data.make_dataset(tmp_path, "aligned", load_size=16, crop_size=32)
+
+
+def test_aligned_halves_and_direction(tmp_path):
+    _aligned_folder(tmp_path)
+    s = data.make_dataset(tmp_path, "aligned", load_size=16, crop_size=12)[0]
+    assert s["A"].shape == s["B"].shape == (3, 12, 12)
+    assert s["A"][0].mean() > 0.9 and s["A"][2].mean() < -0.9  # red
+    assert s["B"][2].mean() > 0.9 and s["B"][0].mean() < -0.9  # blue
+    r = data.make_dataset(tmp_path, "aligned", direction="BtoA", load_size=16, crop_size=12)[0]
+    assert torch.equal(r["A"], s["B"]) and torch.equal(r["B"], s["A"])
+
+
+def test_pairs_share_crop_and_flip_and_draws_are_seeded_by_epoch_and_index(tmp_path):
+    folder = tmp_path / "train"
+    folder.mkdir()
+    half = np.random.default_rng(0).integers(0, 256, (20, 20, 3), dtype=np.uint8)
+    Image.fromarray(np.concatenate([half, half], 1)).save(folder / "x.png")
+    ds = data.make_dataset(tmp_path, "aligned", load_size=20, crop_size=12, seed=3)
+    samples = []
+    for epoch in range(6):
+        ds.set_epoch(epoch)
+        s = ds[0]
+        assert torch.equal(s["A"], s["B"])  # the same crop and flip for both halves
+        samples.append(s["A"])
+    ds.set_epoch(2)
+    assert torch.equal(ds[0]["A"], samples[2])
+    assert len({t.sum().item() for t in samples}) > 1  # epochs draw different crops
+    no_flip = data.make_dataset(tmp_path, "aligned", load_size=20, crop_size=12, seed=3, flip=False)
+    flipped = 0
+    for epoch in range(6):  # the same crops, never flipped
+        no_flip.set_epoch(epoch)
+        x = no_flip[0]["A"]
+        assert torch.equal(x, samples[epoch]) or torch.equal(x.flip(-1), samples[epoch])
+        flipped += not torch.equal(x, samples[epoch])
+    assert flipped > 0  # with flips on, some epoch drew one (seeded: the same draws every run)
+
+
+def test_unaligned_layout(tmp_path):
+    for sub, n in (("trainA", 3), ("trainB", 5)):
+        (tmp_path / sub).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((8, 8, 3), i * 40, np.uint8)).save(tmp_path / sub / f"{i}.jpg")
+    ds = data.make_dataset(tmp_path, "unaligned", load_size=8, crop_size=8)
+    assert len(ds) == 3 and not ds.paired
+    assert ds[1]["A"].shape == ds[1]["B"].shape == (3, 8, 8)
+
+
+def test_sample_set_splits_by_photograph_and_is_cached(tmp_path):
+    root = data.build_sample_set(tmp_path / "s", size=24, train_per_photo=2, test_per_photo=2)
+    train = [p.stem.rsplit("_", 1)[0] for p in data.list_images(root / "train")]
+    test = [p.stem.rsplit("_", 1)[0] for p in data.list_images(root / "test")]
+    assert set(train) == set(data.SAMPLE_TRAIN_PHOTOS) and set(test) == set(data.SAMPLE_TEST_PHOTOS)
+    assert not set(train) & set(test)
+    im = Image.open(root / "test" / "coffee_000.png")
+    assert im.size == (48, 24)
+    edges = np.asarray(im)[:, :24]
+    assert set(np.unique(edges)) <= {0, 255}  # black lines on white
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    data.build_sample_set(tmp_path / "s", size=24, train_per_photo=2, test_per_photo=2)
+    assert (root / "meta.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+
+    un = data.build_sample_set(tmp_path / "u", size=24, train_per_photo=2, test_per_photo=2, unpaired=True)
+    a = {p.name for p in data.list_images(un / "trainA")}
+    b = {p.name for p in data.list_images(un / "trainB")}
+    assert a and b and not a & b  # no training photo is its edges' partner
+    assert {p.name for p in data.list_images(un / "testA")} == {p.name for p in data.list_images(un / "testB")}

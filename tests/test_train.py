@@ -1,0 +1,179 @@
+"""The loop: teacher and distillation runs, exact resume, atomic checkpoints, DDP under torchrun, the CLI, the demo."""
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import fields, replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from ackd_fast import cli, data
+from ackd_fast.train import Config, load_checkpoint, load_generator, save_checkpoint, train
+
+SIZE, CROP = 36, 32  # the smallest crop a 3-layer PatchGAN accepts is 32
+
+
+@pytest.fixture(scope="module")
+def paired_root(tmp_path_factory):
+    return str(data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=2))
+
+
+@pytest.fixture(scope="module")
+def unpaired_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("unpaired")
+    return str(data.build_sample_set(root, size=SIZE, train_per_photo=2, test_per_photo=2, unpaired=True))
+
+
+def _cfg(out, root, **kw):
+    tiny = {"ngf": 4, "ndf": 8, "student_ngf": 4, "batch_size": 2, "workers": 0, "steps": 2}
+    quiet = {"log_every": 1, "sample_every": 2, "ckpt_every": 100, "progress": False}
+    return Config(out_dir=str(out), dataroot=root, load_size=SIZE, crop_size=CROP, **(tiny | quiet | kw))
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory, paired_root):
+    out = tmp_path_factory.mktemp("teacher")
+    train(_cfg(out, paired_root, job="teacher", model="pix2pix"))
+    return str(out / "ckpt.pt")
+
+
+def test_teacher_run_writes_checkpoint_log_and_samples(teacher_ckpt):
+    run = Path(teacher_ckpt).parent
+    ckpt = load_checkpoint(teacher_ckpt)
+    assert ckpt["step"] == 2 and ckpt["config"]["model"] == "pix2pix"
+    assert set(ckpt) >= {"g", "d", "g_opt", "d_opt", "g_sched", "d_sched", "scaler", "rng", "config", "generator"}
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert {"g_loss", "d_loss", "g_gan", "g_l1", "lr", "img_per_s"} <= set(records[0])
+    assert (run / "samples" / "step_0000002.png").is_file()
+    g, cfg = load_generator(teacher_ckpt)
+    assert cfg["ngf"] == 4 and g(torch.zeros(1, 3, CROP, CROP)).shape == (1, 3, CROP, CROP)
+
+
+def test_cyclegan_teacher_and_unpaired_distillation(tmp_path, unpaired_root):
+    train(_cfg(tmp_path / "t", unpaired_root, job="teacher", model="cyclegan", batch_size=0))
+    ckpt = load_checkpoint(tmp_path / "t" / "ckpt.pt")
+    assert len(ckpt["d_opt"]["param_groups"][0]["params"]) > 0 and "generator_b.head.7.weight" in ckpt["g"]
+    result = train(_cfg(tmp_path / "s", unpaired_root, job="distill", teacher=str(tmp_path / "t" / "ckpt.pt")))
+    assert result["step"] == 2 and "g_feat" in result["logs"]
+
+
+def test_self_distillation_and_discriminator_from_the_teacher(tmp_path, paired_root, teacher_ckpt):
+    from ackd_fast.train import build_task
+
+    cfg = _cfg(tmp_path, paired_root, job="distill", teacher=teacher_ckpt, recipe="self", mode="fusion")
+    distiller, critic, student, spec = build_task(cfg)
+    assert spec == {"name": "resnet_9blocks", "ngf": 4} and type(student) is type(distiller.teacher)
+    teacher_d = load_checkpoint(teacher_ckpt)["d"]
+    for k, v in critic.state_dict().items():
+        assert torch.equal(v, teacher_d[k]), k
+    assert train(cfg)["step"] == 2
+
+
+def _states_equal(a, b, path="ckpt"):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _states_equal(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _states_equal(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, paired_root, teacher_ckpt):
+    # 12 training images, batch 4: 3 steps an epoch, so the 7 steps cross two epoch boundaries and the stop at 4
+    # falls inside an epoch.
+    cfg = _cfg(tmp_path / "full", paired_root, job="distill", teacher=teacher_ckpt, batch_size=4, steps=7, kv_stride=2)
+    train(cfg)
+    train(replace(cfg, out_dir=str(tmp_path / "cut"), stop_at=4))
+    assert load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 4
+    train(replace(cfg, out_dir=str(tmp_path / "cut"), resume=True))
+    full, cut = load_checkpoint(tmp_path / "full" / "ckpt.pt"), load_checkpoint(tmp_path / "cut" / "ckpt.pt")
+    for key in ("step", "g", "d", "g_opt", "d_opt", "g_sched", "d_sched"):
+        _states_equal(full[key], cut[key], key)
+    assert [json.loads(x)["g_loss"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()] == [
+        json.loads(x)["g_loss"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
+    ]
+
+
+def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    save_checkpoint({"step": 1, "w": torch.ones(3)}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"step": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 1 and torch.equal(ckpt["w"], torch.ones(3))
+    with pytest.raises(FileNotFoundError, match=r"nope\.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_torchrun_two_cpu_processes_run_two_ddp_steps(tmp_path, paired_root):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "ackd_fast.cli", "train-teacher",
+           "--dataroot", paired_root, "--out-dir", str(tmp_path), "--load-size", str(SIZE), "--crop-size", str(CROP),
+           "--ngf", "4", "--ndf", "8", "--batch-size", "2", "--workers", "0", "--steps", "2", "--device", "cpu",
+           "--no-progress"]  # fmt: skip
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 2
+    records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["step"] == 2 and len(records) == 1  # only rank 0 logs (every 10 steps, and the last)
+
+
+def test_every_flag_has_help_and_bad_values_raise(tmp_path, paired_root):
+    assert {f.name for f in fields(Config)} - {"job"} == set(cli.HELP)
+    parser = cli.build_parser()
+    for command in ("train-teacher", "distill", "evaluate", "demo"):
+        sub = parser._subparsers._group_actions[0].choices[command]
+        for action in sub._actions:
+            assert action.help, (command, action.dest)
+    with pytest.raises(ValueError, match="job"):
+        train(_cfg(tmp_path, paired_root, job="fit"))
+    with pytest.raises(ValueError, match="--teacher"):
+        train(_cfg(tmp_path, paired_root, job="distill"))
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        train(_cfg(tmp_path, str(tmp_path / "missing"), job="teacher"))
+
+
+def test_evaluate_command(teacher_ckpt, capsys):
+    cli.main(["evaluate", teacher_ckpt])
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["images"] == 4 and 0 < scores["psnr"] < 60 and -1 <= scores["ssim"] <= 1
+
+
+def test_demo_end_to_end_in_miniature(tmp_path):
+    from ackd_fast.demo import DemoConfig, run_demo
+
+    result = run_demo(DemoConfig(out_dir=str(tmp_path), teacher_steps=2, student_steps=2, progress=False))
+    assert [r["model"] for r in result["rows"]] == ["teacher (resnet_9blocks)", "ACKD student", "baseline student"]
+    student = result["rows"][1]
+    assert student["params_M"] == pytest.approx(0.137, abs=1e-3) and student["GMACs@256"] == pytest.approx(1.41, 0.01)
+    for name in ("grid.png", "losses.png", "results.json", "results.md"):
+        assert (tmp_path / name).is_file()
+
+
+# the scaler skips fp16 steps while it finds its scale, which the scheduler reports
+@pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_steps_run(tmp_path, paired_root, teacher_ckpt, amp):
+    # fp16 goes through the gradient scaler (whose first step may be skipped while it finds its scale)
+    result = train(_cfg(tmp_path, paired_root, job="distill", teacher=teacher_ckpt, amp=amp, kv_stride=2))
+    assert result["step"] == 2 and all(v == v for v in result["logs"].values())  # no NaN
+    assert load_checkpoint(tmp_path / "ckpt.pt")["scaler"] != {} or amp == "bf16"
