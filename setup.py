@@ -90,10 +90,13 @@ def extensions():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
     # torch adds the C++ standard it needs (C++20 for torch 2.14)
-    cxx = ["-O3", *_cpu_vector_flags()]
+    # -fopenmp: at::parallel_for is header code that runs serially without it; the extension then shares
+    # torch's libgomp.so.1 (same soname), so there is one OpenMP runtime.
+    cxx = ["-O3", "-fopenmp", *_cpu_vector_flags()]
+    link = ["-fopenmp"]
     if not _want_cuda():
         print("ackd_fast: building CPU kernels only", flush=True)
-        return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx})]
+        return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     if not torch.cuda.is_available():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
     print(
@@ -108,6 +111,7 @@ def extensions():
             include_dirs=_pip_cuda_includes(),
             define_macros=[("WITH_CUDA", None)],
             extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+            extra_link_args=link,
         )
     ]
 

@@ -6,6 +6,8 @@
 //  - pixels (channels_last): an output pixel is the 2-D taps of each source, each a vector FMA along C.
 // The output's layout (that of sources[0]) picks the path; an input whose unit stride lies elsewhere (say, a view
 // sliced along W) is copied into the path's layout first.
+#include <functional>
+
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -19,12 +21,27 @@ namespace {
 
 using at::vec::Vectorized;
 
-// A resize table in the kernel's scalar type, kept alive for the call.
+// A resize table in the kernel's scalar type, kept alive for the call. Besides the CSR rows it holds the taps
+// padded to `slots` per row and stored slot-major (slot_index[t * rows + r]), zero weights in the padding, so the
+// horizontal pass is `slots` branch-free gather-FMA loops over x that the compiler vectorises.
 template <typename T>
 struct Table {
   Taps taps;
   std::vector<T> weight;
-  explicit Table(Taps t) : taps(std::move(t)), weight(taps.weight.begin(), taps.weight.end()) {}
+  int64_t slots = 0;
+  std::vector<int32_t> slot_index;
+  std::vector<T> slot_weight;
+  explicit Table(Taps t) : taps(std::move(t)), weight(taps.weight.begin(), taps.weight.end()) {
+    const int64_t rows = taps.rows();
+    for (int64_t r = 0; r < rows; ++r) slots = std::max<int64_t>(slots, end(r) - begin(r));
+    slot_index.assign(slots * rows, 0);
+    slot_weight.assign(slots * rows, T(0));
+    for (int64_t r = 0; r < rows; ++r)
+      for (int32_t k = begin(r); k < end(r); ++k) {
+        slot_index[(k - begin(r)) * rows + r] = taps.index[k];
+        slot_weight[(k - begin(r)) * rows + r] = weight[k];
+      }
+  }
   int32_t begin(int64_t r) const { return taps.offsets[r]; }
   int32_t end(int64_t r) const { return taps.offsets[r + 1]; }
   int32_t index(int32_t k) const { return taps.index[k]; }
@@ -91,10 +108,10 @@ const T* vertical(const Table<T>& table, int64_t r, const T* base, int64_t line_
 template <typename T>
 void horizontal(const Table<T>& table, bool identity, const T* line, T s, T* dst, int64_t n) {
   if (identity) return axpy(dst, line, s, n);
-  for (int64_t x = 0; x < n; ++x) {
-    T v = 0;
-    for (int32_t k = table.begin(x); k < table.end(x); ++k) v += table.weight[k] * line[table.index(k)];
-    dst[x] += s * v;
+  for (int64_t t = 0; t < table.slots; ++t) {
+    const int32_t* __restrict__ index = table.slot_index.data() + t * n;
+    const T* __restrict__ weight = table.slot_weight.data() + t * n;
+    for (int64_t x = 0; x < n; ++x) dst[x] += s * weight[x] * line[index[x]];
   }
 }
 
@@ -169,13 +186,13 @@ at::Tensor ack_accumulate_cpu(at::TensorList sources, const at::Tensor& weights,
 // ------------------------------------------------------------------------------------------------ backward
 //
 // With g_j = resize_j^T(grad): grad A_j = w_j * g_j and grad w_j = <grad, resize_j(A_j)> = <g_j, A_j>.
-// The transposed tables make g_j a gather over grad; partial dot products are kept per source row (or pixel) and
-// summed afterwards, so the result does not depend on the thread count.
+// The transposed tables make g_j a gather over grad. <g_j, A_j> is an at::parallel_reduce: fixed chunks combined
+// in order, so the result does not depend on the thread count.
 
 template <typename T>
-void backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, int64_t gsh, T w, T* gsrc,
-                   T* partial, int64_t B, int64_t C, int64_t W) {
-  at::parallel_for(0, B * C * s.h, grain(W), [&](int64_t begin, int64_t end) {
+T backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, int64_t gsh, T w, T* gsrc, int64_t B,
+                int64_t C, int64_t W) {
+  return at::parallel_reduce(0, B * C * s.h, grain(W), T(0), [&](int64_t begin, int64_t end, T sum) {
     std::vector<T> tmp(W), g(s.w);
     for (int64_t row = begin; row < end; ++row) {
       const int64_t sy = row % s.h, c = (row / s.h) % C, b = row / (s.h * C);
@@ -184,15 +201,16 @@ void backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, 
       horizontal(s.x, s.x_identity, line, T(1), g.data(), s.w);
       T* out = gsrc + row * s.w;
       for (int64_t i = 0; i < s.w; ++i) out[i] = w * g[i];
-      partial[row] = dot(g.data(), s.ptr + b * s.sb + c * s.sc + sy * s.sh, s.w);
+      sum += dot(g.data(), s.ptr + b * s.sb + c * s.sc + sy * s.sh, s.w);
     }
-  });
+    return sum;
+  }, std::plus<T>());
 }
 
 template <typename T>
-void backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh, int64_t gsw, T w, T* gsrc,
-                     T* partial, int64_t B, int64_t C) {
-  at::parallel_for(0, B * s.h * s.w, grain(C * 4), [&](int64_t begin, int64_t end) {
+T backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh, int64_t gsw, T w, T* gsrc, int64_t B,
+                  int64_t C) {
+  return at::parallel_reduce(0, B * s.h * s.w, grain(C * 4), T(0), [&](int64_t begin, int64_t end, T sum) {
     std::vector<T> g(C);
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t sx = pixel % s.w, sy = (pixel / s.w) % s.h, b = pixel / (s.h * s.w);
@@ -203,9 +221,10 @@ void backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh
                C);
       T* out = gsrc + pixel * C;
       for (int64_t c = 0; c < C; ++c) out[c] = w * g[c];
-      partial[pixel] = dot(g.data(), s.ptr + b * s.sb + sy * s.sh + sx * s.sw, C);
+      sum += dot(g.data(), s.ptr + b * s.sb + sy * s.sh + sx * s.sw, C);
     }
-  });
+    return sum;
+  }, std::plus<T>());
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cpu(const at::Tensor& grad_in,
@@ -219,25 +238,22 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cpu(cons
   const auto grad = in_layout(grad_in, pixels);
   const int64_t B = grad.size(0), C = grad.size(1), H = grad.size(2), W = grad.size(3);
   std::vector<at::Tensor> grad_sources;
-  auto grad_weights = at::empty({static_cast<int64_t>(sources.size())}, weights.options());
+  std::vector<double> grad_w(sources.size());
   AT_DISPATCH_FLOATING_TYPES(grad.scalar_type(), "ack_accumulate_backward_cpu", [&] {
     const auto w = weights.to(grad.scalar_type()).contiguous();
     for (size_t j = 0; j < sources.size(); ++j) {
       const auto a = in_layout(sources[j], pixels);
       const auto s = make_source<scalar_t>(a, H, W, mode, /*transposed=*/true);
       auto gsrc = new_output(a.sizes(), a.options(), path_format);
-      auto partial = at::empty({pixels ? B * s.h * s.w : B * C * s.h}, a.options());
       const scalar_t wj = w.const_data_ptr<scalar_t>()[j];
-      if (pixels)
-        backward_pixels<scalar_t>(s, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(2), grad.stride(3),
-                                  wj, gsrc.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>(), B, C);
-      else
-        backward_rows<scalar_t>(s, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2), wj,
-                                gsrc.mutable_data_ptr<scalar_t>(), partial.mutable_data_ptr<scalar_t>(), B, C, W);
+      grad_w[j] = pixels ? backward_pixels<scalar_t>(s, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(2),
+                                                     grad.stride(3), wj, gsrc.mutable_data_ptr<scalar_t>(), B, C)
+                         : backward_rows<scalar_t>(s, grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1),
+                                                   grad.stride(2), wj, gsrc.mutable_data_ptr<scalar_t>(), B, C, W);
       grad_sources.push_back(gsrc.contiguous(output_format(sources[j])));
-      grad_weights[j] = partial.sum();
     }
   });
+  auto grad_weights = at::tensor(grad_w, at::kDouble).to(weights.scalar_type());
   return {grad_sources, grad_weights};
 }
 
