@@ -77,9 +77,24 @@ class _Augment:
 
 
 class _EpochSeeded(Dataset):
+    """What both folder layouts share: the arguments, the augmentation, and a random stream per (epoch, index)."""
+
     paired: bool
 
-    def __init__(self, load_size: int, crop_size: int, train: bool, seed: int, flip: bool = True):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        phase: str = "train",
+        direction: str = "AtoB",
+        load_size: int = 286,
+        crop_size: int = 256,
+        train: bool = True,
+        seed: int = 0,
+        flip: bool = True,
+    ):
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        self.root, self.phase, self.direction, self.train = Path(root), phase, direction, train
         self.augment = _Augment(load_size, crop_size, train, flip)
         self.seed, self.epoch = seed, 0
 
@@ -95,22 +110,9 @@ class AlignedDataset(_EpochSeeded):
 
     paired = True
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        phase: str = "train",
-        direction: str = "AtoB",
-        load_size: int = 286,
-        crop_size: int = 256,
-        train: bool = True,
-        seed: int = 0,
-        flip: bool = True,
-    ):
-        super().__init__(load_size, crop_size, train, seed, flip)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        self.direction = direction
-        self.files = list_images(Path(root) / phase)
+    def __init__(self, root: str | os.PathLike, phase: str = "train", **kw):
+        super().__init__(root, phase, **kw)
+        self.files = list_images(self.root / phase)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -134,24 +136,11 @@ class UnalignedDataset(_EpochSeeded):
 
     paired = False
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        phase: str = "train",
-        direction: str = "AtoB",
-        load_size: int = 286,
-        crop_size: int = 256,
-        train: bool = True,
-        seed: int = 0,
-        flip: bool = True,
-    ):
-        super().__init__(load_size, crop_size, train, seed, flip)
-        if direction not in DIRECTIONS:
-            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-        src, dst = ("A", "B") if direction == "AtoB" else ("B", "A")
-        self.files_a = list_images(Path(root) / f"{phase}{src}")
-        self.files_b = list_images(Path(root) / f"{phase}{dst}")
-        self.train = train
+    def __init__(self, root: str | os.PathLike, phase: str = "train", **kw):
+        super().__init__(root, phase, **kw)
+        src, dst = ("A", "B") if self.direction == "AtoB" else ("B", "A")
+        self.files_a = list_images(self.root / f"{phase}{src}")
+        self.files_b = list_images(self.root / f"{phase}{dst}")
 
     def __len__(self) -> int:
         return len(self.files_a)
@@ -181,7 +170,9 @@ def make_dataset(
     kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset}
     if mode not in kinds:
         raise ValueError(f"dataset mode must be one of {tuple(kinds)}, got {mode!r}")
-    return kinds[mode](root, phase, direction, load_size, crop_size, train, seed, flip)
+    return kinds[mode](
+        root, phase, direction=direction, load_size=load_size, crop_size=crop_size, train=train, seed=seed, flip=flip
+    )
 
 
 # ------------------------------------------------------------------------------------------- the sample set
