@@ -55,18 +55,40 @@ def _tokens(t, width, stride_h, stride_w, FLAT: tl.constexpr):
 
 
 @triton.jit
+def _channels(X, strides, b, h, head_dim, offs_d):
+    """Addresses of head h's channels (offs_d) of sample b in a map with (batch, channel, row, column) strides."""
+    return X + b * strides[0] + (h * head_dim + offs_d) * strides[1]
+
+
+@triton.jit
+def _load_tile(chan, t, width, strides, mask_t, mask_d, FLAT: tl.constexpr, TRANS: tl.constexpr):
+    """Tokens t of the channels at `chan`: a (tokens, d) tile, or (d, tokens) when TRANS; masked lanes read 0."""
+    tok = _tokens(t, width, strides[2], strides[3], FLAT)
+    if TRANS:
+        tile = tl.load(chan[:, None] + tok[None, :], mask=mask_d[:, None] & mask_t[None, :], other=0.0)
+    else:
+        tile = tl.load(chan[None, :] + tok[:, None], mask=mask_t[:, None] & mask_d[None, :], other=0.0)
+    return tile
+
+
+@triton.jit
+def _dense_channels(X, b, h, heads, head_dim, n_tokens, offs_d):
+    """Addresses of head h's channels of sample b in an NCHW-contiguous (B, heads*d, tokens) output."""
+    return X + b * (heads * head_dim * n_tokens) + (h * head_dim + offs_d) * n_tokens
+
+
+@triton.jit
 def _forward_source(
     acc, m_i, l_i, q, K, V, k_strides, v_strides, n_tokens, width, b, h, head_dim, qk_scale, offs_d, mask_d,
     KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Folds the key blocks of one source into the running softmax state (acc, m_i, l_i) of a query block."""
-    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
-    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
+    k_chan = _channels(K, k_strides, b, h, head_dim, offs_d)
+    v_chan = _channels(V, v_strides, b, h, head_dim, offs_d)
     for start in range(0, n_tokens, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_tokens
-        k_tok = _tokens(offs_n, width, k_strides[2], k_strides[3], KV_FLAT)
-        kt = tl.load(k_chan[:, None] + k_tok[None, :], mask=mask_d[:, None] & mask_n[None, :], other=0.0)
+        kt = _load_tile(k_chan, offs_n, width, k_strides, mask_n, mask_d, KV_FLAT, True)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         s = tl.where(mask_n[None, :], s, float("-inf"))
         # Every block holds at least one real key, so m_new is finite and alpha is exp2(-inf) = 0 on the first.
@@ -74,8 +96,7 @@ def _forward_source(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_tok = _tokens(offs_n, width, v_strides[2], v_strides[3], KV_FLAT)
-        v = tl.load(v_chan[None, :] + v_tok[:, None], mask=mask_n[:, None] & mask_d[None, :], other=0.0)
+        v = _load_tile(v_chan, offs_n, width, v_strides, mask_n, mask_d, KV_FLAT, False)
         acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
         m_i = m_new
     return acc, m_i, l_i
@@ -87,18 +108,13 @@ def _dq_source(
     KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
     """Adds one source's share of dS @ K to a query block's dQ (unscaled)."""
-    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
-    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
+    k_chan = _channels(K, k_strides, b, h, head_dim, offs_d)
+    v_chan = _channels(V, v_strides, b, h, head_dim, offs_d)
     for start in range(0, n_tokens, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         mask_n = offs_n < n_tokens
-        mask = mask_d[:, None] & mask_n[None, :]
-        kt = tl.load(
-            k_chan[:, None] + _tokens(offs_n, width, k_strides[2], k_strides[3], KV_FLAT)[None, :], mask=mask, other=0.0
-        )
-        vt = tl.load(
-            v_chan[:, None] + _tokens(offs_n, width, v_strides[2], v_strides[3], KV_FLAT)[None, :], mask=mask, other=0.0
-        )
+        kt = _load_tile(k_chan, offs_n, width, k_strides, mask_n, mask_d, KV_FLAT, True)
+        vt = _load_tile(v_chan, offs_n, width, v_strides, mask_n, mask_d, KV_FLAT, True)
         s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
         # Padding keys load as 0 and would get weight exp(-lse) > 0: zero them.
         p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
@@ -133,9 +149,8 @@ def _forward_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < q_tokens
     mask_d = offs_d < head_dim
-    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
-    q_tok = _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)
-    q = tl.load(q_chan[None, :] + q_tok[:, None], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    q_chan = _channels(Q, q_strides, b, h, head_dim, offs_d)
+    q = _load_tile(q_chan, offs_m, q_width, q_strides, mask_m, mask_d, Q_FLAT, False)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -148,7 +163,7 @@ def _forward_kernel(
 
     acc = acc / l_i[:, None]
     tl.store(LSE + bh.to(tl.int64) * q_tokens + offs_m, (m_i + tl.log2(l_i)) * _LN2, mask=mask_m)
-    out_chan = Out + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    out_chan = _dense_channels(Out, b, h, heads, head_dim, q_tokens, offs_d)
     tl.store(out_chan[None, :] + offs_m[:, None], acc.to(Out.dtype.element_ty), mask=mask_m[:, None] & mask_d[None, :])
 
 
@@ -170,11 +185,10 @@ def _delta_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < q_tokens
     mask = mask_m[:, None] & (offs_d < head_dim)[None, :]
-    o_chan = Out + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    o_chan = _dense_channels(Out, b, h, heads, head_dim, q_tokens, offs_d)
     o = tl.load(o_chan[None, :] + offs_m[:, None], mask=mask, other=0.0)
-    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
-    do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
-    do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask, other=0.0)
+    do_chan = _channels(DO, do_strides, b, h, head_dim, offs_d)
+    do = _load_tile(do_chan, offs_m, q_width, do_strides, mask_m, offs_d < head_dim, DO_FLAT, False)
     delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
     tl.store(Delta + bh.to(tl.int64) * q_tokens + offs_m, delta, mask=mask_m)
 
@@ -201,42 +215,31 @@ def _dkdv_kernel(
     mask_n = offs_n < kv_tokens
     mask_d = offs_d < head_dim
     mask_nd = mask_n[:, None] & mask_d[None, :]
-    k_chan = K + b * k_strides[0] + (h * head_dim + offs_d) * k_strides[1]
-    v_chan = V + b * v_strides[0] + (h * head_dim + offs_d) * v_strides[1]
-    k = tl.load(
-        k_chan[None, :] + _tokens(offs_n, kv_width, k_strides[2], k_strides[3], KV_FLAT)[:, None],
-        mask=mask_nd,
-        other=0.0,
-    )
-    v = tl.load(
-        v_chan[None, :] + _tokens(offs_n, kv_width, v_strides[2], v_strides[3], KV_FLAT)[:, None],
-        mask=mask_nd,
-        other=0.0,
-    )
+    k_chan = _channels(K, k_strides, b, h, head_dim, offs_d)
+    v_chan = _channels(V, v_strides, b, h, head_dim, offs_d)
+    k = _load_tile(k_chan, offs_n, kv_width, k_strides, mask_n, mask_d, KV_FLAT, False)
+    v = _load_tile(v_chan, offs_n, kv_width, v_strides, mask_n, mask_d, KV_FLAT, False)
 
-    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
-    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
+    q_chan = _channels(Q, q_strides, b, h, head_dim, offs_d)
+    do_chan = _channels(DO, do_strides, b, h, head_dim, offs_d)
     row = bh.to(tl.int64) * q_tokens
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     for start in range(0, q_tokens, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mask_m = offs_m < q_tokens
-        q_tok = _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)
-        qt = tl.load(q_chan[:, None] + q_tok[None, :], mask=mask_d[:, None] & mask_m[None, :], other=0.0)
+        qt = _load_tile(q_chan, offs_m, q_width, q_strides, mask_m, mask_d, Q_FLAT, True)
         # Padding queries get lse = +inf, hence probability 0, and contribute nothing.
         lse2 = tl.load(LSE + row + offs_m, mask=mask_m, other=float("inf")) * _LOG2E
         pt = tl.exp2(tl.dot(k, qt, input_precision=PRECISION) * qk_scale - lse2[None, :])
-        do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
-        do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+        do = _load_tile(do_chan, offs_m, q_width, do_strides, mask_m, mask_d, DO_FLAT, False)
         dv = tl.dot(pt.to(do.dtype), do, dv, input_precision=PRECISION)
         delta = tl.load(Delta + row + offs_m, mask=mask_m, other=0.0)
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
 
-    grad_chan = b * (heads * head_dim * kv_tokens) + (h * head_dim + offs_d) * kv_tokens
-    grad_offsets = grad_chan[None, :] + offs_n[:, None]
+    grad_offsets = _dense_channels(0, b, h, heads, head_dim, kv_tokens, offs_d)[None, :] + offs_n[:, None]
     tl.store(DK + grad_offsets, (dk * sm_scale).to(DK.dtype.element_ty), mask=mask_nd)
     tl.store(DV + grad_offsets, dv.to(DV.dtype.element_ty), mask=mask_nd)
 
@@ -263,13 +266,10 @@ def _dq_kernel(
     mask_m = offs_m < q_tokens
     mask_d = offs_d < head_dim
     mask_md = mask_m[:, None] & mask_d[None, :]
-    q_chan = Q + b * q_strides[0] + (h * head_dim + offs_d) * q_strides[1]
-    q = tl.load(
-        q_chan[None, :] + _tokens(offs_m, q_width, q_strides[2], q_strides[3], Q_FLAT)[:, None], mask=mask_md, other=0.0
-    )
-    do_chan = DO + b * do_strides[0] + (h * head_dim + offs_d) * do_strides[1]
-    do_tok = _tokens(offs_m, q_width, do_strides[2], do_strides[3], DO_FLAT)
-    do = tl.load(do_chan[None, :] + do_tok[:, None], mask=mask_md, other=0.0)
+    q_chan = _channels(Q, q_strides, b, h, head_dim, offs_d)
+    q = _load_tile(q_chan, offs_m, q_width, q_strides, mask_m, mask_d, Q_FLAT, False)
+    do_chan = _channels(DO, do_strides, b, h, head_dim, offs_d)
+    do = _load_tile(do_chan, offs_m, q_width, do_strides, mask_m, mask_d, DO_FLAT, False)
     row = bh.to(tl.int64) * q_tokens
     lse2 = tl.load(LSE + row + offs_m, mask=mask_m, other=0.0) * _LOG2E
     delta = tl.load(Delta + row + offs_m, mask=mask_m, other=0.0)
@@ -281,7 +281,7 @@ def _dq_kernel(
             b, h, head_dim, qk_scale, offs_d, mask_d, KV_FLAT, PRECISION, BLOCK_N,
         )  # fmt: skip
 
-    dq_chan = DQ + b * (heads * head_dim * q_tokens) + (h * head_dim + offs_d) * q_tokens
+    dq_chan = _dense_channels(DQ, b, h, heads, head_dim, q_tokens, offs_d)
     tl.store(dq_chan[None, :] + offs_m[:, None], (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_md)
 
 
