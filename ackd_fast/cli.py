@@ -63,6 +63,13 @@ HELP = {
     "resume": "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
     "stop_at": "stop after this step with a checkpoint (the schedule still spans --steps); 0 = run to the end",
     "progress": "show a progress bar",
+    "eval_every": "steps between evaluations logged to log.jsonl (PSNR/SSIM; FID/KID when the Inception weights are "
+    "there); 0 = none",
+    "select_on": "none, or val: hold out --val-size training samples, evaluate on them every --eval-every steps and "
+    "keep the best generator in OUT_DIR/best.pt (the peers select on the test split)",
+    "val_size": "samples held out for --select-on val; 0 = a tenth of the training samples, at least 1 and at most 200",
+    "inception_weights": "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub "
+    "cache (training never downloads)",
 }
 TEACHER_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
                 "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
@@ -100,25 +107,29 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    import torch
+    from ackd_fast.evaluation import evaluate_checkpoints
 
-    from ackd_fast import data
-    from ackd_fast.metrics import count_macs, count_params
-    from ackd_fast.train import evaluate, load_generator
+    result = evaluate_checkpoints(
+        args.checkpoint, dataroot=args.dataroot, phase=args.phase, dataset_mode=args.dataset_mode,
+        direction=args.direction, crop_size=args.crop_size, batch_size=args.batch_size, device=args.device,
+        fid=args.fid, inception_weights=args.inception_weights, fid_stats=args.fid_stats, download=args.download,
+        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, latency_runs=args.latency_runs,
+        latency_batch=args.latency_batch, latency_dtypes=tuple(args.latency_dtypes.split(",")), task=args.task,
+        out_dir=args.out_dir,
+    )  # fmt: skip
+    print(json.dumps(result["rows"], indent=1))
 
-    g, cfg = load_generator(args.checkpoint)
-    dataroot = args.dataroot or cfg["dataroot"]
-    if dataroot == "sample":  # the run built the sample set in its own folder
-        dataroot = str(data.Path(cfg["out_dir"]) / "data")
-    mode = args.dataset_mode
-    if mode == "auto":
-        mode = "aligned" if (data.Path(dataroot) / args.phase).is_dir() else "unaligned"
-    size = args.crop_size or cfg["crop_size"]
-    ds = data.make_dataset(dataroot, mode, args.phase, train=False, direction=args.direction, load_size=size,
-                           crop_size=size)  # fmt: skip
-    scores = evaluate(g, ds, batch_size=args.batch_size, device=args.device)
-    scores |= {"params": count_params(g), "macs": count_macs(g.cpu(), torch.zeros(1, 3, size, size))}
-    print(json.dumps(scores, indent=1))
+
+def cmd_fid_stats(args: argparse.Namespace) -> None:
+    from ackd_fast import data, evaluation, metrics
+
+    files = data.list_images(args.folder)
+    inception = metrics.load_inception(args.inception_weights or None, args.device, download=args.download)
+    stats = evaluation.image_stats(evaluation.ImageFiles(files, args.size or None), inception, args.batch_size)
+    protocol = {"folder": str(args.folder), "images": stats["n"], "size": args.size or "as stored",
+                "resize": "bilinear to 299 inside pytorch-fid's InceptionV3"}  # fmt: skip
+    metrics.save_stats(args.out, stats, protocol)
+    print(f"wrote {args.out}: mu, sigma and features of {stats['n']} images")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -141,16 +152,62 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(p, DISTILL_ONLY, {"out_dir": "runs/distill"})
     p.set_defaults(func=cmd_distill)
 
-    p = commands.add_parser("evaluate", help="held-out PSNR/SSIM, params and MACs of a checkpoint's generator")
-    p.add_argument("checkpoint", help="ckpt.pt of a train-teacher or distill run")
-    p.add_argument("--dataroot", default="", help="dataset folder (default: the run's own)")
+    p = commands.add_parser(
+        "evaluate", help="FID/KID, PSNR/SSIM, params, MACs and latency of checkpoints; writes results.md/.json"
+    )
+    p.add_argument(
+        "--checkpoint",
+        nargs="+",
+        required=True,
+        help="ckpt.pt of train-teacher or distill runs (a best.pt beside one is scored too)",
+    )
+    p.add_argument("--dataroot", default="", help="dataset folder (default: the first run's own)")
     p.add_argument("--phase", default="test", help="split folder to score (default: %(default)s)")
     p.add_argument("--dataset-mode", default="auto", help="aligned, unaligned, or auto (from the folder layout)")
     p.add_argument("--direction", default="AtoB", help="AtoB or BtoA (default: %(default)s)")
     p.add_argument("--crop-size", type=int, default=0, help="images are resized to this size; 0 = the run's crop size")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=True, help="FID and KID (--no-fid: skip)")
+    p.add_argument(
+        "--inception-weights",
+        default="",
+        help="pytorch-fid's pt_inception-2015-12-05 weights file; default: the torch hub cache",
+    )
+    p.add_argument(
+        "--download",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="download the Inception weights into the torch hub cache when they are not there",
+    )
+    p.add_argument(
+        "--fid-stats",
+        default="",
+        help="real statistics .npz (ours or GAN Compression's, keys mu, sigma); "
+        "default: computed from the data (paired: the split's B images; unpaired: train+test B)",
+    )
+    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: %(default)s)")
+    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: %(default)s)")
+    p.add_argument("--latency-runs", type=int, default=20, help="timed forwards per latency figure; 0 = no latency")
+    p.add_argument("--latency-batch", type=int, default=8, help="throughput batch size (default: %(default)s)")
+    p.add_argument("--latency-dtypes", default="fp32,bf16", help="comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--task",
+        default="auto",
+        help="published rows to show: auto (from the data folder's name), none, edges2shoes, horse2zebra or map2aerial",
+    )
+    p.add_argument("--out-dir", default="", help="report folder (default: the first checkpoint's folder)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("fid-stats", help="FID reference statistics (.npz: mu, sigma, features) of an image folder")
+    p.add_argument("folder", help="folder of real images")
+    p.add_argument("out", help="output .npz")
+    p.add_argument("--size", type=int, default=0, help="resize images to SIZE x SIZE first (bicubic); 0 = as stored")
+    p.add_argument("--inception-weights", default="", help="as for evaluate")
+    p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True, help="as for evaluate")
+    p.add_argument("--batch-size", type=int, default=50, help="images per forward (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
+    p.set_defaults(func=cmd_fid_stats)
 
     from ackd_fast.demo import DemoConfig
 

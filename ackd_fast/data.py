@@ -12,6 +12,7 @@ a generator seeded by (seed, e, i), so the data a step sees does not depend on w
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -52,6 +53,12 @@ def to_tensor(im: Image.Image) -> Tensor:
     return x.float().div(127.5).sub(1.0)
 
 
+def to_uint8(x: Tensor) -> Tensor:
+    """The inverse of `to_tensor` for real images: [-1, 1] floats back to the uint8 values they were read from
+    (rounded, so exact). Generated images are quantised by `metrics.quantize`, the peers' way."""
+    return ((x.detach().float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 class _Augment:
     """Resize, crop and flip with one draw per sample, applied identically to every image of the sample."""
 
@@ -80,6 +87,7 @@ class _EpochSeeded(Dataset):
     """What both folder layouts share: the arguments, the augmentation, and a random stream per (epoch, index)."""
 
     paired: bool
+    INPUTS: str  # the attribute holding the input image files, one per sample
 
     def __init__(
         self,
@@ -104,11 +112,28 @@ class _EpochSeeded(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
+    def split(self, n: int, seed: int = 0) -> tuple[_EpochSeeded, _EpochSeeded]:
+        """(rest, held_out): `n` samples (by input image, drawn with `seed`) held out for validation, evaluated
+        without augmentation; the rest keeps this dataset's augmentation. For `--select-on val`."""
+        files = getattr(self, self.INPUTS)
+        if not 0 < n < len(files):
+            raise ValueError(f"validation size must be in [1, {len(files) - 1}] for {len(files)} samples, got {n}")
+        order = np.random.default_rng([seed, 7919]).permutation(len(files))
+        parts = []
+        for index, train in ((sorted(order[n:]), self.train), (sorted(order[:n]), False)):
+            part = copy.copy(self)
+            setattr(part, self.INPUTS, [files[i] for i in index])
+            part.train = train
+            part.augment = _Augment(self.augment.load_size, self.augment.crop_size, train, self.augment.flip)
+            parts.append(part)
+        return parts[0], parts[1]
+
 
 class AlignedDataset(_EpochSeeded):
     """pix2pix layout: `ROOT/PHASE/*.png`, each image the pair A|B side by side."""
 
     paired = True
+    INPUTS = "files"
 
     def __init__(self, root: str | os.PathLike, phase: str = "train", **kw):
         super().__init__(root, phase, **kw)
@@ -135,6 +160,7 @@ class UnalignedDataset(_EpochSeeded):
     (when `train`; in evaluation B[i % len(B)], which is the pair when the test folders are aligned by name)."""
 
     paired = False
+    INPUTS = "files_a"
 
     def __init__(self, root: str | os.PathLike, phase: str = "train", **kw):
         super().__init__(root, phase, **kw)

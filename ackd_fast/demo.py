@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ackd_fast import data as data_lib
+from ackd_fast.evaluation import evaluate_generator, format_table
 from ackd_fast.metrics import count_macs, count_params
-from ackd_fast.train import Config, evaluate, load_generator, save_grid, train
+from ackd_fast.train import Config, load_generator, save_grid, train
 
 # Small enough for ~4 minutes of training on 2 CPU cores (see README): 64x64 crops of 72x72 samples, a ResNet
 # teacher at ngf 16, GAN Compression's student at ngf 16, and ACK-A keys pooled by 2.
@@ -123,7 +124,7 @@ def run_demo(dc: DemoConfig) -> dict:
     for name in labels:
         g, _ = load_generator(out / name / "ckpt.pt")
         generators[name] = g
-        scores = evaluate(g, test)
+        scores = evaluate_generator(g, test)
         x64, x256 = torch.zeros(1, 3, CROP_SIZE, CROP_SIZE), torch.zeros(1, 3, 256, 256)
         rows.append(
             {
@@ -154,7 +155,7 @@ def run_demo(dc: DemoConfig) -> dict:
     )
     result = {"rows": rows, "test_images": len(test), "wall_s": time.perf_counter() - start}
     (out / "results.json").write_text(json.dumps(result, indent=1))
-    table = format_table(rows)
+    table = format_table(rows, list(rows[0]))
     (out / "results.md").write_text(table + "\n")
     print("\n" + table)
     print(
@@ -163,13 +164,3 @@ def run_demo(dc: DemoConfig) -> dict:
     )
     return result
 
-
-def format_table(rows: list[dict]) -> str:
-    keys = list(rows[0])
-    head = "| " + " | ".join(keys) + " |"
-    sep = "|" + "|".join("---" for _ in keys) + "|"
-
-    def cell(v):
-        return f"{v:.3f}" if isinstance(v, float) else str(v)
-
-    return "\n".join([head, sep, *("| " + " | ".join(cell(r[k]) for k in keys) + " |" for r in rows)])

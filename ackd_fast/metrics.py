@@ -1,65 +1,346 @@
-"""Model size and image quality: parameters, MACs (torchprofile convention), PSNR/SSIM on uint8 images.
+"""Metrics as the GAN-compression papers compute them: FID and KID, PSNR/SSIM, parameters, MACs and latency.
 
-FID/KID live with their own issue; this file holds what the training loop and the demo report.
+FID follows GAN Compression and OMGD (ANCHORS.md): generated images are quantised to uint8 the way pix2pix's
+`tensor2im` does it (scaled to [0, 255], then truncated), then go through the `pytorch-fid` package's InceptionV3
+with the `pt_inception-2015-12-05` weights, which resizes them bilinearly to 299x299; its 2048-d pool3 features are
+summarised by a running mean and covariance in float64, so no image is held after its batch; the Frechet distance is
+pytorch-fid's own. KID is the unbiased polynomial-kernel MMD over random subsets of the same features.
+
+pytorch-fid and torchmetrics are imported where they are used: the model-size and latency helpers need neither.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import hashlib
+import json
 import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
-from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from torch import Tensor, nn
+
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid downloads it under
+INCEPTION_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries its hash's first digits
+FEATURE_DIM = 2048
+
+
+class InceptionWeightsError(FileNotFoundError):
+    """FID/KID were asked for and pytorch-fid's Inception weights are neither given nor in the torch hub cache."""
+
+
+# ------------------------------------------------------------------------------------------------- images
+
+
+def quantize(images: Tensor) -> Tensor:
+    """Generated (B, 3, H, W) images in [-1, 1] -> uint8, as pix2pix's `tensor2im` (used by GAN Compression and
+    OMGD before FID) makes them: (x + 1) / 2 * 255, truncated. Real images from files are uint8 already
+    (`data.to_uint8` recovers them exactly from the dataset's tensors)."""
+    return ((images.detach().float().clamp(-1, 1) + 1) / 2 * 255).to(torch.uint8)
+
+
+def psnr_ssim(fake: Tensor, real: Tensor) -> tuple[list[float], list[float]]:
+    """Per-image PSNR (dB) and SSIM (11x11 Gaussian window, sigma 1.5) of uint8 (B, 3, H, W) images, by
+    torchmetrics, with data range 255."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    if fake.shape != real.shape:
+        raise ValueError(f"fake has shape {tuple(fake.shape)}, expected the shape of real {tuple(real.shape)}")
+    if fake.dtype != torch.uint8 or real.dtype != torch.uint8:
+        raise TypeError(f"fake and real must be uint8 images, got {fake.dtype} and {real.dtype}")
+    f, r = fake.double(), real.double()
+    psnr = peak_signal_noise_ratio(f, r, data_range=255.0, reduction="none", dim=(1, 2, 3))
+    ssim = structural_similarity_index_measure(f, r, data_range=255.0, reduction="none")
+    return psnr.tolist(), ssim.tolist()
+
+
+# ------------------------------------------------------------------------------------------------- Inception
+
+
+def inception_cache_path() -> Path:
+    """Where pytorch-fid's download lands (and where it looks first): the torch hub cache."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+@contextlib.contextmanager
+def _hub_cache_holding(weights: Path):
+    """A temporary torch hub cache whose Inception file is `weights`, so that pytorch-fid's own loading code reads
+    a local file instead of downloading."""
+    previous = torch.hub._hub_dir  # None unless set_dir was called: get_dir then follows TORCH_HOME; keep it so
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "checkpoints").mkdir()
+        (Path(tmp) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
+        torch.hub.set_dir(tmp)
+        try:
+            yield
+        finally:
+            torch.hub._hub_dir = previous
+
+
+def load_inception(
+    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", download: bool = True
+) -> nn.Module:
+    """pytorch-fid's InceptionV3 returning the 2048-d pool3 features, in eval mode on `device`.
+
+    weights: a local copy of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`; None takes the torch hub cache,
+    downloading into it when `download` and online. Raises InceptionWeightsError naming both options otherwise.
+    """
+    from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+
+    block = [InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]]
+    if weights:
+        path = Path(weights)
+        if not path.is_file():
+            raise InceptionWeightsError(
+                f"inception_weights {str(path)!r} does not exist; expected a copy of pytorch-fid's {INCEPTION_FILE}"
+            )
+        try:
+            with _hub_cache_holding(path):
+                net = InceptionV3(block)
+        except (RuntimeError, KeyError, EOFError, OSError) as e:
+            raise ValueError(
+                f"inception_weights {str(path)!r} is not an Inception state dict for pytorch-fid: {e}"
+            ) from e
+    else:
+        cached = inception_cache_path()
+        if not cached.is_file() and not download:
+            raise InceptionWeightsError(_missing_weights_message(cached, FID_WEIGHTS_URL, "downloads are off"))
+        try:
+            net = InceptionV3(block)  # reads the cache, or downloads into it
+        except OSError as e:  # URLError, HTTPError, socket errors are OSErrors
+            raise InceptionWeightsError(
+                _missing_weights_message(cached, FID_WEIGHTS_URL, f"the download failed: {e}")
+            ) from e
+    return net.to(device).eval()
+
+
+def _missing_weights_message(cached: Path, url: str, why: str) -> str:
+    return (
+        f"FID/KID need pytorch-fid's Inception weights ({INCEPTION_FILE}); none is at {cached} and {why}. Either "
+        f"put the file there (torch hub cache; it is downloaded there from {url} when online), or pass "
+        f"--inception-weights PATH (inception_weights=PATH) pointing at a copy of it."
+    )
+
+
+def weights_are_published(weights: str | os.PathLike | None) -> bool:
+    """Whether the Inception file is the published one (its sha256 starts with the digits in its name): FIDs made
+    with other weights are not comparable with the papers'."""
+    path = Path(weights) if weights else inception_cache_path()
+    if not path.is_file():
+        return False
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX)
+
+
+@torch.no_grad()
+def inception_features(inception: nn.Module, images: Tensor) -> Tensor:
+    """uint8 (B, 3, H, W) images -> (B, 2048) pool3 features (float32), scaled to [0, 1] as pytorch-fid reads
+    image files; the network resizes to 299 itself."""
+    if images.dtype != torch.uint8:
+        raise TypeError(f"images must be uint8 (see metrics.quantize), got {images.dtype}")
+    device = next(inception.parameters()).device
+    x = images.to(device=device, dtype=torch.float32) / 255
+    return inception(x)[0].flatten(1)
+
+
+class FeatureStats:
+    """Running mean and covariance of feature vectors in float64, merged batch by batch (Chan et al.'s update, exact
+    and stable); `keep_features` also keeps the float32 features, which KID needs."""
+
+    def __init__(self, keep_features: bool = False):
+        self.n = 0
+        self.mean: Tensor | None = None
+        self.m2: Tensor | None = None  # sum of outer products of deviations from the mean
+        self.features: list[Tensor] | None = [] if keep_features else None
+
+    def update(self, features: Tensor) -> None:
+        x = features.detach().double()
+        nb, mb = x.shape[0], x.mean(0)
+        m2b = (x - mb).T @ (x - mb)
+        if self.n == 0:
+            self.mean, self.m2 = mb, m2b
+        else:
+            delta, total = mb - self.mean, self.n + nb
+            self.mean = self.mean + delta * (nb / total)
+            self.m2 = self.m2 + m2b + torch.outer(delta, delta) * (self.n * nb / total)
+        self.n += nb
+        if self.features is not None:
+            self.features.append(features.detach().float().cpu())
+
+    def result(self) -> dict:
+        """{"mu", "sigma" (unbiased, as np.cov), "features" or None, "n"} as numpy float64 arrays."""
+        if self.n < 2:
+            raise ValueError(f"statistics need at least 2 feature vectors, got {self.n}")
+        feats = torch.cat(self.features).numpy() if self.features is not None else None
+        sigma = (self.m2 / (self.n - 1)).cpu().numpy()
+        return {"mu": self.mean.cpu().numpy(), "sigma": sigma, "features": feats, "n": self.n}
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """pytorch-fid's Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)."""
+    from pytorch_fid.fid_score import calculate_frechet_distance
+
+    with warnings.catch_warnings():  # pytorch-fid passes sqrtm's `disp`, deprecated in scipy 1.16 (still correct)
+        warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)
+        return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
+
+
+def kernel_inception_distance(
+    feats1: np.ndarray, feats2: np.ndarray, subsets: int = 100, subset_size: int = 1000, seed: int = 0
+) -> tuple[float, float]:
+    """KID: the unbiased MMD^2 with the kernel k(x, y) = (x.y / d + 1)^3, averaged over `subsets` random subsets
+    of min(subset_size, n1, n2) features from each side (Binkowski et al. 2018). Returns (mean, std)."""
+    n1, n2 = len(feats1), len(feats2)
+    m = min(subset_size, n1, n2)
+    if m < 2:
+        raise ValueError(f"KID needs at least 2 features on each side, got {n1} and {n2}")
+    d = feats1.shape[1]
+    rng = np.random.default_rng(seed)
+    scores = []
+    for _ in range(subsets):
+        x = feats1[rng.choice(n1, m, replace=False)].astype(np.float64)
+        y = feats2[rng.choice(n2, m, replace=False)].astype(np.float64)
+        kxx, kyy, kxy = ((x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3)
+        off = m * (m - 1)
+        scores.append((kxx.sum() - np.trace(kxx)) / off + (kyy.sum() - np.trace(kyy)) / off - 2 * kxy.mean())
+    return float(np.mean(scores)), float(np.std(scores))
+
+
+def save_stats(path: str | os.PathLike, stats: dict, protocol: dict) -> None:
+    """Reference statistics as .npz: `mu`, `sigma` (the keys of GAN Compression's published files), `features`
+    when kept (for KID), and `protocol` (JSON: split, images, size, ...). Written to a temporary file, then renamed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"mu": stats["mu"], "sigma": stats["sigma"], "protocol": np.array(json.dumps(protocol))}
+    if stats.get("features") is not None:
+        arrays["features"] = stats["features"]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def load_stats(path: str | os.PathLike) -> dict:
+    """Reference statistics from .npz: ours, or GAN Compression's published files (keys `mu`, `sigma` only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"FID statistics file {path} does not exist")
+    with np.load(path, allow_pickle=False) as z:
+        missing = {"mu", "sigma"} - set(z.files)
+        if missing:
+            raise ValueError(f"FID statistics file {path} lacks {sorted(missing)}; it has {sorted(z.files)}")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+        if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+            raise ValueError(f"FID statistics file {path}: mu {mu.shape} and sigma {sigma.shape} do not match")
+        features = z["features"] if "features" in z.files else None
+        protocol = json.loads(str(z["protocol"])) if "protocol" in z.files else {"source": str(path)}
+    return {"mu": mu, "sigma": sigma, "features": features, "protocol": protocol}
+
+
+# ------------------------------------------------------------------------------------------------- model size
 
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _conv_flops_torchprofile(
+    x_shape, w_shape, bias, stride, padding, dilation, transposed, output_padding=None, groups=1, *, out_shape, **kwargs
+) -> int:
+    """2 x MACs of a convolution in torchprofile's convention: every *output* element costs in_channels / groups x
+    kernel area, for transposed convolutions too (FlopCounterMode's own formula charges those per input element,
+    which gives 49.6 G instead of the papers' 56.8 G for resnet_9blocks)."""
+    c_in = w_shape[0] // groups if transposed else w_shape[1]
+    return 2 * math.prod(out_shape) * c_in * math.prod(w_shape[2:])
+
+
 @torch.no_grad()
 def count_macs(model: nn.Module, *inputs: Tensor) -> int:
-    """Multiply-accumulates of one forward over the convolutions and linear layers, as torchprofile counts them
-    (the convention of the GAN-compression papers' "56.8 G" and "1.41 G"): a conv's MACs are
-    output elements x in_channels/groups x kernel area, and a transposed conv is charged per *output* element too.
+    """Multiply-accumulates of one forward, by `torch.utils.flop_counter.FlopCounterMode` (MACs = FLOPs / 2), with
+    convolutions in torchprofile's convention (the papers' "56.8 G" and "1.41 G"); norms and activations are free."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    `torch.utils.flop_counter.FlopCounterMode` charges a transposed conv per *input* element (its true cost), so it
-    reports 49.6 G for resnet_9blocks instead of 56.8 G; norms and activations count in neither.
-    """
-    total = 0
-
-    def hook(module: nn.Module, args, out: Tensor) -> None:
-        nonlocal total
-        if isinstance(module, nn.Linear):
-            total += out.numel() * module.in_features
-        else:  # Conv2d and ConvTranspose2d: weight is (C_out, C_in/g, k, k) or (C_in, C_out/g, k, k)
-            c_in = module.in_channels // module.groups
-            total += out.numel() * c_in * math.prod(module.kernel_size)
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in model.modules()
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))
-    ]
-    try:
+    aten = torch.ops.aten
+    mapping = {aten.convolution: _conv_flops_torchprofile, aten._convolution: _conv_flops_torchprofile}
+    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
         model(*inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return total
+    return counter.get_total_flops() // 2
 
 
-def to_uint8(images: Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> (B, H, W, C) uint8, rounded as an image file would store them."""
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
+# ------------------------------------------------------------------------------------------------- latency
 
 
-def psnr_ssim(fake: Tensor, real: Tensor) -> tuple[list[float], list[float]]:
-    """Per-image PSNR (dB) and SSIM of generated against real images, both quantised to uint8 first."""
-    if fake.shape != real.shape:
-        raise ValueError(f"fake has shape {tuple(fake.shape)}, expected the shape of real {tuple(real.shape)}")
-    f8, r8 = to_uint8(fake), to_uint8(real)
-    psnr = [float(peak_signal_noise_ratio(r, f, data_range=255)) for f, r in zip(f8, r8, strict=True)]
-    ssim = [float(structural_similarity(r, f, data_range=255, channel_axis=-1)) for f, r in zip(f8, r8, strict=True)]
-    return psnr, ssim
+def device_name(device: str | torch.device) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    brand = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                brand = line.split(":", 1)[1].strip()
+                break
+    return f"{brand} ({torch.get_num_threads()} threads)"
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module,
+    size: int,
+    device: str | torch.device = "cpu",
+    batch_sizes=(1, 8),
+    dtypes=("fp32", "bf16"),
+    warmup: int = 5,
+    runs: int = 20,
+) -> list[dict]:
+    """Forward time of `model` on random (batch, 3, size, size) inputs: `warmup` untimed calls, then the median of
+    `runs` calls, each synchronised on CUDA. bf16 casts a copy of the model and the input (weights and activations
+    in bf16, as deployed). Returns one row per (dtype, batch): median_ms, images_per_s, device."""
+    device = torch.device(device)
+    kinds = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    for d in dtypes:
+        if d not in kinds:
+            raise ValueError(f"latency dtypes must be among {tuple(kinds)}, got {d!r}")
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    rows = []
+    for name in dtypes:
+        net = (model if name == "fp32" else copy.deepcopy(model)).to(device=device, dtype=kinds[name]).eval()
+        for batch in batch_sizes:
+            x = torch.randn(batch, 3, size, size, device=device, dtype=kinds[name])
+            for _ in range(warmup):
+                net(x)
+            times = []
+            for _ in range(runs):
+                sync()
+                t = time.perf_counter()
+                net(x)
+                sync()
+                times.append(time.perf_counter() - t)
+            median = statistics.median(times)
+            rows.append(
+                {
+                    "dtype": name,
+                    "batch": batch,
+                    "size": size,
+                    "median_ms": median * 1e3,
+                    "images_per_s": batch / median,
+                    "runs": runs,
+                    "device": device_name(device),
+                }
+            )
+    return rows

@@ -28,12 +28,15 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ackd_fast import data as data_lib
 from ackd_fast.distill import Distiller
+from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
 
 OBJECTIVES = ("pix2pix", "cyclegan")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
+SELECT_ON = ("none", "val")
 CHECKPOINT = "ckpt.pt"
+BEST = "best.pt"  # the generator of the best evaluation on the validation split (select_on="val")
 
 
 @dataclass
@@ -91,6 +94,11 @@ class Config:
     resume: bool = False
     stop_at: int = 0  # stop (with a checkpoint) after this step although `steps` sets the schedule; 0: run to the end
     progress: bool = True
+    # evaluation
+    eval_every: int = 0  # steps between evaluations (PSNR/SSIM; FID/KID when Inception weights are there); 0: none
+    select_on: str = "none"  # "val": hold out val_size training samples and keep the best step on them (best.pt)
+    val_size: int = 0  # with select_on="val"; 0: a tenth of the training samples, at least 1 and at most 200
+    inception_weights: str = ""  # pytorch-fid's pt_inception file; "": the torch hub cache (training never downloads)
 
 
 def config_from_dict(d: dict) -> Config:
@@ -254,6 +262,10 @@ def train(cfg: Config) -> dict:
             torch.backends.cudnn.allow_tf32 = True
     if cfg.amp not in AMP_MODES:
         raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
+    if cfg.select_on not in SELECT_ON:
+        raise ValueError(f"select_on must be one of {SELECT_ON}, got {cfg.select_on!r}")
+    if cfg.select_on == "val" and cfg.eval_every <= 0:
+        raise ValueError(f"select_on='val' needs eval_every > 0 (steps between evaluations), got {cfg.eval_every}")
     amp = cfg.amp if cfg.amp != "auto" else ("bf16" if use_cuda and torch.cuda.is_bf16_supported() else "none")
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
@@ -275,6 +287,18 @@ def train(cfg: Config) -> dict:
     if ddp:
         dist.barrier()
     dataset = build_dataset(cfg)
+    # Evaluation data: with select_on="val", samples held out of the training data (selecting on the test split,
+    # as the peers do, would report a best-of-many test score); otherwise the test split, for the log only.
+    eval_set, eval_split = None, ""
+    if cfg.select_on == "val":
+        dataset, eval_set = dataset.split(cfg.val_size or max(1, min(200, len(dataset) // 10)), cfg.seed)
+        eval_split = "val"
+    elif cfg.eval_every > 0:
+        try:
+            eval_set, eval_split = build_dataset(cfg, "test", train=False), "test"
+        except (FileNotFoundError, ValueError) as e:
+            if master:
+                print(f"eval_every={cfg.eval_every} but no test split to evaluate on: {e}")
     batch_size = cfg.batch_size or (4 if dataset.paired else 1)
     sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
     steps_per_epoch = len(sampler) // batch_size
@@ -317,6 +341,11 @@ def train(cfg: Config) -> dict:
         else objective
     )
     d_model = DDP(critic, device_ids=[local_rank] if use_cuda else None) if ddp else critic
+    evaluator = None
+    if master and eval_set is not None:
+        evaluator = PeriodicEvaluation(eval_set, eval_split, device, cfg.inception_weights, cfg.select_on == "val")
+        if evaluator.note:
+            print(evaluator.note)
 
     # --- resume
     step = 0
@@ -332,6 +361,8 @@ def train(cfg: Config) -> dict:
         scaler.load_state_dict(ckpt["scaler"])
         _set_rng_state(ckpt["rng"])
         step = ckpt["step"]
+        if evaluator is not None:
+            evaluator.load_state_dict(ckpt.get("evaluation", {}))
         if master:
             print(f"resumed {ckpt_path} at step {step}")
 
@@ -349,6 +380,7 @@ def train(cfg: Config) -> dict:
                 "scaler": scaler.state_dict(),
                 "rng": _rng_state(),
                 "generator": {**spec, "state": generator.state_dict()},
+                "evaluation": evaluator.state_dict() if evaluator is not None else {},
             }
             save_checkpoint(state, ckpt_path)
 
@@ -415,6 +447,14 @@ def train(cfg: Config) -> dict:
             # input / (teacher, when distilling) / output / target
             columns = [a, *out.extra.values(), out.fake, b]
             save_grid(out_dir / "samples" / f"step_{step:07d}.png", columns, rows=min(4, a.shape[0]))
+        if evaluator is not None and (step % cfg.eval_every == 0 or step == end):
+            scores, best = evaluator(generator, step)
+            log_file.write(json.dumps({"step": step, "eval": eval_split, **scores}) + "\n")
+            log_file.flush()
+            if best:  # the generator alone, loadable by load_generator like ckpt.pt
+                state = {"config": asdict(cfg), "step": step, "selection": evaluator.best,
+                         "generator": {**spec, "state": generator.state_dict()}}  # fmt: skip
+                save_checkpoint(state, out_dir / BEST)
         if step % cfg.ckpt_every == 0 or step == end:
             checkpoint()
         if bar is not None:
@@ -437,17 +477,3 @@ def save_grid(path: str | os.PathLike, columns: list[torch.Tensor], rows: int) -
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tiles = torch.stack([c[:rows].detach().float().cpu() for c in columns], 1).flatten(0, 1)
     save_image(tiles, path, nrow=len(columns), normalize=True, value_range=(-1, 1), padding=2)
-
-
-@torch.no_grad()
-def evaluate(generator: nn.Module, dataset, batch_size: int = 8, device: str | torch.device = "cpu") -> dict:
-    """Held-out PSNR (dB) and SSIM of generator(A) against B, on uint8 images (`metrics.psnr_ssim`)."""
-    from ackd_fast.metrics import psnr_ssim
-
-    generator = generator.to(device).eval()
-    psnr, ssim = [], []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        p, s = psnr_ssim(generator(batch["A"].to(device)), batch["B"].to(device))
-        psnr += p
-        ssim += s
-    return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "images": len(psnr)}

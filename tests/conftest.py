@@ -33,3 +33,23 @@ def _seed(request):
 @pytest.fixture(params=DEVICES)
 def device(request):
     return torch.device(request.param)
+
+
+@pytest.fixture
+def np_rng():
+    """A numpy generator drawn from the test's torch seed, so ACKD_TEST_SEED replays numpy draws too."""
+    import numpy as np
+
+    return np.random.default_rng(int(torch.randint(0, 2**31, ())))
+
+
+@pytest.fixture(scope="session")
+def random_inception_file(tmp_path_factory):
+    """A state dict in the layout of pytorch-fid's Inception (torchvision's InceptionV3 with 1008 classes, no aux
+    head) with random weights: it stands in for pt_inception-2015-12-05, which cannot be downloaded here."""
+    import torchvision
+
+    net = torchvision.models.inception_v3(num_classes=1008, aux_logits=False, weights=None, init_weights=False)
+    path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
+    torch.save(net.state_dict(), path)
+    return path

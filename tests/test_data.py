@@ -106,3 +106,18 @@ def test_sample_set_splits_by_photograph_and_is_cached(tmp_path):
     b = {p.name for p in data.list_images(un / "trainB")}
     assert a and b and not a & b  # no training photo is its edges' partner
     assert {p.name for p in data.list_images(un / "testA")} == {p.name for p in data.list_images(un / "testB")}
+
+
+@pytest.mark.parametrize("unpaired", [False, True])
+def test_split_holds_out_disjoint_unaugmented_samples(tmp_path, unpaired):
+    root = data.build_sample_set(tmp_path, size=20, train_per_photo=2, test_per_photo=1, unpaired=unpaired)
+    ds = data.make_dataset(root, "unaligned" if unpaired else "aligned", "train", load_size=20, crop_size=16)
+    rest, val = ds.split(3, seed=5)
+    files = lambda d: getattr(d, d.INPUTS)
+    assert len(val) == 3 and len(rest) == len(ds) - 3
+    assert sorted(files(rest) + files(val)) == sorted(files(ds)) and not set(files(rest)) & set(files(val))
+    assert files(ds.split(3, seed=5)[1]) == files(val) and files(ds.split(3, seed=6)[1]) != files(val)
+    assert rest.train and not val.train and len(files(ds)) == len(ds)  # the original is untouched
+    assert val[0]["A"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="validation size"):
+        ds.split(len(ds))

@@ -27,8 +27,8 @@ def test_resnet_9blocks_matches_the_published_teacher():
 
 
 def test_flop_counter_mode_charges_transposed_convs_per_input():
-    # Why count_macs does not use FlopCounterMode: it gives the true cost of a transposed conv, which is what
-    # separates its 49.6 G from the papers' 56.8 G. Everything else agrees.
+    # Why count_macs gives FlopCounterMode its own convolution formula: the default one charges a transposed conv
+    # its true cost (per input element), which separates its 49.6 G from the papers' 56.8 G. Everything else agrees.
     g = resnet_9blocks(ngf=64)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         g(torch.zeros(PAPER_INPUT))

@@ -127,7 +127,7 @@ def test_torchrun_two_cpu_processes_run_two_ddp_steps(tmp_path, paired_root):
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "ackd_fast.cli", "train-teacher",
            "--dataroot", paired_root, "--out-dir", str(tmp_path), "--load-size", str(SIZE), "--crop-size", str(CROP),
            "--ngf", "4", "--ndf", "8", "--batch-size", "2", "--workers", "0", "--steps", "2", "--device", "cpu",
-           "--no-progress"]  # fmt: skip
+           "--no-progress"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -140,7 +140,7 @@ def test_torchrun_two_cpu_processes_run_two_ddp_steps(tmp_path, paired_root):
 def test_every_flag_has_help_and_bad_values_raise(tmp_path, paired_root):
     assert {f.name for f in fields(Config)} - {"job"} == set(cli.HELP)
     parser = cli.build_parser()
-    for command in ("train-teacher", "distill", "evaluate", "demo"):
+    for command in ("train-teacher", "distill", "evaluate", "fid-stats", "demo"):
         sub = parser._subparsers._group_actions[0].choices[command]
         for action in sub._actions:
             assert action.help, (command, action.dest)
@@ -152,10 +152,66 @@ def test_every_flag_has_help_and_bad_values_raise(tmp_path, paired_root):
         train(_cfg(tmp_path, str(tmp_path / "missing"), job="teacher"))
 
 
-def test_evaluate_command(teacher_ckpt, capsys):
-    cli.main(["evaluate", teacher_ckpt])
-    scores = json.loads(capsys.readouterr().out)
-    assert scores["images"] == 4 and 0 < scores["psnr"] < 60 and -1 <= scores["ssim"] <= 1
+def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, random_inception_file, capsys):
+    out = tmp_path / "report"
+    weights = ["--inception-weights", str(random_inception_file), "--kid-subsets", "3"]
+    latency = ["--latency-runs", "2", "--latency-batch", "2", "--latency-dtypes", "fp32"]
+    cli.main(["evaluate", "--checkpoint", teacher_ckpt, *weights, *latency, "--out-dir", str(out)])
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 1 and rows[0]["selected"] == "final (step 2)" and rows[0]["images"] == 4
+    row = rows[0]
+    assert row["FID"] >= 0 and row["KID"] is not None and 0 < row["PSNR"] < 60 and -1 <= row["SSIM"] <= 1
+    assert row["GMACs@256"] > row["GMACs@32"] > 0 and row["params_M"] > 0
+    assert {"ms_fp32_b1", "ms_fp32_b2", "img_s_fp32_b2"} <= set(row)
+    report = json.loads((out / "results.json").read_text())
+    assert report["task"] == "edges2shoes" and report["published"]["rows"][0]["fid"] == 24.18
+    assert any("not pytorch-fid's published file" in n for n in report["info"]["notes"])
+    md = (out / "results.md").read_text()
+    assert "| ACKD | 22.10 |" in md and "teacher resnet_9blocks ngf 4" in md and "fid_vs_macs.png" in md
+    assert (out / "fid_vs_macs.png").is_file() and (out / "fid_reference.npz").is_file()
+
+
+def test_select_on_val_keeps_the_best_generator_and_evaluate_reports_both(tmp_path, paired_root, monkeypatch,
+                                                                           capsys):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # no Inception weights: PSNR selects
+    run = tmp_path / "run"
+    train(_cfg(run, paired_root, job="teacher", steps=3, eval_every=1, select_on="val", val_size=3))
+    assert "no FID/KID during training" in capsys.readouterr().out
+    evals = [r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval" in r]
+    assert [(r["step"], r["eval"], r["images"]) for r in evals] == [(1, "val", 3), (2, "val", 3), (3, "val", 3)]
+    best = load_checkpoint(run / "best.pt")
+    psnrs = {r["step"]: r["psnr"] for r in evals}
+    assert best["selection"]["step"] == max(psnrs, key=psnrs.get) and best["selection"]["metric"] == "psnr"
+    assert load_checkpoint(run / "ckpt.pt")["evaluation"]["best"] == best["selection"]
+    cli.main(["evaluate", "--checkpoint", str(run / "ckpt.pt"), "--no-fid", "--latency-runs", "0"])
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["selected"].split(" ")[0] for r in rows] == ["final", "best"] and rows[0]["FID"] is None
+    assert (run / "results.md").is_file() and (run / "results.json").is_file()
+
+
+def test_evaluation_flags_check_their_values(tmp_path, paired_root, unpaired_root, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    with pytest.raises(ValueError, match="eval_every > 0"):
+        train(_cfg(tmp_path, paired_root, job="teacher", select_on="val"))
+    with pytest.raises(ValueError, match="select_on must be one of"):
+        train(_cfg(tmp_path, paired_root, job="teacher", select_on="test", eval_every=1))
+    with pytest.raises(ValueError, match=r"needs FID.*--inception-weights"):
+        train(_cfg(tmp_path, unpaired_root, job="teacher", model="cyclegan", select_on="val", eval_every=1))
+    from ackd_fast.metrics import InceptionWeightsError
+
+    with pytest.raises(InceptionWeightsError, match=r"missing\.pth"):
+        missing = str(tmp_path / "missing.pth")
+        train(_cfg(tmp_path, paired_root, job="teacher", eval_every=1, inception_weights=missing))
+
+
+def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_inception_file):
+    from ackd_fast.metrics import load_stats
+
+    folder = Path(paired_root) / "test"
+    cli.main(["fid-stats", str(folder), str(tmp_path / "ref.npz"), "--size", "32",
+              "--inception-weights", str(random_inception_file)])
+    stats = load_stats(tmp_path / "ref.npz")
+    assert stats["mu"].shape == (2048,) and stats["features"].shape == (4, 2048) and stats["protocol"]["images"] == 4
 
 
 def test_demo_end_to_end_in_miniature(tmp_path):
