@@ -114,7 +114,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         direction=args.direction, crop_size=args.crop_size, batch_size=args.batch_size, device=args.device,
         fid=args.fid, inception_weights=args.inception_weights, fid_stats=args.fid_stats, download=args.download,
         kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, latency_runs=args.latency_runs,
-        latency_batch=args.latency_batch, latency_dtypes=tuple(args.latency_dtypes.split(",")), task=args.task,
+        latency_batch=args.latency_batch,
+        latency_size=args.latency_size, latency_dtypes=tuple(args.latency_dtypes.split(",")), task=args.task,
         out_dir=args.out_dir,
     )  # fmt: skip
     print(json.dumps(result["rows"], indent=1))
@@ -190,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: %(default)s)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed forwards per latency figure; 0 = no latency")
     p.add_argument("--latency-batch", type=int, default=8, help="throughput batch size (default: %(default)s)")
+    p.add_argument(
+        "--latency-size", type=int, default=0, help="square input size for latency; 0 = the evaluation size"
+    )
     p.add_argument("--latency-dtypes", default="fp32,bf16", help="comma-separated (default: %(default)s)")
     p.add_argument(
         "--task",

@@ -261,8 +261,8 @@ def write_report(out_dir: str | os.PathLike, rows: list[dict], info: dict, task:
     if speed:
         md += [
             "",
-            f"Latency on {info.get('device')}: `ms_<dtype>_b<batch>` is the median forward time at batch "
-            f"`batch`, `img_s_...` the images per second.",
+            f"Latency on {info.get('device')} at {info.get('latency_size')}x{info.get('latency_size')}: "
+            "`ms_<dtype>_b<batch>` is the median forward time at that batch size, `img_s_...` the images per second.",
             "",
             format_table(rows, ["model", "selected", *speed]),
         ]
@@ -288,6 +288,7 @@ def plot_fid_vs_macs(path: Path, rows: list[dict], published: dict) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(6, 4))
     pub = [r for r in published["rows"] if r.get("GMACs")]
@@ -307,8 +308,11 @@ def plot_fid_vs_macs(path: Path, rows: list[dict], published: dict) -> None:
                 textcoords="offset points",
             )
     else:
-        ax.set_title("ours: no FID (no Inception weights)", fontsize=9)
+        ax.set_title("ours: no FID computed", fontsize=9)
     ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.set_xticks([0.5, 1, 2, 5, 10, 20, 50, 100])
     ax.set_xlabel("GMACs at 256x256 (torchprofile convention)")
     ax.set_ylabel("FID (lower is better)")
     ax.grid(alpha=0.3)
@@ -364,8 +368,10 @@ class PeriodicEvaluation:
     def __call__(self, generator: nn.Module, step: int) -> tuple[dict, bool]:
         """(scores, whether this step is the new best)."""
         if self.inception is not None and self.reference is None:
-            # the real side of a validation split is training data: its B images (paired), or the trainB folder
-            self.reference = reference_stats(self.dataset, self.inception, phases=(self.dataset.phase,))
+            # unpaired: the real side of a validation split is the training target folder; of the test split, the
+            # peers' train+test
+            phases = (self.dataset.phase,) if self.split == "val" else ("train", "test")
+            self.reference = reference_stats(self.dataset, self.inception, phases=phases)
         scores = evaluate_generator(
             generator, self.dataset, self.device, self.batch_size, self.inception, self.reference
         )
@@ -414,6 +420,7 @@ def evaluate_checkpoints(
     kid_subset_size: int = 1000,
     latency_runs: int = 20,
     latency_batch: int = 8,
+    latency_size: int = 0,
     latency_dtypes: tuple[str, ...] = ("fp32", "bf16"),
     task: str = "auto",
     out_dir: str = "",
@@ -435,6 +442,7 @@ def evaluate_checkpoints(
     dataset = data_lib.make_dataset(root, mode, phase, train=False, direction=direction, load_size=size, crop_size=size)
     out = Path(out_dir or Path(checkpoints[0]).parent)
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    latency_size = latency_size or size
     info: dict = {
         "dataroot": root,
         "split": phase,
@@ -442,6 +450,7 @@ def evaluate_checkpoints(
         "size": size,
         "mode": mode,
         "device": metrics.device_name(dev),
+        "latency_size": latency_size,
         "notes": [],
     }
 
@@ -499,7 +508,8 @@ def evaluate_checkpoints(
                 "images": scores["images"],
             }
             if latency_runs > 0:
-                for lat in metrics.measure_latency(g, size, dev, (1, latency_batch), latency_dtypes, runs=latency_runs):
+                batches = (1, latency_batch)
+                for lat in metrics.measure_latency(g, latency_size, dev, batches, latency_dtypes, runs=latency_runs):
                     row[f"ms_{lat['dtype']}_b{lat['batch']}"] = lat["median_ms"]
                     row[f"img_s_{lat['dtype']}_b{lat['batch']}"] = lat["images_per_s"]
             rows.append(row)
