@@ -143,6 +143,7 @@ def test_train_step(benchmark, setting, precision, compiled, path):
         torch.cuda.reset_peak_memory_stats()
     benchmark.group = f"train_step {setting} {DEVICE} {precision} {'compiled' if compiled else 'eager'}"
     benchmark(task.step)
+    stats = getattr(benchmark, "stats", None)  # None under --benchmark-disable
     benchmark.extra_info.update(
         {
             "path": path,
@@ -151,6 +152,7 @@ def test_train_step(benchmark, setting, precision, compiled, path):
             "precision": precision,
             "compiled": compiled,
             "images": task.a.shape[0],
+            "images_per_s": task.a.shape[0] / stats.stats.median if stats else None,
             "flops": flops,
             # models, optimizer states and the step's activations: what a training run must fit
             "peak_memory_bytes": torch.cuda.max_memory_allocated() if GPU else None,

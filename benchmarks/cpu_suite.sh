@@ -9,11 +9,12 @@
 # Environment: PYTHON (an environment that already has torch and the built extension; skips the set-up),
 # ACKD_SUITE_BUDGET_S (1200).
 set -uo pipefail
+out_arg=${1:+$(realpath -m "$1")} # before the cd: relative to where the suite was started
 cd "$(dirname "$0")/.."
 
 cpu=$(sed -n 's/^model name[[:space:]]*:[[:space:]]*//p' /proc/cpuinfo 2> /dev/null | head -n 1)
 cpu=$(echo "${cpu:-$(uname -m)}" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-' | cut -c 1-24)
-OUT_DIR=${1:-benchmarks/results/$(date +%Y-%m-%d)-cpu-$(nproc)core-$cpu}
+OUT_DIR=${out_arg:-benchmarks/results/$(date +%Y-%m-%d)-cpu-$(nproc)core-$cpu}
 BUDGET_S=${ACKD_SUITE_BUDGET_S:-1200}
 PY=${PYTHON:-.venv/bin/python}
 source benchmarks/suite_lib.sh

@@ -11,13 +11,14 @@
 # Environment: PYTHON (default .venv/bin/python when present, else python3), ACKD_SUITE_BUDGET_S (570),
 # MAX_JOBS (build jobs; default the core count), ACKD_GIT_COMMIT (the commit to report where the copy has no .git).
 set -uo pipefail
-cd "$(dirname "$0")/.."
 
 DRY_RUN=0
 if [[ ${1:-} == --dry-run ]]; then
   DRY_RUN=1
   shift
 fi
+out_arg=${1:+$(realpath -m "$1")} # before the cd: relative to where the suite was started
+cd "$(dirname "$0")/.."
 if [[ -n ${PYTHON:-} ]]; then
   PY=$PYTHON
 elif [[ -x .venv/bin/python ]]; then
@@ -27,7 +28,7 @@ else
 fi
 BUDGET_S=${ACKD_SUITE_BUDGET_S:-570}
 if ((DRY_RUN)); then
-  OUT_DIR=${1:-$(mktemp -d -t gpu-suite-dry-run.XXXXXX)}
+  OUT_DIR=${out_arg:-$(mktemp -d -t gpu-suite-dry-run.XXXXXX)}
   ARCH=9.0 # what the build would target on an H100
   export ACKD_BENCH_SMOKE=1
 else
@@ -37,7 +38,7 @@ else
     exit 2
   fi
   gpu=$("$PY" -c "import torch; print(torch.cuda.get_device_name())" | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')
-  OUT_DIR=${1:-${OUT:-benchmarks/results/$(date +%Y-%m-%d)-$gpu}}
+  OUT_DIR=${out_arg:-${OUT:-benchmarks/results/$(date +%Y-%m-%d)-$gpu}}
 fi
 source benchmarks/suite_lib.sh
 suite_init
@@ -56,7 +57,13 @@ else
   ln -sfn ../kernels ackd_fast/kernels
   phase build 360 "${build_env[@]}" "$PY" setup.py build_ext --inplace
 fi
-phase backends 60 "$PY" -c "import json, ackd_fast; print(json.dumps(ackd_fast.backends(), indent=1))"
+# what the build gave and what backend="auto" runs; fails unless the extension loads with its CUDA kernels
+phase backends 60 "$PY" -c "
+import json, sys, ackd_fast
+b = ackd_fast.backends()
+print(json.dumps(b, indent=1))
+print('auto runs:', b['ops'])
+sys.exit(0 if b['extension']['loaded'] and (b['extension']['cuda_compiled'] or $DRY_RUN) else 1)"
 
 # --- tests
 if ((DRY_RUN)); then
