@@ -27,8 +27,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ackd_fast import data as data_lib
+from ackd_fast import losses
 from ackd_fast.distill import Distiller
-from ackd_fast.losses import Critic, CycleGAN, Pix2Pix, Step
+from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
 
 OBJECTIVES = ("pix2pix", "cyclegan")
@@ -250,7 +251,7 @@ def train_step(
     autocast: contextlib.AbstractContextManager,
     a: torch.Tensor,
     b: torch.Tensor,
-) -> tuple[Step, torch.Tensor]:
+) -> tuple[losses.Step, torch.Tensor]:
     """One optimisation step on the batch (a, b): the generator side (`g_model`, the objective, perhaps DDP-wrapped)
     with the discriminators frozen, then the discriminators (`d_model`, the critic, perhaps wrapped) on the detached
     fakes. Returns the generator side's Step and the discriminator loss; the schedules are the caller's.
