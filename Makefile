@@ -13,9 +13,13 @@ HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # The demo reuses a full build when there is one (or a GPU wants one), else takes the CPU-only build.
 DEMO_STAMP := $(if $(HAVE_GPU)$(wildcard $(STAMP)),$(STAMP),$(STAMP_CPU))
 
-.PHONY: install demo test lint clean
+.PHONY: install install-cpu demo test lint clean
 
 install: $(STAMP)
+
+# What the demo and the CPU benchmark suite (benchmarks/cpu_suite.sh) need: the full build when there is one, else
+# the CPU-only build.
+install-cpu: $(DEMO_STAMP)
 
 # $(1): extra environment for setup.py
 define build_extension

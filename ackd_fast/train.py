@@ -27,6 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ackd_fast import data as data_lib
+from ackd_fast import losses
 from ackd_fast.distill import Distiller
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
@@ -221,6 +222,13 @@ def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
     return distiller, Critic([disc], gan_mode), student, spec
 
 
+def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
+    """What --compile compiles, in place: the objective's child modules and every discriminator (`options` go to
+    torch.compile; the loop uses its defaults)."""
+    for m in [*objective.children(), *critic.discriminators]:
+        m.compile(**options)
+
+
 def _paired(cfg: Config) -> bool:
     if cfg.job == "distill":
         return config_from_dict(load_checkpoint(cfg.teacher)["config"]).model == "pix2pix"
@@ -239,6 +247,39 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
 
 
 # ----------------------------------------------------------------------------------------- the loop
+
+
+def train_step(
+    g_model: nn.Module,
+    d_model: nn.Module,
+    critic: Critic,
+    g_opt: torch.optim.Optimizer,
+    d_opt: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    autocast: contextlib.AbstractContextManager,
+    a: torch.Tensor,
+    b: torch.Tensor,
+) -> tuple[losses.Step, torch.Tensor]:
+    """One optimisation step on the batch (a, b): the generator side (`g_model`, the objective, perhaps DDP-wrapped)
+    with the discriminators frozen, then the discriminators (`d_model`, the critic, perhaps wrapped) on the detached
+    fakes. Returns the generator side's Step and the discriminator loss; the schedules are the caller's.
+    (benchmarks/bench_train_step.py times this function.)"""
+    # generator side, discriminators frozen
+    critic.requires_grad_(False)
+    with autocast:
+        out = g_model(a, b, critic)
+    g_opt.zero_grad(set_to_none=True)
+    scaler.scale(out.loss).backward()
+    scaler.step(g_opt)
+    # discriminator side, on the detached fakes
+    critic.requires_grad_(True)
+    with autocast:
+        d_loss = d_model(out.d_pairs)
+    d_opt.zero_grad(set_to_none=True)
+    scaler.scale(d_loss).backward()
+    scaler.step(d_opt)
+    scaler.update()
+    return out, d_loss
 
 
 def train(cfg: Config) -> dict:
@@ -320,8 +361,7 @@ def train(cfg: Config) -> dict:
     objective.to(device, memory_format=memory_format)
     critic.to(device, memory_format=memory_format)
     if cfg.compile:
-        for m in [*objective.children(), *critic.discriminators]:
-            m.compile()
+        compile_task(objective, critic)
     g_params = [p for p in objective.parameters() if p.requires_grad]
     g_opt = torch.optim.Adam(g_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -411,21 +451,7 @@ def train(cfg: Config) -> dict:
         a = batch["A"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
         b = batch["B"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
 
-        # generator side, discriminators frozen
-        critic.requires_grad_(False)
-        with autocast:
-            out = g_model(a, b, critic)
-        g_opt.zero_grad(set_to_none=True)
-        scaler.scale(out.loss).backward()
-        scaler.step(g_opt)
-        # discriminator side, on the detached fakes
-        critic.requires_grad_(True)
-        with autocast:
-            d_loss = d_model(out.d_pairs)
-        d_opt.zero_grad(set_to_none=True)
-        scaler.scale(d_loss).backward()
-        scaler.step(d_opt)
-        scaler.update()
+        out, d_loss = train_step(g_model, d_model, critic, g_opt, d_opt, scaler, autocast, a, b)
         g_sched.step()
         d_sched.step()
         step += 1

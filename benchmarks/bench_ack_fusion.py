@@ -7,10 +7,14 @@ Paths, measured in one run so their ratios hold:
 
     pytest benchmarks/bench_ack_fusion.py                          # full shapes
     ACKD_BENCH_SMOKE=1 pytest benchmarks/bench_ack_fusion.py --benchmark-disable   # CI: tiny shapes, one call each
-    python benchmarks/summarize.py results.json                    # ratio table from --benchmark-json output
+    python benchmarks/report.py results.json                       # ratio table from --benchmark-json output
 
 Shapes (DESIGN.md): paper = B 4, 256 channels, 64x64 target, sources at 64x64, 32x32 and 128x128;
 student = the same with 64 channels. fp32 on CPU; fp32 and bf16 on CUDA.
+
+extra_info: `bytes` for the memory-bound ops (every tensor argument read once and every result written once per
+pass: the traffic a fused kernel cannot avoid), `flops` for ACKFusion (its two 3x3 convolutions, which dominate),
+and on CUDA the peak memory a call allocates beyond its inputs.
 """
 
 from __future__ import annotations
@@ -46,11 +50,12 @@ CASES = [
 ]
 
 
-def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: str, dtype, path: str) -> None:
+def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: str, dtype, path: str, **work) -> None:
     """Times call() (under no_grad) or call() plus a backward into `leaves`, after a warm-up call that also
-    compiles; records the path, and on CUDA the peak memory, in extra_info."""
+    compiles; records the path, the work of one call (`bytes=` or `flops=`) and on CUDA the peak memory beyond the
+    inputs in extra_info."""
     benchmark.group = f"{name} {shape} {device} {str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}"
-    benchmark.extra_info["path"] = path
+    benchmark.extra_info.update(path=path, ackd_fast=path == "extension", **work)
 
     grad = []  # the output's gradient, made once: a fresh buffer per step would time its page faults too
 
@@ -69,9 +74,14 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
     step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
     benchmark.pedantic(step, rounds=1 if SMOKE else 10, iterations=1, warmup_rounds=0 if SMOKE else 1)
     if device == "cuda":
-        benchmark.extra_info["peak_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        benchmark.extra_info["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - base
+
+
+def nbytes(*tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def compiled_or_eager(fn, path: str):
@@ -101,7 +111,10 @@ def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
     sources, weights, size = accumulate_inputs(shape, device, dtype)
     fn = accumulate_fn(path)
     call = lambda: fn(sources, weights.to(dtype), size, "bilinear")
-    measure(benchmark, "ack_accumulate", call, [*sources, weights], backward, shape, device, dtype, path)
+    out = sources[0].new_empty(sources[0].shape[:2] + tuple(size))
+    # forward: sources in, sum out; backward: its gradient and the sources in (the weights' gradients), theirs out
+    moved = nbytes(*sources, out) + (nbytes(out, *sources, *sources) if backward else 0)
+    measure(benchmark, "ack_accumulate", call, [*sources, weights], backward, shape, device, dtype, path, bytes=moved)
 
 
 # ------------------------------------------------------------------------------- instance_norm_act_residual
@@ -125,9 +138,10 @@ def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backw
     bias = torch.zeros(c, device=device, dtype=dtype, requires_grad=True)
     fn = norm_fn(path)
     call = lambda: fn(x, weight, bias, residual, "relu", 1e-5)
-    measure(
-        benchmark, "instance_norm_act_residual", call, [x, weight, bias, residual], backward, shape, device, dtype, path
-    )
+    # forward: x and the residual in, the result out; backward: its gradient and x in, theirs out
+    moved = 3 * nbytes(x) + (4 * nbytes(x) if backward else 0)
+    leaves = [x, weight, bias, residual]
+    measure(benchmark, "instance_norm_act_residual", call, leaves, backward, shape, device, dtype, path, bytes=moved)
 
 
 # ------------------------------------------------------------------------------------------------ ACKFusion
@@ -144,4 +158,6 @@ def test_ack_fusion_module(benchmark, shape, device, dtype, path, backward):
     module = compiled_or_eager(module.to(device, dtype), path)
     call = lambda: module(deep, sources)
     leaves = [deep, *sources, *module.parameters()]
-    measure(benchmark, "ACKFusion", call, leaves, backward, shape, device, dtype, path)
+    # two 3x3 convolutions C -> C on the target grid; a backward costs twice its forward (input and weight grads)
+    flops = 2 * (2 * b * c * c * 9 * size[0] * size[1]) * (3 if backward else 1)
+    measure(benchmark, "ACKFusion", call, leaves, backward, shape, device, dtype, path, flops=flops)
