@@ -224,8 +224,12 @@ def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
 
 def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
     """What --compile compiles, in place: the objective's child modules and every discriminator (`options` go to
-    torch.compile; the loop uses its defaults)."""
-    for m in [*objective.children(), *critic.discriminators]:
+    torch.compile; the loop uses its defaults). A ModuleList (the refiners, the connectors) is never called itself,
+    so its members are compiled one by one."""
+    modules = [*critic.discriminators]
+    for m in objective.children():
+        modules += list(m) if isinstance(m, nn.ModuleList) else [m]
+    for m in modules:
         m.compile(**options)
 
 

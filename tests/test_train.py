@@ -233,3 +233,12 @@ def test_mixed_precision_steps_run(tmp_path, paired_root, teacher_ckpt, amp):
     result = train(_cfg(tmp_path, paired_root, job="distill", teacher=teacher_ckpt, amp=amp, kv_stride=2))
     assert result["step"] == 2 and all(v == v for v in result["logs"].values())  # no NaN
     assert load_checkpoint(tmp_path / "ckpt.pt")["scaler"] != {} or amp == "bf16"
+
+
+def test_compile_task_compiles_every_module_the_step_calls(paired_root, teacher_ckpt):
+    from ackd_fast.train import build_task, compile_task
+
+    objective, critic, _, _ = build_task(_cfg("unused", paired_root, job="distill", teacher=teacher_ckpt))
+    compile_task(objective, critic, backend="eager")
+    called = [objective.teacher, objective.student, *objective.refiners, *objective.connectors, *critic.discriminators]
+    assert len(objective.refiners) == 3 and all(m._compiled_call_impl is not None for m in called)
