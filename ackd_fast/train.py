@@ -202,13 +202,27 @@ def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
     # The student's discriminator starts as the teacher's (its first one: the judge of domain B).
     disc = build_discriminator(tcfg.discriminator, 6 if paired else 3, tcfg.ndf, tcfg.n_layers_d)
     disc.load_state_dict({k.split(".", 2)[2]: v for k, v in ckpt["d"].items() if k.startswith("discriminators.0.")})
-    distiller = Distiller(
+    distiller = build_distiller(cfg, teacher, tcfg.generator, student, spec["name"], paired)
+    return distiller, Critic([disc], gan_mode), student, spec
+
+
+def build_distiller(
+    cfg: Config,
+    teacher: nn.Module,
+    teacher_name: str,
+    student: nn.Module,
+    student_name: str,
+    paired: bool,
+    backend: str = "auto",
+) -> Distiller:
+    """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner."""
+    return Distiller(
         teacher,
         student,
-        _taps(cfg.taps, tcfg.generator),
-        _taps(cfg.student_taps, spec["name"]),
+        _taps(cfg.taps, teacher_name),
+        _taps(cfg.student_taps, student_name),
         paired=paired,
-        gan_mode=gan_mode,
+        gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
         ackd=cfg.ackd,
         mode=cfg.mode,
         residual=cfg.residual,
@@ -218,8 +232,8 @@ def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
         lambda_recon=cfg.lambda_recon,
         lambda_gan=cfg.lambda_gan,
         lambda_feat=cfg.lambda_feat,
+        backend=backend,
     )
-    return distiller, Critic([disc], gan_mode), student, spec
 
 
 def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
@@ -482,8 +496,12 @@ def train(cfg: Config) -> dict:
             log_file.write(json.dumps({"step": step, "eval": eval_split, **scores}) + "\n")
             log_file.flush()
             if best:  # the generator alone, loadable by load_generator like ckpt.pt
-                state = {"config": asdict(cfg), "step": step, "selection": evaluator.best,
-                         "generator": {**spec, "state": generator.state_dict()}}  # fmt: skip
+                state = {
+                    "config": asdict(cfg),
+                    "step": step,
+                    "selection": evaluator.best,
+                    "generator": {**spec, "state": generator.state_dict()},
+                }
                 save_checkpoint(state, out_dir / BEST)
         if step % cfg.ckpt_every == 0 or step == end:
             checkpoint()

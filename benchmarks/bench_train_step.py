@@ -31,10 +31,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ackd_fast import ops
-from ackd_fast.distill import Distiller
 from ackd_fast.losses import Critic, Pix2Pix
-from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
-from ackd_fast.train import Config, compile_task, train_step
+from ackd_fast.models import build_discriminator, build_generator
+from ackd_fast.train import Config, build_distiller, compile_task, train_step
 
 SMOKE = os.environ.get("ACKD_BENCH_SMOKE") == "1"
 GPU = torch.cuda.is_available()
@@ -63,23 +62,7 @@ class Task:
         teacher, student = build_generator(TEACHER, ngf), build_generator(STUDENT, student_ngf)
         # a pix2pix teacher: the critic judges (A, B) pairs, 6 channels
         disc = build_discriminator(cfg.discriminator, 6, cfg.ndf, cfg.n_layers_d)
-        self.objective = Distiller(
-            teacher,
-            student,
-            DEFAULT_TAPS[TEACHER],
-            DEFAULT_TAPS[STUDENT],
-            paired=True,
-            gan_mode=Pix2Pix.gan_mode,
-            backend=backend,
-            mode=cfg.mode,
-            residual=cfg.residual,
-            ack_train=cfg.ack_train,
-            kv_stride=cfg.kv_stride,
-            heads=cfg.heads,
-            lambda_recon=cfg.lambda_recon,
-            lambda_gan=cfg.lambda_gan,
-            lambda_feat=cfg.lambda_feat,
-        )
+        self.objective = build_distiller(cfg, teacher, TEACHER, student, STUDENT, paired=True, backend=backend)
         self.critic = Critic([disc], Pix2Pix.gan_mode)
         memory_format = torch.channels_last if cfg.channels_last and GPU else torch.contiguous_format
         self.objective.to(DEVICE, memory_format=memory_format).train()
