@@ -84,8 +84,11 @@ def nbytes(*tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def compiled_or_eager(fn, path: str):
-    return torch.compile(fn, backend=COMPILE_BACKEND, fullgraph=True) if path == "compiled" else fn
+def op_for(path: str, extension_op, reference_op):
+    """The function a path runs: the extension's op, or the reference composition eager or compiled."""
+    if path == "extension":
+        return extension_op
+    return torch.compile(reference_op, backend=COMPILE_BACKEND, fullgraph=True) if path == "compiled" else reference_op
 
 
 # ------------------------------------------------------------------------------------------ ack_accumulate
@@ -98,18 +101,12 @@ def accumulate_inputs(shape, device, dtype):
     return sources, weights, size
 
 
-def accumulate_fn(path: str):
-    if path == "extension":
-        return ops.ack_accumulate
-    return compiled_or_eager(reference.ack_accumulate, path)
-
-
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
 @pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
 def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
     sources, weights, size = accumulate_inputs(shape, device, dtype)
-    fn = accumulate_fn(path)
+    fn = op_for(path, ops.ack_accumulate, reference.ack_accumulate)
     call = lambda: fn(sources, weights.to(dtype), size, "bilinear")
     out = sources[0].new_empty(sources[0].shape[:2] + tuple(size))
     # forward: sources in, sum out; backward: its gradient and the sources in (the weights' gradients), theirs out
@@ -118,12 +115,6 @@ def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
 
 
 # ------------------------------------------------------------------------------- instance_norm_act_residual
-
-
-def norm_fn(path: str):
-    if path == "extension":
-        return ops.instance_norm_act_residual
-    return compiled_or_eager(reference.instance_norm_act_residual, path)
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
@@ -136,7 +127,7 @@ def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backw
     residual = torch.randn_like(x, requires_grad=True)
     weight = torch.ones(c, device=device, dtype=dtype, requires_grad=True)
     bias = torch.zeros(c, device=device, dtype=dtype, requires_grad=True)
-    fn = norm_fn(path)
+    fn = op_for(path, ops.instance_norm_act_residual, reference.instance_norm_act_residual)
     call = lambda: fn(x, weight, bias, residual, "relu", 1e-5)
     # forward: x and the residual in, the result out; backward: its gradient and x in, theirs out
     moved = 3 * nbytes(x) + (4 * nbytes(x) if backward else 0)
@@ -155,7 +146,8 @@ def test_ack_fusion_module(benchmark, shape, device, dtype, path, backward):
     deep = torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True)
     sources = [torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True) for s in sizes]
     module = ACKFusion(c, [c] * len(sizes), backend="extension" if path == "extension" else "reference")
-    module = compiled_or_eager(module.to(device, dtype), path)
+    module = module.to(device, dtype)
+    module = op_for(path, module, module)  # the module picks its backend; "compiled" compiles it
     call = lambda: module(deep, sources)
     leaves = [deep, *sources, *module.parameters()]
     # two 3x3 convolutions C -> C on the target grid; a backward costs twice its forward (input and weight grads)
