@@ -117,7 +117,7 @@ def extensions():
 
 
 setup(
-    packages=["ackd_fast", "ackd_fast.kernels"],
+    packages=["ackd_fast", "ackd_fast.models", "ackd_fast.ops", "ackd_fast.kernels"],
     package_dir={"ackd_fast": "ackd_fast", "ackd_fast.kernels": "kernels"},
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},

@@ -3,7 +3,10 @@
 Each takes the teacher's deep-stage map `deep` (B, C, H, W) and its shallow `sources` (1 to 4 maps
 (B, C_j, H_j, W_j) of any channels and resolution) and returns a refined map of the shape of `deep`.
 The composition is the reference spec's (`ackd_fast.reference.*_block`); `backend` picks who computes its
-primitive ops ("auto": the fastest that can run on the input's device; `ackd_fast.backends()` tells which).
+primitive ops ("auto": the fastest that can run them; `ackd_fast.backends()` tells which). Backends are picked for
+the dtype the ops compute in, which under torch.autocast is autocast's, not the input's (`ops.compute_dtype`); under
+autocast each op follows its registered rule (ackd_fast/ops), so a module gives what the reference composition gives
+under the same autocast.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast import checks, ops, reference
-from ackd_fast.ops import check_backend, resolve_backend
+from ackd_fast.ops import check_backend, compute_dtype, resolve_backend
 
 REFINER_MODES = ("attention", "fusion", "both")
 
@@ -33,9 +36,9 @@ class ACKAttention(nn.Module):
         head_dim: width d of a head; defaults to deep_channels // heads (which must then divide).
         kv_stride: average-pool stride applied to the sources before the key/value projections.
         residual: return deep + attention (True) or the attention branch alone.
-        backend: "auto", "triton" or "reference". "auto" runs the Triton kernels on CUDA tensors of fp16, bf16
-            or fp32 and the reference elsewhere; "triton" on CPU needs TRITON_INTERPRET=1 (the interpreter,
-            for tests).
+        backend: "auto", "triton" or "reference". "auto" runs the Triton kernels on CUDA when the attention
+            computes in fp16, bf16 or fp32 with a head dim of at most 128, and the reference elsewhere; "triton"
+            on CPU needs TRITON_INTERPRET=1 (the interpreter, for tests).
     """
 
     def __init__(
@@ -68,7 +71,14 @@ class ACKAttention(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
-        backend = resolve_backend("ack_attention", self.backend, deep.device, deep.dtype)
+        backend = resolve_backend(
+            "ack_attention",
+            self.backend,
+            deep.device,
+            compute_dtype(deep),
+            head_dim=self.head_dim,
+            sources=len(sources),
+        )
         attention = ops.ack_attention if backend == "triton" else reference.ack_attention
         return reference.ack_attention_block(
             deep,
@@ -134,7 +144,8 @@ class ACKFusion(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
-        fused = resolve_backend("ack_fusion", self.backend, deep.device, deep.dtype) == "extension"
+        backend = resolve_backend("ack_fusion", self.backend, deep.device, compute_dtype(deep), sources=len(sources))
+        fused = backend == "extension"
         return reference.ack_fusion_block(
             deep,
             sources,

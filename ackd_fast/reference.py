@@ -157,5 +157,5 @@ def ack_fusion_block(
 
 
 def weighted_sum(inputs: Sequence[Tensor], weights: Tensor) -> Tensor:
-    """sum_j weights[j] * inputs[j] over tensors of one shape (spec of the extension's `weighted_sum`)."""
+    """sum_j weights[j] * inputs[j] over tensors of one shape (the last step of `ack_accumulate`)."""
     return sum(w * x for w, x in zip(weights.unbind(0), inputs, strict=True))

@@ -6,6 +6,7 @@
 #include <limits>
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 namespace ackd_fast {
 
@@ -70,10 +71,15 @@ inline void check_accumulate_args(at::TensorList sources, const at::Tensor& weig
                     size);
 }
 
+// grad: the gradient of the forward's output (B, C, H, W), so of sources[0]'s batch, channels, dtype and device.
 inline void check_accumulate_backward_args(const at::Tensor& grad, at::TensorList sources, const at::Tensor& weights) {
-  check_map("ack_accumulate_backward", "grad", grad);
+  constexpr const char* op = "ack_accumulate_backward";
+  check_map(op, "grad", grad);
   check_accumulate_args(sources, weights, grad.sizes().slice(2));
-  check_like("ack_accumulate_backward", "grad", grad, sources[0], "sources[0]");
+  check_like(op, "grad", grad, sources[0], "sources[0]");
+  TORCH_CHECK_VALUE(grad.size(0) == sources[0].size(0) && grad.size(1) == sources[0].size(1), op, ": grad has shape ",
+                    grad.sizes(), ", expected batch ", sources[0].size(0), " and channels ", sources[0].size(1),
+                    " like sources[0]");
 }
 
 inline void check_norm_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
@@ -89,12 +95,28 @@ inline void check_norm_args(const at::Tensor& x, const std::optional<at::Tensor>
   }
 }
 
-inline void check_norm_backward_args(const at::Tensor& grad, const at::Tensor& x, const std::optional<at::Tensor>& weight,
+// grad: like x; mean, rstd: the forward's statistics, (B, C) in x's accumulation type (fp32 for fp16/bf16).
+inline void check_norm_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                     const at::Tensor& rstd, const std::optional<at::Tensor>& weight,
                                      const std::optional<at::Tensor>& bias) {
+  constexpr const char* op = "instance_norm_act_residual_backward";
   check_norm_args(x, weight, bias, std::nullopt);
-  check_map("instance_norm_act_residual_backward", "grad", grad);
-  check_like("instance_norm_act_residual_backward", "grad", grad, x, "x");
+  check_map(op, "grad", grad);
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), op, ": grad has shape ", grad.sizes(), ", expected ", x.sizes(),
+                    " like x");
+  check_like(op, "grad", grad, x, "x");
+  const auto stats_dtype = at::toOpMathType(x.scalar_type());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"mean", mean}, {"rstd", rstd}}) {
+    TORCH_CHECK_VALUE(t.dim() == 2 && t.size(0) == x.size(0) && t.size(1) == x.size(1), op, ": ", name,
+                      " has shape ", t.sizes(), ", expected (", x.size(0), ", ", x.size(1), ") (batch, channels of x)");
+    TORCH_CHECK_TYPE(t.scalar_type() == stats_dtype, op, ": ", name, " has dtype ", t.scalar_type(), ", expected ",
+                     stats_dtype, " (the accumulation type of x)");
+    TORCH_CHECK_VALUE(t.device() == x.device(), op, ": ", name, " is on ", t.device(), ", expected ", x.device(),
+                      " like x");
+  }
 }
+
+inline bool is_reduced_float(at::ScalarType t) { return t == at::kHalf || t == at::kBFloat16; }
 
 enum class Act { None, Relu };
 

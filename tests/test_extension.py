@@ -1,6 +1,11 @@
-"""The C++/CUDA extension ackd_fast._C loads and registers its kernels (their values: test_fusion_ops.py)."""
+"""The C++/CUDA extension ackd_fast._C loads and registers its kernels (their values: test_fusion_ops.py).
+
+Where no build is expected to be there the tests skip when `_C` does not import; with ACKD_FAST_EXPECT_CUDA_BUILD=1
+(CI builds with FORCE_CUDA=1) a `_C` that does not import, or that lacks its CUDA kernels, fails them.
+"""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -8,19 +13,44 @@ import torch
 from ackd_fast import ops
 
 OPS = ("ack_accumulate", "ack_accumulate_backward", "instance_norm_act_residual", "instance_norm_act_residual_backward")
+# The forward ops also have autocast kernels (csrc/autocast.cpp).
+AUTOCAST_OPS = ("ack_accumulate", "instance_norm_act_residual")
+EXPECT_CUDA_BUILD = os.environ.get("ACKD_FAST_EXPECT_CUDA_BUILD") == "1"
 
-pytestmark = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason=f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
+
+def require_extension():
+    if ops.EXTENSION_LOADED:
+        return
+    if EXPECT_CUDA_BUILD:
+        pytest.fail(f"ACKD_FAST_EXPECT_CUDA_BUILD=1 but ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
+    pytest.skip(f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
 
 
 def test_extension_loads_and_registers_its_ops():
-    assert ops.EXTENSION_LOADED, ops.EXTENSION_ERROR
+    require_extension()
     for name in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ackd_fast::{name}", "CPU"), name
+    for name in AUTOCAST_OPS:
+        for key in ("AutocastCPU", "AutocastCUDA"):
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ackd_fast::{name}", key), (name, key)
 
 
-@pytest.mark.skipif(os.environ.get("ACKD_FAST_EXPECT_CUDA_BUILD") != "1", reason="a CUDA build is not expected here")
+@pytest.mark.skipif(not EXPECT_CUDA_BUILD, reason="a CUDA build is not expected here")
 def test_extension_was_built_with_cuda():
     """CI builds with FORCE_CUDA=1: the CUDA kernels compiled, linked and registered."""
+    require_extension()
     assert ops.extension_cuda_version() is not None and ops.extension_cuda_version() >= 11000
     for name in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ackd_fast::{name}", "CUDA"), name
+
+
+def test_a_missing_extension_fails_where_a_build_is_expected(monkeypatch):
+    """The guard itself: with the variable set, a `_C` that did not import is a failure, not a skip."""
+    monkeypatch.setattr(ops, "EXTENSION_LOADED", False)
+    monkeypatch.setattr(ops, "EXTENSION_ERROR", "ImportError: gone")
+    monkeypatch.setattr(sys.modules[__name__], "EXPECT_CUDA_BUILD", True)
+    with pytest.raises(pytest.fail.Exception, match=r"ACKD_FAST_EXPECT_CUDA_BUILD=1 but ackd_fast\._C did not load"):
+        require_extension()
+    monkeypatch.setattr(sys.modules[__name__], "EXPECT_CUDA_BUILD", False)
+    with pytest.raises(pytest.skip.Exception, match=r"ackd_fast\._C did not load: ImportError: gone"):
+        require_extension()

@@ -1,5 +1,7 @@
 """ACK-F's fused ops in ackd_fast._C (ack_accumulate, instance_norm_act_residual): values and gradients against
-the fp64 reference on fresh random inputs, every layout, every output element written, schemas by opcheck."""
+the fp64 reference on fresh random inputs, every layout and dtype, every output element written, the schemas of the
+ops and of their backward ops by opcheck and by bad input, autocast's promote rule, determinism across thread counts,
+and on CUDA the channels_last norm and capture in a CUDA graph."""
 
 import pytest
 import torch
@@ -127,6 +129,66 @@ def test_accumulate_opcheck(kind):
         torch.library.opcheck(torch.ops.ackd_fast.ack_accumulate.default, (sources, weights, [5, 4], mode))
 
 
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_accumulate_backward_opcheck(kind, dtype):
+    sources, weights = accumulate_inputs((5, 4), [(7, 9), (3, 2)], dtype, "cpu", kind, channels=3)
+    grad = layout(torch.randn(2, 3, 5, 4, dtype=dtype), kind)
+    for mode in reference.RESIZE_MODES:
+        torch.library.opcheck(torch.ops.ackd_fast.ack_accumulate_backward.default, (grad, sources, weights, mode))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_accumulate_half_precision_on_cpu(dtype):
+    """fp16/bf16 on CPU (computed in fp32): values and gradients against fp64, as on CUDA."""
+    check_accumulate((7, 5), [(13, 11), (3, 4), (7, 5)], "bilinear", dtype, "cpu", "channels_last")
+    check_accumulate((7, 5), [(13, 11), (3, 4)], "area", dtype, "cpu", "contiguous")
+
+
+# Three sources of 2 x 64 x ~33 x 29: the weight gradient's sum spans many chunks.
+DETERMINISM_SIZES = [(33, 29), (17, 15), (65, 57)]
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_accumulate_backward_does_not_depend_on_the_thread_count(kind):
+    sources, weights = accumulate_inputs((33, 29), DETERMINISM_SIZES, torch.float32, "cpu", kind, channels=64)
+    grad = layout(torch.randn(2, 64, 33, 29), kind)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.ackd_fast.ack_accumulate_backward(grad, sources, weights, "bilinear"))
+    finally:
+        torch.set_num_threads(threads)
+    (one_sources, one_weights), (two_sources, two_weights) = results
+    assert torch.equal(one_weights, two_weights), (one_weights - two_weights).abs().max()
+    for a, b in zip(one_sources, two_sources, strict=True):
+        assert torch.equal(a, b)
+    # ... and the weight gradient is accurate: its sums are fp64.
+    exact = [a.double() for a in sources]
+    want = [(grad.double() * reference.resize(a, (33, 29))).sum() for a in exact]
+    torch.testing.assert_close(one_weights.double(), torch.stack(want), rtol=1e-6, atol=1e-6)
+
+
+def test_norm_backward_does_not_depend_on_the_thread_count():
+    x, weight, bias, _ = norm_inputs((2, 70, 19, 23), torch.float32, "cpu", "channels_last", True, False)
+    y, mean, rstd = torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, None, "relu", 1e-5)
+    grad = torch.randn_like(y)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(
+                torch.ops.ackd_fast.instance_norm_act_residual_backward(grad, x, mean, rstd, weight, bias, "relu")
+            )
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------ instance_norm_act_residual
 
 
@@ -176,12 +238,45 @@ def test_norm_channels_last_across_channel_blocks(act):
     check_norm((2, 75, 5, 3), torch.float32, "cpu", "channels_last", True, True, act)
 
 
-def test_norm_residual_of_wider_dtype_promotes_like_an_add():
+# ------------------------------------------------------------------------------------------------ autocast
+
+
+def test_norm_residual_of_wider_dtype_promotes_under_autocast_only():
+    """Autocast's promote rule: a bf16 map beside an fp32 skip path gives fp32, as `norm(x) + residual` does."""
     x, weight, bias, residual = norm_inputs((2, 3, 5, 4), torch.float32, "cpu", "contiguous", True, True)
-    out = ops.instance_norm_act_residual(x, weight, bias, residual.double(), act="relu")
-    want = reference.instance_norm_act_residual(x.double(), weight.double(), bias.double(), residual.double())
-    assert out.dtype == torch.float64
-    close(out, want, torch.float32)
+    with pytest.raises(TypeError, match="residual has dtype Double, expected Float like x"):
+        ops.instance_norm_act_residual(x, weight, bias, residual.double(), act="relu")
+    x16 = x.bfloat16().requires_grad_()
+    residual.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.instance_norm_act_residual(x16, weight, bias, residual, act="relu")
+        want = reference.instance_norm_act_residual(x16, weight, bias, residual, act="relu")
+    assert out.dtype == want.dtype == torch.float32
+    close(out, want, torch.bfloat16)
+    grads = torch.autograd.grad(out.sum(), (x16, residual))
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32]
+    for g, e in zip(grads, torch.autograd.grad(want.sum(), (x16, residual)), strict=True):
+        close(g, e, torch.bfloat16)
+
+
+def test_accumulate_promotes_mixed_sources_under_autocast_only():
+    """An fp32 source beside a bf16 one (an align conv's output under autocast) is accumulated in fp32."""
+    sources, weights = accumulate_inputs((7, 6), [(13, 11), (7, 6), (4, 3)], torch.float32, "cpu")
+    mixed = [sources[0], sources[1].bfloat16(), sources[2].bfloat16()]
+    with pytest.raises(TypeError, match=r"sources\[1\] has dtype BFloat16, expected Float like sources\[0\]"):
+        ops.ack_accumulate(mixed, weights, (7, 6))
+    for t in (*mixed, weights):
+        t.requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = ops.ack_accumulate(mixed, weights, (7, 6))
+        want = reference.ack_accumulate(mixed, weights, (7, 6))
+    assert out.dtype == want.dtype == torch.float32
+    # The reference resizes the bf16 sources in bf16 (CPU autocast leaves interpolate alone); the op in fp32.
+    close(out, want, torch.bfloat16)
+    grads = torch.autograd.grad(out.sum(), (*mixed, weights))
+    assert [g.dtype for g in grads] == [torch.float32, torch.bfloat16, torch.bfloat16, torch.float32]
+    for g, e in zip(grads, torch.autograd.grad(want.sum(), (*mixed, weights)), strict=True):
+        close(g, e, torch.bfloat16)
 
 
 def test_norm_gradcheck():
@@ -201,6 +296,27 @@ def test_norm_opcheck():
         torch.library.opcheck(
             torch.ops.ackd_fast.instance_norm_act_residual.default, (x, weight, bias, residual, act, 1e-5)
         )
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_backward_opcheck(kind, dtype):
+    for affine, act in [(True, "relu"), (False, "none")]:
+        x, weight, bias, _ = norm_inputs((2, 3, 5, 4), dtype, "cpu", kind, affine, False)
+        if affine:  # fp32 parameters beside bf16 maps, as under autocast
+            weight, bias = weight.float(), bias.float()
+        _, mean, rstd = torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, None, act, 1e-5)
+        grad = layout(torch.randn(x.shape, dtype=dtype), kind)
+        torch.library.opcheck(
+            torch.ops.ackd_fast.instance_norm_act_residual_backward.default, (grad, x, mean, rstd, weight, bias, act)
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_norm_half_precision_on_cpu(dtype, kind):
+    """fp16/bf16 on CPU (computed in fp32, statistics fp32), fp32 parameters as under autocast."""
+    check_norm((2, 6, 9, 7), dtype, "cpu", kind, True, True, "relu", param_dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------------------- both, compiled
@@ -289,6 +405,55 @@ def test_norm_bad_input(args, error, message):
         ops.instance_norm_act_residual(*args())
 
 
+def _accumulate_backward_args(grad_shape=(2, 5, 7, 6)):
+    sources, weights = accumulate_inputs((7, 6), [(13, 11), (4, 3)], torch.float32, "cpu")
+    return torch.randn(grad_shape), sources, weights, "bilinear"
+
+
+BAD_ACCUMULATE_BACKWARD = [
+    (lambda: _accumulate_backward_args((3, 5, 7, 6)), ValueError, r"grad has shape \[3, 5, 7, 6\], expected batch 2"),
+    (lambda: _accumulate_backward_args((2, 9, 7, 6)), ValueError, r"grad has shape \[2, 9, 7, 6\], .* channels 5"),
+    (lambda: _accumulate_backward_args((2, 5, 7)), ValueError, r"grad must have shape \(B, C, H, W\)"),
+    (
+        lambda: (lambda g, s, w, m: (g.double(), s, w, m))(*_accumulate_backward_args()),
+        TypeError,
+        "grad has dtype Double, expected Float like sources",
+    ),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "message"), BAD_ACCUMULATE_BACKWARD)
+def test_accumulate_backward_bad_input(args, error, message):
+    """A public schema: a grad that does not match the forward is refused, never read or written out of bounds."""
+    with pytest.raises(error, match=message):
+        torch.ops.ackd_fast.ack_accumulate_backward(*args())
+
+
+def _norm_backward_args(grad_shape=None, stats_shape=None, stats_dtype=None):
+    x, weight, bias, _ = norm_inputs((2, 3, 5, 4), torch.float32, "cpu", "contiguous", True, False)
+    _, mean, rstd = torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, None, "relu", 1e-5)
+    grad = torch.randn(grad_shape or x.shape)
+    if stats_shape is not None:
+        mean, rstd = mean.flatten()[: stats_shape[0]].reshape(stats_shape), rstd
+    if stats_dtype is not None:
+        rstd = rstd.to(stats_dtype)
+    return grad, x, mean, rstd, weight, bias, "relu"
+
+
+BAD_NORM_BACKWARD = [
+    (lambda: _norm_backward_args(grad_shape=(2, 3, 5, 5)), ValueError, r"grad has shape \[2, 3, 5, 5\], expected"),
+    (lambda: _norm_backward_args(grad_shape=(4, 3, 5, 4)), ValueError, r"grad has shape \[4, 3, 5, 4\], expected"),
+    (lambda: _norm_backward_args(stats_shape=(1,)), ValueError, r"mean has shape \[1\], expected \(2, 3\)"),
+    (lambda: _norm_backward_args(stats_dtype=torch.float64), TypeError, "rstd has dtype Double, expected Float"),
+]
+
+
+@pytest.mark.parametrize(("args", "error", "message"), BAD_NORM_BACKWARD)
+def test_norm_backward_bad_input(args, error, message):
+    with pytest.raises(error, match=message):
+        torch.ops.ackd_fast.instance_norm_act_residual_backward(*args())
+
+
 # ------------------------------------------------------------------------------------------------------- CUDA
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -311,6 +476,70 @@ def test_accumulate_cuda(dtype, kind, mode, target, sizes):
 @pytest.mark.parametrize(("affine", "with_residual", "act"), [(True, True, "relu"), (False, False, "none")])
 def test_norm_cuda(dtype, kind, affine, with_residual, act):
     check_norm((2, 6, 13, 11), dtype, "cuda", kind, affine, with_residual, act)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", CUDA_DTYPES)
+@pytest.mark.parametrize(("affine", "with_residual", "act"), [(True, True, "relu"), (False, False, "none")])
+def test_norm_cuda_channels_last_across_chunks_and_channel_blocks(dtype, affine, with_residual, act):
+    """The channels_last kernels: 75 channels (two full warps of channels and a partial one), 23 x 29 = 667 pixels
+    (two full chunks of 256 and a partial one), so every combination of partial tiles is exercised."""
+    check_norm((2, 75, 23, 29), dtype, "cuda", "channels_last", affine, with_residual, act)
+
+
+@pytest.mark.cuda
+@requires_cuda
+def test_norm_cuda_channels_last_large_plane_statistics():
+    """Chunk statistics combined across 64 chunks of a plane with a large mean: the combination stays accurate."""
+    x = (torch.randn(1, 40, 128, 128, device="cuda") * 0.5 + 20).to(memory_format=torch.channels_last)
+    out = ops.instance_norm_act_residual(x, act="none")
+    want = reference.instance_norm_act_residual(x.double(), act="none")
+    close(out, want, torch.float32)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_ops_capture_in_a_cuda_graph_at_a_new_size(kind):
+    """No op copies from the host or waits for it, so a CUDA graph captures forward and backward at a size never run
+    before, and its replay gives the eager results."""
+    size = (int(torch.randint(20, 40, ())), int(torch.randint(20, 40, ())))
+    shapes = [(size[0] + 7, size[1] + 3), (size[0] // 3 + 1, size[1] // 2 + 1)]
+    sources, weights = accumulate_inputs(size, shapes, torch.float32, "cuda", kind, channels=6)
+    norm_weight, norm_bias = torch.randn(6, device="cuda"), torch.randn(6, device="cuda")
+    deep = layout(torch.randn(2, 6, *size, device="cuda"), kind)
+    leaves = [*sources, weights, norm_weight, norm_bias, deep]
+    for t in leaves:
+        t.requires_grad_()
+
+    def step():
+        acc = ops.ack_accumulate(sources, weights, size, "bilinear")
+        out = ops.instance_norm_act_residual(acc, norm_weight, norm_bias, deep, act="relu")
+        return (out, *torch.autograd.grad(out.square().sum(), leaves))
+
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = step()
+    graph.replay()
+    torch.cuda.synchronize()
+    for got, want in zip(captured, step(), strict=True):
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.cuda
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cuda_autocast_promotes_mixed_inputs(dtype):
+    sources, weights = accumulate_inputs((7, 6), [(13, 11), (7, 6)], torch.float32, "cuda", "channels_last")
+    mixed = [sources[0].to(dtype), sources[1]]
+    with torch.autocast("cuda", dtype=dtype):
+        out = ops.ack_accumulate(mixed, weights, (7, 6))
+        want = reference.ack_accumulate(mixed, weights, (7, 6))
+        normed = ops.instance_norm_act_residual(out.to(dtype), residual=sources[1])
+    assert out.dtype == want.dtype == torch.float32 and normed.dtype == torch.float32
+    close(out, want, torch.float32)
 
 
 @pytest.mark.cuda

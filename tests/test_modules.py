@@ -138,6 +138,8 @@ def test_backends_reports_build_and_choice():
     info = ackd_fast.backends()
     assert set(info) == {"extension", "triton", "cuda_device", "ops"}
     assert info["extension"]["loaded"] is ops.EXTENSION_LOADED
+    assert info["triton"]["max_head_dim"] == 128 and info["triton"]["max_sources"] == 4
+    assert info["extension"]["dtypes"]["cpu"] == "float32, float64, float16, bfloat16"
     assert info["ops"]["ack_attention"]["cpu"] == "reference"
     assert info["ops"]["ack_fusion"]["cpu"] == ("extension" if ops.EXTENSION_LOADED else "reference")
     assert info["ops"]["ack_fusion"]["cuda"] == ("extension" if info["extension"]["cuda_compiled"] else "reference")
@@ -155,8 +157,8 @@ def test_unknown_backend_is_refused():
 
 def test_forced_backend_that_cannot_run_raises(monkeypatch):
     monkeypatch.setitem(ops.BACKENDS, "ack_fusion", ("extension", "reference"))
-    monkeypatch.setattr(ops, "EXTENSION_LOADED", False)
-    monkeypatch.setattr(ops, "EXTENSION_ERROR", "ImportError: gone")
+    monkeypatch.setattr(ops.dispatch, "EXTENSION_LOADED", False)
+    monkeypatch.setattr(ops.dispatch, "EXTENSION_ERROR", "ImportError: gone")
     deep, sources = inputs(1)
     m = build(ACKFusion, sources, backend="extension")
     with pytest.raises(
@@ -319,12 +321,183 @@ def test_fusion_extension_matches_reference_backend(residual, device):
 
 
 @pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="ackd_fast._C did not load")
-def test_fusion_auto_uses_reference_where_the_extension_lacks_the_dtype():
-    deep, sources = inputs(2, torch.bfloat16)
-    assert ops.resolve_backend("ack_fusion", "auto", "cpu", torch.bfloat16) == "reference"
-    assert ops.resolve_backend("ack_fusion", "auto", "cpu", torch.float32) == "extension"
-    forced = build(ACKFusion, sources, backend="extension").to(torch.bfloat16)
-    with pytest.raises(
-        RuntimeError, match=r"backend 'extension' for ack_fusion cannot run on cpu: its cpu kernels take"
-    ):
-        forced(deep, sources)
+def test_fusion_extension_takes_every_float_dtype_on_cpu():
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        assert ops.resolve_backend("ack_fusion", "auto", "cpu", dtype) == "extension"
+
+
+# ------------------------------------------------------------------------------------------- dispatch
+
+
+def test_attention_auto_decides_from_head_dim_and_source_count():
+    """Triton takes heads of at most 128 channels and 1 to 4 sources; auto moves on, a forced backend says why."""
+    if ops.TRITON_IMPORTABLE:
+        assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, head_dim=128, sources=4) == "triton"
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, head_dim=256) == "reference"
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, sources=5) == "reference"
+    if ops.TRITON_IMPORTABLE:
+        with pytest.raises(RuntimeError, match=r"cannot run on cuda: .*head dim of at most 128, got 256"):
+            ops.resolve_backend("ack_attention", "triton", "cuda", torch.bfloat16, head_dim=256)
+        with pytest.raises(RuntimeError, match="cannot run on cuda: it takes 1 to 4 sources, got 5"):
+            ops.resolve_backend("ack_attention", "triton", "cuda", torch.bfloat16, sources=5)
+
+
+def test_attention_module_with_wide_heads_runs_the_reference_under_auto(monkeypatch):
+    """--heads 1 on 256-channel taps: auto runs the reference wherever it runs (it used to raise on CUDA)."""
+    picked = []
+    original = ops.resolve_backend
+
+    def spy(*args, **kw):
+        picked.append(kw)
+        return original(*args, **kw)
+
+    monkeypatch.setattr(ackd_fast.modules, "resolve_backend", spy)
+    m = ACKAttention(256, [256], heads=1)
+    out = m(torch.randn(1, 256, 3, 2), [torch.randn(1, 256, 2, 2)])
+    assert out.shape == (1, 256, 3, 2) and picked == [{"head_dim": 256, "sources": 1}]
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float32, **picked[0]) == "reference"
+
+
+def test_modules_pick_backends_for_the_autocast_dtype():
+    x = torch.randn(1, 2, 3, 3)
+    assert ops.compute_dtype(x) == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert ops.compute_dtype(x) == torch.bfloat16
+        assert ops.compute_dtype(x.double()) == torch.float64  # autocast leaves fp64 alone
+    with torch.autocast("cuda", dtype=torch.float16, enabled=torch.cuda.is_available()):
+        assert ops.compute_dtype(x) == torch.float32  # autocast of another device
+
+
+# ------------------------------------------------------------------------------------------- autocast
+
+# What each module under autocast may differ by from the reference composition under the same autocast: a few
+# roundings of the autocast dtype (eps 2**-8 for bf16, 2**-11 for fp16) through two to four convolutions.
+AUTOCAST_TOLERANCE = {torch.bfloat16: 4e-2, torch.float16: 8e-3}
+
+
+def autocast_inputs(device):
+    """fp32 maps whose sources have mixed channels and resolutions (U-Net taps): align convs make some bf16."""
+    deep = torch.randn(2, 16, 6, 5, device=device, requires_grad=True)
+    sources = [
+        torch.randn(2, 16, 6, 5, device=device),
+        torch.randn(2, 8, 12, 10, device=device),
+        torch.randn(2, 32, 3, 3, device=device),
+    ]
+    return deep, [a.requires_grad_() for a in sources]
+
+
+def check_module_under_autocast(cls, backend, device_type, dtype, attention_backend=None, **kw):
+    deep, sources = autocast_inputs(device_type)
+    channels = [a.shape[1] for a in sources]
+    fast = randomise(cls(16, channels, backend=backend, **kw)).to(device_type)
+    if attention_backend is not None:  # a refiner's ACK-A on a backend its ACK-F does not have
+        fast.attention.backend = attention_backend
+    slow = cls(16, channels, backend="reference", **kw).to(device_type)
+    slow.load_state_dict(fast.state_dict())
+    with torch.autocast(device_type, dtype=dtype):
+        got, want = fast(deep, sources), slow(deep, sources)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    tol = AUTOCAST_TOLERANCE[dtype]
+    torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+    # Gradients: sums over many rounded terms, where the reference under autocast is itself far from exact (it sums
+    # the accumulation weights' gradients in bf16, say). Each fast gradient must be as close to the fp64 one as the
+    # reference's is, up to twice its error or the dtype's tolerance.
+    exact_module = slow.to(torch.float64)
+    exact_leaves = [t.detach().double().requires_grad_() for t in (deep, *sources)]
+    exact = exact_module(exact_leaves[0], exact_leaves[1:])
+    grad = torch.randn_like(exact)
+    leaves_fast, leaves_slow = [deep, *sources, *fast.parameters()], [deep, *sources, *slow.parameters()]
+    got_grads = torch.autograd.grad(got, leaves_fast, grad.to(got.dtype))
+    exact_grads = torch.autograd.grad(exact, [*exact_leaves, *exact_module.parameters()], grad)
+    slow.float()
+    with torch.autocast(device_type, dtype=dtype):
+        want = slow(deep, sources)
+    want_grads = torch.autograd.grad(want, leaves_slow, grad.to(want.dtype))
+    for g, e, x, leaf in zip(got_grads, want_grads, exact_grads, leaves_fast, strict=True):
+        assert g.dtype == leaf.dtype and torch.isfinite(g).all()
+        scale = x.abs().max().clamp_min(1.0).item()
+        reference_error = (e.double() - x).abs().max().item()
+        assert (g.double() - x).abs().max().item() <= max(2 * reference_error, tol * scale)
+
+
+FUSION_BACKENDS = [
+    "reference",
+    pytest.param("extension", marks=pytest.mark.skipif(not ops.EXTENSION_LOADED, reason="ackd_fast._C did not load")),
+]
+
+
+@pytest.mark.parametrize("backend", FUSION_BACKENDS)
+def test_fusion_under_cpu_bf16_autocast(backend):
+    """The new user's example: ACKFusion(C, [C, C/2]) with fp32 maps under CPU bf16 autocast."""
+    check_module_under_autocast(ACKFusion, backend, "cpu", torch.bfloat16)
+
+
+def test_attention_under_cpu_bf16_autocast():
+    check_module_under_autocast(ACKAttention, "reference", "cpu", torch.bfloat16, heads=2)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_refiner_under_cpu_bf16_autocast(backend):
+    check_module_under_autocast(ACKRefiner, backend, "cpu", torch.bfloat16, heads=2, kv_stride=2)
+
+
+@pytest.mark.skipif(not ops.TRITON_IMPORTABLE, reason="triton is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the Triton interpreter runs where there is no GPU")
+def test_triton_interpreter_under_cpu_fp16_autocast():
+    """The Triton kernels under CPU fp16 autocast (the interpreter's bf16 is not faithful, so fp16 here), alone and
+    in a refiner beside the fused ACK-F ops."""
+    check_module_under_autocast(ACKAttention, "triton", "cpu", torch.float16, heads=2)
+    check_module_under_autocast(ACKRefiner, "auto", "cpu", torch.float16, attention_backend="triton", heads=2)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("cls", MODULES)
+def test_modules_under_cuda_autocast(cls, dtype):
+    kw = {"heads": 2} if cls is not ACKFusion else {}
+    check_module_under_autocast(cls, "auto", "cuda", dtype, **kw)
+
+
+def _distillation_step(backend, amp_dtype, device="cpu"):
+    """One train_step of a U-Net teacher (taps of 4, 8 and 16 channels at 16, 8 and 4 pixels) under autocast."""
+    from ackd_fast.losses import Critic
+    from ackd_fast.models import NLayerDiscriminator, UnetGenerator, mobile_resnet_9blocks
+    from ackd_fast.train import Config, build_distiller, train_step
+
+    torch.manual_seed(0)
+    teacher, student = UnetGenerator(num_downs=4, ngf=4), mobile_resnet_9blocks(ngf=4)
+    cfg = Config(taps="enc1,enc2,enc3", student_taps="stem,block3,block6", heads=2)
+    distiller = build_distiller(cfg, teacher, "unet", student, "mobile_resnet_9blocks", True, backend=backend)
+    critic = Critic([NLayerDiscriminator(6, ndf=8)], distiller.gan_mode)
+    distiller, critic = distiller.to(device), critic.to(device)
+    g_opt = torch.optim.Adam([p for p in distiller.parameters() if p.requires_grad], lr=1e-3)
+    d_opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(device, enabled=amp_dtype == torch.float16)
+    a, b = torch.rand(2, 3, 32, 32, device=device) * 2 - 1, torch.rand(2, 3, 32, 32, device=device) * 2 - 1
+    autocast = torch.autocast(device, dtype=amp_dtype)
+    out, d_loss = train_step(distiller, critic, critic, g_opt, d_opt, scaler, autocast, a, b)
+    grads = torch.cat([p.grad.flatten().float() for p in distiller.refiners.parameters()])
+    return out, d_loss, grads
+
+
+def test_distillation_step_under_cpu_bf16_autocast():
+    """A whole step with the default backends (the fused ACK-F ops on CPU) against the reference backends, both
+    under CPU bf16 autocast: the same losses, and refiner gradients pointing the same way."""
+    fast, fast_d, fast_grads = _distillation_step("auto", torch.bfloat16)
+    slow, slow_d, slow_grads = _distillation_step("reference", torch.bfloat16)
+    for key in ("g_recon", "g_feat", "ack_path"):
+        torch.testing.assert_close(fast.logs[key], slow.logs[key], rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fast.loss, slow.loss, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(fast_d, slow_d, rtol=2e-2, atol=2e-2)
+    assert torch.isfinite(fast_grads).all() and fast_grads.abs().sum() > 0
+    assert torch.nn.functional.cosine_similarity(fast_grads, slow_grads, dim=0) > 0.99
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_distillation_step_under_cuda_bf16_autocast():
+    fast, _, fast_grads = _distillation_step("auto", torch.bfloat16, "cuda")
+    slow, _, slow_grads = _distillation_step("reference", torch.bfloat16, "cuda")
+    torch.testing.assert_close(fast.loss, slow.loss, rtol=2e-2, atol=2e-2)
+    assert torch.nn.functional.cosine_similarity(fast_grads, slow_grads, dim=0) > 0.99

@@ -5,9 +5,8 @@
 //    horizontal taps gathered from that row while it sits in L1;
 //  - pixels (channels_last): an output pixel is the 2-D taps of each source, each a vector FMA along C.
 // The output's layout (that of sources[0]) picks the path; an input whose unit stride lies elsewhere (say, a view
-// sliced along W) is copied into the path's layout first.
-#include <functional>
-
+// sliced along W) is copied into the path's layout first. fp16/bf16 are computed in fp32: converted on entry and on
+// exit, a copy the GPU kernels do not make (the CPU kernels serve correctness and CPU runs, not the speed goals).
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -166,6 +165,12 @@ at::Tensor in_layout(const at::Tensor& t, bool pixels) {
 at::Tensor ack_accumulate_cpu(at::TensorList sources, const at::Tensor& weights, at::IntArrayRef size,
                               c10::string_view mode_name) {
   check_accumulate_args(sources, weights, size);
+  if (is_reduced_float(sources[0].scalar_type())) {  // fp16/bf16: computed in fp32
+    std::vector<at::Tensor> wide;
+    for (const auto& a : sources) wide.push_back(a.to(at::kFloat));
+    const auto out = ack_accumulate_cpu(wide, weights, size, mode_name);
+    return out.to(sources[0].scalar_type()).contiguous(output_format(sources[0]));
+  }
   const Resize mode = parse_resize(std::string(mode_name));
   const auto format = output_format(sources[0]);
   const bool pixels = format == at::MemoryFormat::ChannelsLast;
@@ -186,14 +191,29 @@ at::Tensor ack_accumulate_cpu(at::TensorList sources, const at::Tensor& weights,
 // ------------------------------------------------------------------------------------------------ backward
 //
 // With g_j = resize_j^T(grad): grad A_j = w_j * g_j and grad w_j = <grad, resize_j(A_j)> = <g_j, A_j>.
-// The transposed tables make g_j a gather over grad. <g_j, A_j> is an at::parallel_reduce: fixed chunks combined
-// in order, so the result does not depend on the thread count.
+// The transposed tables make g_j a gather over grad. <g_j, A_j> is summed in fixed chunks of rows (pixels), each
+// chunk's sum in fp64, and the chunk sums are added in order: the result depends on the sizes only, never on the
+// number of threads (at::parallel_reduce would combine one partial per thread).
+
+// sum over the fixed chunks [c * chunk, (c + 1) * chunk) of [0, n) of chunk_sum(begin, end), in order.
+template <typename F>
+double chunked_sum(int64_t n, int64_t chunk, F&& chunk_sum) {
+  const int64_t chunks = (n + chunk - 1) / chunk;
+  std::vector<double> sums(chunks);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) sums[c] = chunk_sum(c * chunk, std::min(n, (c + 1) * chunk));
+  });
+  double total = 0;
+  for (double s : sums) total += s;
+  return total;
+}
 
 template <typename T>
-T backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, int64_t gsh, T w, T* gsrc, int64_t B,
-                int64_t C, int64_t W) {
-  return at::parallel_reduce(0, B * C * s.h, grain(W), T(0), [&](int64_t begin, int64_t end, T sum) {
+double backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, int64_t gsh, T w, T* gsrc,
+                     int64_t B, int64_t C, int64_t W) {
+  return chunked_sum(B * C * s.h, grain(W), [&](int64_t begin, int64_t end) {
     std::vector<T> tmp(W), g(s.w);
+    double sum = 0;
     for (int64_t row = begin; row < end; ++row) {
       const int64_t sy = row % s.h, c = (row / s.h) % C, b = row / (s.h * C);
       const T* line = vertical(s.y, sy, grad + b * gsb + c * gsc, gsh, W, tmp.data());
@@ -201,17 +221,18 @@ T backward_rows(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsc, int
       horizontal(s.x, s.x_identity, line, T(1), g.data(), s.w);
       T* out = gsrc + row * s.w;
       for (int64_t i = 0; i < s.w; ++i) out[i] = w * g[i];
-      sum += dot(g.data(), s.ptr + b * s.sb + c * s.sc + sy * s.sh, s.w);
+      sum += static_cast<double>(dot(g.data(), s.ptr + b * s.sb + c * s.sc + sy * s.sh, s.w));
     }
     return sum;
-  }, std::plus<T>());
+  });
 }
 
 template <typename T>
-T backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh, int64_t gsw, T w, T* gsrc, int64_t B,
-                  int64_t C) {
-  return at::parallel_reduce(0, B * s.h * s.w, grain(C * 4), T(0), [&](int64_t begin, int64_t end, T sum) {
+double backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh, int64_t gsw, T w, T* gsrc,
+                       int64_t B, int64_t C) {
+  return chunked_sum(B * s.h * s.w, grain(C * 4), [&](int64_t begin, int64_t end) {
     std::vector<T> g(C);
+    double sum = 0;
     for (int64_t pixel = begin; pixel < end; ++pixel) {
       const int64_t sx = pixel % s.w, sy = (pixel / s.w) % s.h, b = pixel / (s.h * s.w);
       std::fill(g.begin(), g.end(), T(0));
@@ -221,10 +242,10 @@ T backward_pixels(const Source<T>& s, const T* grad, int64_t gsb, int64_t gsh, i
                C);
       T* out = gsrc + pixel * C;
       for (int64_t c = 0; c < C; ++c) out[c] = w * g[c];
-      sum += dot(g.data(), s.ptr + b * s.sb + sy * s.sh + sx * s.sw, C);
+      sum += static_cast<double>(dot(g.data(), s.ptr + b * s.sb + sy * s.sh + sx * s.sw, C));
     }
     return sum;
-  }, std::plus<T>());
+  });
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cpu(const at::Tensor& grad_in,
@@ -232,6 +253,14 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cpu(cons
                                                                             const at::Tensor& weights,
                                                                             c10::string_view mode_name) {
   check_accumulate_backward_args(grad_in, sources, weights);
+  if (is_reduced_float(grad_in.scalar_type())) {  // fp16/bf16: computed in fp32
+    std::vector<at::Tensor> wide;
+    for (const auto& a : sources) wide.push_back(a.to(at::kFloat));
+    auto [grad_sources, grad_weights] = ack_accumulate_backward_cpu(grad_in.to(at::kFloat), wide, weights, mode_name);
+    for (size_t j = 0; j < sources.size(); ++j)
+      grad_sources[j] = grad_sources[j].to(sources[j].scalar_type()).contiguous(output_format(sources[j]));
+    return {grad_sources, grad_weights};
+  }
   const Resize mode = parse_resize(std::string(mode_name));
   const bool pixels = output_format(sources[0]) == at::MemoryFormat::ChannelsLast;
   const auto path_format = pixels ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;

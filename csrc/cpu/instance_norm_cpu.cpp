@@ -5,7 +5,8 @@
 //  - pixels (channels_last): one task per (sample, block of channels), vectors along C, per-channel sums kept
 //    in small arrays while the task walks the pixels.
 // x's layout picks the path (outputs take it too); an input whose unit stride lies elsewhere is copied into the
-// path's layout first. Statistics are two-pass (mean, then the mean squared deviation) for accuracy.
+// path's layout first. Statistics are two-pass (mean, then the mean squared deviation) for accuracy. fp16/bf16 are
+// computed in fp32, converted on entry and on exit (the statistics stay fp32, as on CUDA).
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
@@ -223,6 +224,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
                                                                                const std::optional<at::Tensor>& residual,
                                                                                c10::string_view act_name, double eps) {
   check_norm_args(x_in, weight, bias, residual);
+  if (is_reduced_float(x_in.scalar_type())) {  // fp16/bf16: computed in fp32; the statistics stay fp32
+    const auto wide_residual = residual ? std::optional<at::Tensor>(residual->to(at::kFloat)) : std::nullopt;
+    auto [y, mean, rstd] =
+        instance_norm_act_residual_cpu(x_in.to(at::kFloat), weight, bias, wide_residual, act_name, eps);
+    return {y.to(x_in.scalar_type()).contiguous(output_format(x_in)), mean, rstd};
+  }
   const Act act = parse_act(std::string(act_name));
   const auto format = output_format(x_in);
   const bool pixels = format == at::MemoryFormat::ChannelsLast;
@@ -276,7 +283,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cpu(co
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backward_cpu(
     const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean, const at::Tensor& rstd,
     const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias, c10::string_view act_name) {
-  check_norm_backward_args(grad_in, x_in, weight, bias);
+  check_norm_backward_args(grad_in, x_in, mean, rstd, weight, bias);
+  if (is_reduced_float(x_in.scalar_type())) {  // fp16/bf16: computed in fp32
+    auto [gx, grad_weight, grad_bias] = instance_norm_act_residual_backward_cpu(
+        grad_in.to(at::kFloat), x_in.to(at::kFloat), mean, rstd, weight, bias, act_name);
+    const auto param_dtype = weight ? weight->scalar_type() : (bias ? bias->scalar_type() : x_in.scalar_type());
+    return {gx.to(x_in.scalar_type()).contiguous(output_format(x_in)), grad_weight.to(param_dtype),
+            grad_bias.to(param_dtype)};
+  }
   const Act act = parse_act(std::string(act_name));
   const auto format = output_format(x_in);
   const bool pixels = format == at::MemoryFormat::ChannelsLast;

@@ -1,0 +1,128 @@
+"""ACK-A's op, `ack_attention`: the Triton kernels (kernels/ack_attention.py) as a custom op with autograd.
+
+Registered with `torch.library.custom_op` so that torch.compile traces through it; its backward is an op of its own.
+
+Autocast: q, keys and values are cast to autocast's dtype (fp64 is left alone), the rule of matmul and
+scaled_dot_product_attention, and the op runs with autocast off; the kernels accumulate in fp32 and keep the
+softmax statistics in fp32. The plain composition under autocast (reference.ack_attention) computes its matmuls
+in the same dtype.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ackd_fast import checks
+from ackd_fast.ops import dispatch
+
+
+def ack_attention(
+    q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int, scale: float | None = None
+) -> Tensor:
+    """Multi-head cross-attention of q over the tokens of all key/value sources under one softmax (Triton).
+
+    q: (B, heads*d, Hq, Wq); keys[j], values[j]: (B, heads*d, H_j, W_j), 1 to 4 sources, any strides;
+    fp16, bf16 or fp32 (fp32 matmuls follow torch.get_float32_matmul_precision()); d <= 128. Returns
+    (B, heads*d, Hq, Wq), NCHW contiguous; `scale` defaults to 1/sqrt(d). Differentiable in q, keys, values.
+    Runs on CUDA, and on CPU under the Triton interpreter (TRITON_INTERPRET=1) for tests;
+    `ackd_fast.reference.ack_attention` is the same computation in plain PyTorch.
+    """
+    q, keys, values = checks.attention_inputs(q, keys, values, heads)
+    if scale is not None:
+        scale = float(scale)
+    reason = dispatch._unavailable("triton", q.device.type, dispatch.compute_dtype(q), sources=len(keys))
+    if reason is not None:
+        raise RuntimeError(f"ack_attention (Triton) cannot run on {q.device.type}: {reason}")
+    return torch.ops.ackd_fast.ack_attention(q, keys, values, heads, scale)[0]
+
+
+def _kernels():
+    # Imported on first use: triton is imported only when a kernel runs, and TRITON_INTERPRET is read then.
+    return importlib.import_module("ackd_fast.kernels.ack_attention")
+
+
+@torch.library.custom_op("ackd_fast::ack_attention", mutates_args=())
+def _ack_attention_op(
+    q: Tensor, keys: list[Tensor], values: list[Tensor], heads: int, scale: float | None
+) -> tuple[Tensor, Tensor]:
+    """(out, lse): out NCHW contiguous in q's dtype, lse (B*heads, Hq*Wq) fp32, the log-sum-exp of each query's
+    scores that the backward needs (its base is the kernels' business)."""
+    return _kernels().forward(q, keys, values, heads, scale)
+
+
+@_ack_attention_op.register_fake
+def _ack_attention_fake(q, keys, values, heads, scale):
+    batch, _channels, height, width = q.shape
+    out = q.new_empty(q.shape)
+    lse = q.new_empty((batch * heads, height * width), dtype=torch.float32)
+    return out, lse
+
+
+@torch.library.custom_op("ackd_fast::ack_attention_backward", mutates_args=())
+def _ack_attention_backward_op(
+    grad_out: Tensor,
+    q: Tensor,
+    keys: list[Tensor],
+    values: list[Tensor],
+    out: Tensor,
+    lse: Tensor,
+    heads: int,
+    scale: float | None,
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """(dq, dkeys, dvalues), NCHW contiguous, from the forward's inputs, out and lse."""
+    return _kernels().backward(grad_out, q, keys, values, out, lse, heads, scale)
+
+
+@_ack_attention_backward_op.register_fake
+def _ack_attention_backward_fake(grad_out, q, keys, values, out, lse, heads, scale):
+    def like(x):
+        return x.new_empty(x.shape)
+
+    return like(q), [like(k) for k in keys], [like(v) for v in values]
+
+
+def _ack_attention_setup_context(ctx, inputs, output):
+    q, keys, values, heads, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, *keys, *values, out, lse)
+    ctx.sources, ctx.heads, ctx.scale = len(keys), heads, scale
+
+
+def _ack_attention_backward(ctx, grad_out, _grad_lse):
+    q, *saved = ctx.saved_tensors
+    n = ctx.sources
+    keys, values, (out, lse) = saved[:n], saved[n : 2 * n], saved[2 * n :]
+    dq, dkeys, dvalues = torch.ops.ackd_fast.ack_attention_backward(
+        grad_out, q, keys, values, out, lse, ctx.heads, ctx.scale
+    )
+    return dq, dkeys, dvalues, None, None
+
+
+torch.library.register_autograd(
+    "ackd_fast::ack_attention", _ack_attention_backward, setup_context=_ack_attention_setup_context
+)
+
+
+def _autocast_kernel(device_type: str):
+    """The op under autocast on `device_type`: inputs cast to autocast's dtype, then the op with autocast off."""
+
+    def run(q, keys, values, heads, scale):
+        dtype = torch.get_autocast_dtype(device_type)
+
+        def cast(t: Tensor) -> Tensor:
+            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+        with torch.autocast(device_type, enabled=False):
+            return _ack_attention_op(cast(q), [cast(k) for k in keys], [cast(v) for v in values], heads, scale)
+
+    return run
+
+
+# torch.library.register_autocast casts to one dtype fixed at registration; this follows the autocast region's.
+for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
+    torch.library.impl("ackd_fast::ack_attention", _key, _autocast_kernel(_device_type))

@@ -1,0 +1,173 @@
+"""Which backend runs each op: what is built, what each backend can run, and `backends()`, which reports it.
+
+`auto` takes the fastest backend that can run the inputs at hand; a backend named by the caller that cannot run them
+raises, naming the reason, instead of falling back. What decides is everything a backend needs: the device, the dtype
+the op computes in (autocast's where autocast is on, see `compute_dtype`), and for the Triton attention the head dim
+and the number of sources.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+from ackd_fast.checks import MAX_HEAD_DIM, MAX_SOURCES
+
+try:  # importing _C runs its TORCH_LIBRARY registrations
+    from ackd_fast import _C  # noqa: F401
+
+    EXTENSION_ERROR: str | None = None
+except ImportError as exc:
+    EXTENSION_ERROR = f"{type(exc).__name__}: {exc}"
+
+EXTENSION_LOADED = EXTENSION_ERROR is None
+TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
+
+# The backends each module-level op can run on, fastest first; "auto" takes the first that can run.
+BACKENDS: dict[str, tuple[str, ...]] = {
+    "ack_attention": ("triton", "reference"),
+    "ack_fusion": ("extension", "reference"),
+}
+
+# What the C++ kernels of each device take. They accumulate fp16/bf16 in fp32; on CPU, fp16/bf16 maps are converted
+# to fp32 on entry and back on exit (csrc/cpu), on CUDA the kernels read them as they are.
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+EXTENSION_DTYPES = {"cpu": _FLOATS, "cuda": _FLOATS}
+TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# (backend, device type) pairs that "auto" passes over although they can run: the Triton interpreter on CPU
+# is for testing the kernels, far too slow for users.
+AUTO_SKIPS = {("triton", "cpu")}
+
+
+def extension_cuda_version() -> int | None:
+    """CUDA runtime version `ackd_fast._C` was compiled with (e.g. 13000), or None for a CPU-only build."""
+    if not EXTENSION_LOADED:
+        return None
+    version = torch.ops.ackd_fast.cuda_version()
+    return None if version < 0 else version
+
+
+def compute_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype the ops fed from `x` compute in: autocast's dtype where autocast is on for x's device and would
+    cast x (autocast leaves fp64 alone), else x's own. Modules pick their backends for this dtype."""
+    device_type = x.device.type
+    if (
+        x.is_floating_point()
+        and x.dtype != torch.float64
+        and torch.amp.is_autocast_available(device_type)
+        and torch.is_autocast_enabled(device_type)
+    ):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _names(dtypes) -> str:
+    return ", ".join(str(d).removeprefix("torch.") for d in dtypes)
+
+
+def _unavailable(
+    backend: str,
+    device_type: str,
+    dtype: torch.dtype | None = None,
+    head_dim: int | None = None,
+    sources: int | None = None,
+) -> str | None:
+    """Why `backend` cannot run on `device_type` (for inputs of `dtype`, heads of `head_dim` channels and `sources`
+    source maps, each when given), or None when it can."""
+    if backend == "reference":
+        return None
+    if sources is not None and not 1 <= sources <= MAX_SOURCES:
+        return f"it takes 1 to {MAX_SOURCES} sources, got {sources}"
+    if backend == "triton":
+        if not TRITON_IMPORTABLE:
+            return "triton is not installed"
+        if device_type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            return "set TRITON_INTERPRET=1 before importing ackd_fast to run Triton kernels on CPU"
+        if device_type not in ("cpu", "cuda"):
+            return "the Triton kernels run on cuda (and on cpu under the Triton interpreter)"
+        if dtype is not None and dtype not in TRITON_DTYPES:
+            return f"the Triton kernels compute in {_names(TRITON_DTYPES)}, got {_names([dtype])}"
+        if head_dim is not None and head_dim > MAX_HEAD_DIM:
+            return f"the Triton kernels take a head dim of at most {MAX_HEAD_DIM}, got {head_dim}"
+        return None
+    if backend == "extension":
+        if not EXTENSION_LOADED:
+            return f"the C++ extension ackd_fast._C did not load ({EXTENSION_ERROR})"
+        if device_type == "cuda" and extension_cuda_version() is None:
+            return "ackd_fast._C was built without CUDA (rebuild with FORCE_CUDA=1)"
+        supported = EXTENSION_DTYPES.get(device_type, ())
+        if not supported:
+            return f"ackd_fast._C has no kernels for {device_type}"
+        if dtype is not None and dtype not in supported:
+            return f"its {device_type} kernels take {_names(supported)}, got {_names([dtype])}"
+        return None
+    return f"unknown backend {backend!r}"
+
+
+def check_backend(op: str, backend: str) -> str:
+    """Validates a constructor's `backend` argument for `op`."""
+    choices = ("auto", *BACKENDS[op])
+    if backend not in choices:
+        raise ValueError(f"backend for {op} must be one of {choices}, got {backend!r}")
+    return backend
+
+
+def resolve_backend(
+    op: str,
+    backend: str,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
+    *,
+    head_dim: int | None = None,
+    sources: int | None = None,
+) -> str:
+    """The backend that runs `op` on `device` for inputs that compute in `dtype`, with heads of `head_dim` channels
+    and `sources` source maps (each when given): the named one (or a RuntimeError saying why it cannot run), or for
+    "auto" the fastest that can."""
+    device_type = torch.device(device).type
+    if backend != "auto":
+        reason = _unavailable(backend, device_type, dtype, head_dim, sources)
+        if reason is not None:
+            raise RuntimeError(f"backend {backend!r} for {op} cannot run on {device_type}: {reason}")
+        return backend
+    for candidate in BACKENDS[op]:
+        if (candidate, device_type) in AUTO_SKIPS:
+            continue
+        if _unavailable(candidate, device_type, dtype, head_dim, sources) is None:
+            return candidate
+    raise RuntimeError(f"no backend for {op} can run on {device_type}")  # unreachable: reference always runs
+
+
+def backends() -> dict:
+    """What is built and present, what each backend takes, and which backend each op runs per device under
+    backend="auto" for float32 inputs (`resolve_backend` answers for other dtypes, head dims and source counts)."""
+    triton_version = None
+    if TRITON_IMPORTABLE:
+        import triton
+
+        triton_version = triton.__version__
+    cuda_version = extension_cuda_version()
+    return {
+        "extension": {
+            "loaded": EXTENSION_LOADED,
+            "cuda_compiled": cuda_version is not None,
+            "cuda_version": cuda_version,
+            "error": EXTENSION_ERROR,
+            "dtypes": {dev: _names(dtypes) for dev, dtypes in EXTENSION_DTYPES.items()},
+            "max_sources": MAX_SOURCES,
+        },
+        "triton": {
+            "importable": triton_version is not None,
+            "version": triton_version,
+            "interpret": os.environ.get("TRITON_INTERPRET") == "1",
+            "dtypes": _names(TRITON_DTYPES),
+            "max_head_dim": MAX_HEAD_DIM,
+            "max_sources": MAX_SOURCES,
+        },
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "ops": {
+            op: {dev: resolve_backend(op, "auto", dev, torch.float32) for dev in ("cpu", "cuda")} for op in BACKENDS
+        },
+    }
