@@ -165,10 +165,11 @@ def test_accumulate_backward_does_not_depend_on_the_thread_count(kind):
     assert torch.equal(one_weights, two_weights), (one_weights - two_weights).abs().max()
     for a, b in zip(one_sources, two_sources, strict=True):
         assert torch.equal(a, b)
-    # ... and the weight gradient is accurate: its sums are fp64.
+    # ... and the weight gradient is accurate to fp32 over its ~120k terms: the chunk sums are fp64.
     exact = [a.double() for a in sources]
-    want = [(grad.double() * reference.resize(a, (33, 29))).sum() for a in exact]
-    torch.testing.assert_close(one_weights.double(), torch.stack(want), rtol=1e-6, atol=1e-6)
+    want = torch.stack([(grad.double() * reference.resize(a, (33, 29))).sum() for a in exact])
+    tol = TOLERANCE[torch.float32] * want.abs().max().item()
+    torch.testing.assert_close(one_weights.double(), want, rtol=0, atol=tol)
 
 
 def test_norm_backward_does_not_depend_on_the_thread_count():

@@ -459,6 +459,21 @@ def test_modules_under_cuda_autocast(cls, dtype):
     check_module_under_autocast(cls, "auto", "cuda", dtype, **kw)
 
 
+def test_refiner_under_autocast_compiles_without_graph_breaks():
+    """The autocast rules are dispatcher kernels, so torch.compile traces them like any op (fullgraph)."""
+    deep, sources = autocast_inputs("cpu")
+    m = randomise(ACKRefiner(16, [a.shape[1] for a in sources], heads=2))
+
+    def step(deep, *sources):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return m(deep, list(sources))
+
+    got = torch.compile(step, backend="aot_eager", fullgraph=True)(deep, *sources)
+    want = step(deep, *sources)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(torch.autograd.grad(got.sum(), deep), torch.autograd.grad(want.sum(), deep))
+
+
 def _distillation_step(backend, amp_dtype, device="cpu"):
     """One train_step of a U-Net teacher (taps of 4, 8 and 16 channels at 16, 8 and 4 pixels) under autocast."""
     from ackd_fast.losses import Critic
