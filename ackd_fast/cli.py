@@ -38,7 +38,8 @@ HELP = {
     "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
     "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only)",
     "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both (ACK-F after ACK-A)",
-    "residual": "residual connections in ACK-A and ACK-F (--no-residual: the ablation)",
+    "residual": "ACK-F's residual connection; --no-residual is the paper's ablation 'w/o ACK-F residual' (ACK-A keeps "
+    "its own; ACK-F then accumulates the map it refines with the sources)",
     "ack_train": "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
     "features detached; joint: the feature loss also trains the refiners",
     "kv_stride": "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
@@ -54,12 +55,15 @@ HELP = {
     "device": "auto (CUDA when present), cpu or cuda",
     "amp": "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, or fp16 (with a gradient scaler)",
     "compile": "torch.compile the generators and discriminators",
+    "compile_mode": "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune or "
+    "max-autotune-no-cudagraphs",
     "channels_last": "channels_last memory format for images and weights (CUDA only: slower on CPU)",
     "tf32": "TF32 matmuls and convolutions on CUDA",
     "seed": "random seed (weights, data order, augmentation)",
-    "log_every": "steps between log.jsonl records and progress-bar updates",
-    "sample_every": "steps between sample grids (input / output / target) in OUT_DIR/samples",
-    "ckpt_every": "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically)",
+    "log_every": "steps between log.jsonl loss records (averaged over the steps and the processes) and progress-bar "
+    "updates; 0 = none",
+    "sample_every": "steps between sample grids (input / output / target) in OUT_DIR/samples; 0 = none",
+    "ckpt_every": "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically; also at the last step); 0 = none",
     "resume": "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
     "stop_at": "stop after this step with a checkpoint (the schedule still spans --steps); 0 = run to the end",
     "progress": "show a progress bar",
@@ -71,9 +75,10 @@ HELP = {
     "inception_weights": "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub "
     "cache (training never downloads)",
 }
-TEACHER_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
+# Flags that only one command takes: distill reads the teacher's architecture from its checkpoint.
+DISTILL_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
                 "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
-DISTILL_ONLY = {"model", "generator", "ngf", "discriminator", "ndf", "n_layers_d"}
+TEACHER_ONLY = {"model", "generator", "ngf", "discriminator", "ndf", "n_layers_d"}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str], defaults: dict) -> None:
@@ -107,7 +112,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ackd_fast.evaluation import evaluate_checkpoints
+    from ackd_fast.report import evaluate_checkpoints
 
     result = evaluate_checkpoints(
         args.checkpoint, dataroot=args.dataroot, phase=args.phase, dataset_mode=args.dataset_mode,
@@ -146,11 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train-teacher", help="train a pix2pix or CycleGAN teacher")
-    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/teacher"})
+    _add_config_flags(p, DISTILL_ONLY, {"out_dir": "runs/teacher"})
     p.set_defaults(func=cmd_train_teacher)
 
     p = commands.add_parser("distill", help="distill a teacher checkpoint into a student with ACKD (or the baseline)")
-    _add_config_flags(p, DISTILL_ONLY, {"out_dir": "runs/distill"})
+    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/distill"})
     p.set_defaults(func=cmd_distill)
 
     p = commands.add_parser(

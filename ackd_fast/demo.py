@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from ackd_fast import data as data_lib
-from ackd_fast.evaluation import evaluate_generator, format_table
+from ackd_fast.evaluation import evaluate_generator
 from ackd_fast.metrics import count_macs, count_params
+from ackd_fast.report import format_table
 from ackd_fast.train import Config, load_generator, save_grid, train
 
 # Small enough for ~4 minutes of training on 2 CPU cores (see README): 64x64 crops of 72x72 samples, a ResNet

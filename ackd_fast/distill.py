@@ -39,7 +39,9 @@ class Distiller(nn.Module):
     paired: whether the data has ground truth (pix2pix) or not (CycleGAN: reconstruct the teacher's output).
     gan_mode: the GAN loss of the critic.
     ackd: False builds the baseline (no refiners, connectors or feature loss).
-    mode, residual, kv_stride, heads, backend: passed to every ACKRefiner.
+    mode, kv_stride, heads, backend: passed to every ACKRefiner.
+    residual: ACK-F's residual, passed to every ACKRefiner; False is the paper's ablation "w/o ACK-F residual" (ACK-A
+        keeps its own, and ACK-F accumulates the map it refines with the sources, so ACK-A still trains).
     ack_train: "teacher-path" or "joint" (module docstring).
     """
 

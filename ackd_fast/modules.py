@@ -173,6 +173,10 @@ class ACKRefiner(nn.Module):
     """The refined knowledge T*_k of one deep stage: ACK-F(ACK-A(deep, sources), sources) for mode="both",
     or either module alone ("attention", "fusion").
 
+    `residual` is ACK-F's (the paper's ablation; ACK-A keeps its own, as ACKAttention(residual=False) would not).
+    Without it ACK-F would discard the map it refines, and with it ACK-A in "both": it accumulates that map as one
+    more source instead, so that ConvBlock(acc) still reads it (at most 3 sources then).
+
     Keyword arguments go to the module that takes them: heads, head_dim, kv_stride to ACKAttention;
     resize, eps to ACKFusion; backend to both.
     """
@@ -197,15 +201,23 @@ class ACKRefiner(nn.Module):
                 f"ACKRefiner got unexpected keyword arguments {sorted(unknown)}; "
                 f"it takes {list(self._ATTENTION_KW + self._FUSION_KW)}"
             )
+        source_channels = checks.channel_list("source_channels", source_channels)
+        if not residual and (mode == "attention" or len(source_channels) == checks.MAX_SOURCES):
+            raise ValueError(
+                "residual=False (ACK-F's residual; ACK-F then accumulates the deep map too) needs mode 'fusion' or "
+                f"'both' and at most {checks.MAX_SOURCES - 1} sources, got mode={mode!r} and "
+                f"{len(source_channels)} sources"
+            )
         attn_kw = {k: v for k, v in kw.items() if k in self._ATTENTION_KW}
         fusion_kw = {k: v for k, v in kw.items() if k in self._FUSION_KW}
+        fusion_sources = [*source_channels] if residual else [*source_channels, deep_channels]
         self.attention = (
-            ACKAttention(deep_channels, source_channels, residual=residual, backend=backend, **attn_kw)
+            ACKAttention(deep_channels, source_channels, backend=backend, **attn_kw)
             if mode in ("attention", "both")
             else None
         )
         self.fusion = (
-            ACKFusion(deep_channels, source_channels, residual=residual, backend=backend, **fusion_kw)
+            ACKFusion(deep_channels, fusion_sources, residual=residual, backend=backend, **fusion_kw)
             if mode in ("fusion", "both")
             else None
         )
@@ -214,5 +226,5 @@ class ACKRefiner(nn.Module):
         if self.attention is not None:
             deep = self.attention(deep, sources)
         if self.fusion is not None:
-            deep = self.fusion(deep, sources)
+            deep = self.fusion(deep, sources if self.fusion.residual else [*sources, deep])
         return deep

@@ -3,19 +3,24 @@
     ackd-fast train-teacher --dataroot DATA --model pix2pix ...       (one process)
     torchrun --nproc_per_node 8 -m ackd_fast.cli distill --teacher T.pt  (DDP; multi-node with torchrun's flags)
 
-One step: the generator side (an objective module from `losses` or the `Distiller`) with the discriminators frozen,
-then the discriminators on the detached fakes. AMP (bf16, or fp16 with a gradient scaler), channels_last, TF32 and
-torch.compile are switches. Everything needed to continue lives in one checkpoint dict written atomically
-(temporary file, then rename); `resume` continues bit for bit on CPU, data order included.
+`train` reads top to bottom: set-up (processes, device, precision, seed), data, models and optimizers, resume, then
+one loop that logs, samples, evaluates and checkpoints at fixed intervals (`*_every`; 0 turns each off). One step
+(`train_step`): the generator side (an objective module from `losses` or the `Distiller`) with the discriminators
+frozen, then the discriminators on the detached fakes. AMP (bf16, or fp16 with a gradient scaler), channels_last, TF32
+and torch.compile (with its mode) are switches. Logged losses are averaged over the log interval and over the ranks.
+Everything needed to continue lives in one checkpoint dict written atomically (temporary file, then rename); `resume`
+continues bit for bit on CPU, data order included.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -36,6 +41,8 @@ from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
 OBJECTIVES = ("pix2pix", "cyclegan")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 SELECT_ON = ("none", "val")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs
 CHECKPOINT = "ckpt.pt"
 BEST = "best.pt"  # the generator of the best evaluation on the validation split (select_on="val")
 
@@ -86,6 +93,7 @@ class Config:
     device: str = "auto"
     amp: str = "auto"  # "auto": bf16 on a CUDA device that has it, none on CPU
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" captures each step in CUDA graphs
     channels_last: bool = True  # on CUDA only
     tf32: bool = True
     seed: int = 0
@@ -238,8 +246,8 @@ def build_distiller(
 
 def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
     """What --compile compiles, in place: the objective's child modules and every discriminator (`options` go to
-    torch.compile; the loop uses its defaults). A ModuleList (the refiners, the connectors) is never called itself,
-    so its members are compiled one by one."""
+    torch.compile; the loop passes mode=--compile-mode). A ModuleList (the refiners, the connectors) is never called
+    itself, so its members are compiled one by one."""
     modules = [*critic.discriminators]
     for m in objective.children():
         modules += list(m) if isinstance(m, nn.ModuleList) else [m]
@@ -264,7 +272,145 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
     )
 
 
-# ----------------------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------------------- set-up
+
+
+def check_config(cfg: Config) -> None:
+    """The checks that need no file: a bad value fails before any process group, model or data is built."""
+    if cfg.job not in ("teacher", "distill"):
+        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
+    if cfg.job == "distill" and not cfg.teacher:
+        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
+    if cfg.amp not in AMP_MODES:
+        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {cfg.compile_mode!r}")
+    for name in ("log_every", "sample_every", "ckpt_every", "eval_every"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(cfg, name)}")
+    if cfg.select_on not in SELECT_ON:
+        raise ValueError(f"select_on must be one of {SELECT_ON}, got {cfg.select_on!r}")
+    if cfg.select_on == "val" and cfg.eval_every <= 0:
+        raise ValueError(f"select_on='val' needs eval_every > 0 (steps between evaluations), got {cfg.eval_every}")
+    if cfg.stop_at > 0 and cfg.ckpt_every == 0:
+        raise ValueError("stop_at > 0 stops with a checkpoint to resume from, and ckpt_every=0 writes none")
+
+
+@dataclass
+class Runtime:
+    """Where and how this process trains: its rank, device and precision."""
+
+    device: torch.device
+    rank: int
+    world: int
+    ddp: bool  # started by torchrun with WORLD_SIZE > 1
+    autocast: contextlib.AbstractContextManager
+    scaler: torch.amp.GradScaler
+    memory_format: torch.memory_format
+
+    @property
+    def master(self) -> bool:  # rank 0 logs, samples, evaluates and writes checkpoints
+        return self.rank == 0
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Joins the process group under torchrun (NCCL on CUDA, gloo on CPU), picks the device and the precision."""
+    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if ddp:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+        if cfg.tf32:
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if use_cuda and torch.cuda.is_bf16_supported() else "none")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
+    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    # channels_last pays on CUDA (tensor cores); on CPU the instance norms run several times slower in it.
+    memory_format = torch.channels_last if cfg.channels_last and use_cuda else torch.contiguous_format
+    return Runtime(device, rank, world, ddp, autocast, scaler, memory_format)
+
+
+def seed_everything(seed: int) -> None:
+    # The same seed on every rank: identical initial weights (DDP also broadcasts them); the sampler splits the data.
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------------------- data
+
+
+def build_datasets(cfg: Config, rt: Runtime) -> tuple:
+    """(training set, evaluation set or None, its split name). With select_on="val" the evaluation samples are held
+    out of the training data (selecting on the test split, as the peers do, would report a best-of-many test score);
+    otherwise, with eval_every > 0, the test split is scored for the log only."""
+    if rt.master and cfg.dataroot == "sample":
+        build_dataset(cfg)  # rank 0 writes the sample set once; the others wait below
+    if rt.ddp:
+        dist.barrier()
+    dataset = build_dataset(cfg)
+    if cfg.select_on == "val":
+        dataset, eval_set = dataset.split(cfg.val_size or max(1, min(200, len(dataset) // 10)), cfg.seed)
+        return dataset, eval_set, "val"
+    if cfg.eval_every > 0:
+        try:
+            return dataset, build_dataset(cfg, "test", train=False), "test"
+        except (FileNotFoundError, ValueError) as e:
+            if rt.master:
+                print(f"eval_every={cfg.eval_every} but no test split to evaluate on: {e}")
+    return dataset, None, ""
+
+
+def training_batches(
+    dataset, sampler: DistributedSampler, batch_size: int, start_step: int, workers: int, pin_memory: bool
+) -> Iterator[dict]:
+    """This rank's batches from step `start_step` on, epoch after epoch: each epoch a fixed permutation from the
+    sampler, each sample's augmentation seeded by (epoch, index), so a resumed run sees what the full one saw."""
+    steps_per_epoch = len(sampler) // batch_size
+    epoch, skip = divmod(start_step, steps_per_epoch)
+    while True:
+        sampler.set_epoch(epoch)
+        dataset.set_epoch(epoch)
+        order = list(sampler)
+        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps_per_epoch)]
+        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+        epoch, skip = epoch + 1, 0
+
+
+# ----------------------------------------------------------------------------------------- optimisation
+
+
+def lr_factor(step: int, hold: int, decay: int) -> float:
+    """Constant for `hold` steps, then linear to 0 over the last `decay` steps (the peers' rule)."""
+    return 1.0 if step < hold else max(0.0, 1.0 - (step - hold + 1) / (decay + 1))
+
+
+def build_optimizers(cfg: Config, objective: nn.Module, critic: Critic) -> tuple:
+    """(g_opt, d_opt, g_sched, d_sched): Adam for the objective's trainable parameters and for the critic."""
+    g_params = [p for p in objective.parameters() if p.requires_grad]
+    g_opt = torch.optim.Adam(g_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
+    schedule = functools.partial(lr_factor, hold=cfg.steps - decay, decay=decay)
+    g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, schedule)
+    d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, schedule)
+    return g_opt, d_opt, g_sched, d_sched
+
+
+def wrap_ddp(module: nn.Module, rt: Runtime) -> nn.Module:
+    """`module` in DistributedDataParallel under torchrun, else itself. Every parameter that trains is used by every
+    step (--no-residual included), so DDP need not search for unused ones."""
+    if not rt.ddp:
+        return module
+    return DDP(module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+
+# ----------------------------------------------------------------------------------------- the step
 
 
 def train_step(
@@ -300,108 +446,136 @@ def train_step(
     return out, d_loss
 
 
-def train(cfg: Config) -> dict:
-    # --- set-up: processes, device, precision, seed
-    if cfg.job not in ("teacher", "distill"):
-        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
-    if cfg.job == "distill" and not cfg.teacher:
-        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if ddp:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-        rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    else:
-        rank, world, local_rank = 0, 1, 0
-    device = torch.device(f"cuda:{local_rank}" if use_cuda else "cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-        if cfg.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-    if cfg.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
-    if cfg.select_on not in SELECT_ON:
-        raise ValueError(f"select_on must be one of {SELECT_ON}, got {cfg.select_on!r}")
-    if cfg.select_on == "val" and cfg.eval_every <= 0:
-        raise ValueError(f"select_on='val' needs eval_every > 0 (steps between evaluations), got {cfg.eval_every}")
-    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if use_cuda and torch.cuda.is_bf16_supported() else "none")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
-    autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
-    # channels_last pays on CUDA (tensor cores); on CPU the instance norms run several times slower in it.
-    memory_format = torch.channels_last if cfg.channels_last and use_cuda else torch.contiguous_format
-    master = rank == 0
-    out_dir = Path(cfg.out_dir)
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    # The same seed on every rank: identical initial weights (DDP also broadcasts them); the sampler splits the data.
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+# ----------------------------------------------------------------------------------------- logging and state
 
-    # --- data: a fixed permutation per epoch from the sampler; each sample's augmentation seeded by (epoch, index)
-    if master and cfg.dataroot == "sample":
-        build_dataset(cfg)  # rank 0 writes the sample set once; the others wait below
-    if ddp:
-        dist.barrier()
-    dataset = build_dataset(cfg)
-    # Evaluation data: with select_on="val", samples held out of the training data (selecting on the test split,
-    # as the peers do, would report a best-of-many test score); otherwise the test split, for the log only.
-    eval_set, eval_split = None, ""
-    if cfg.select_on == "val":
-        dataset, eval_set = dataset.split(cfg.val_size or max(1, min(200, len(dataset) // 10)), cfg.seed)
-        eval_split = "val"
-    elif cfg.eval_every > 0:
-        try:
-            eval_set, eval_split = build_dataset(cfg, "test", train=False), "test"
-        except (FileNotFoundError, ValueError) as e:
-            if master:
-                print(f"eval_every={cfg.eval_every} but no test split to evaluate on: {e}")
+
+def due(step: int, every: int, end: int) -> bool:
+    """Whether a thing done every `every` steps (and at the last step) is due; every=0: never."""
+    return every > 0 and (step % every == 0 or step == end)
+
+
+class LossMeter:
+    """Sums the steps' loss terms on the device (no host sync per step); `average` reads them once per log interval,
+    averaged over its steps and over the ranks (one all_reduce of one small tensor; every rank must call it)."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.start = 0, 0, time.perf_counter()
+
+    def add(self, terms: dict[str, torch.Tensor], images: int) -> None:
+        self.sums = {k: self.sums.get(k, 0) + v.detach().float() for k, v in terms.items()}
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def average(self, world: int) -> tuple[dict[str, float], float]:
+        """({term: mean over the interval and the ranks}, images per second over the interval); starts a new one."""
+        total = torch.stack(list(self.sums.values()))
+        if world > 1:
+            dist.all_reduce(total)
+            total /= world
+        logs = {k: v / self.steps for k, v in zip(self.sums, total.tolist(), strict=True)}
+        images_per_s = self.images / (time.perf_counter() - self.start)
+        self.reset()
+        return logs, images_per_s
+
+
+class RunLog:
+    """Rank 0's log.jsonl (appended to by a resumed run, started over by a fresh one) and progress bar; on the other
+    ranks every method does nothing."""
+
+    def __init__(self, cfg: Config, master: bool, step: int, end: int):
+        self.file = open(Path(cfg.out_dir) / "log.jsonl", "a" if step else "w") if master else None  # noqa: SIM115
+        self.bar = None
+        if master and cfg.progress:
+            from tqdm import tqdm
+
+            desc = f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}"
+            self.bar = tqdm(total=end, initial=step, desc=desc, mininterval=0.5)
+
+    def write(self, record: dict) -> None:
+        if self.file is not None:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+
+    def show(self, logs: dict[str, float], images_per_s: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images_per_s:.1f}"})
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        for f in (self.bar, self.file):
+            if f is not None:
+                f.close()
+
+
+def generator_state(cfg: Config, step: int, generator: nn.Module, spec: dict) -> dict:
+    """What load_generator reads: the config, the step and the generator (architecture `spec` and weights)."""
+    return {"config": asdict(cfg), "step": step, "generator": {**spec, "state": generator.state_dict()}}
+
+
+def training_state(cfg: Config, step: int, stateful: dict, generator: nn.Module, spec: dict, evaluator) -> dict:
+    """The checkpoint dict: the generator's state and everything `resume` needs (`stateful`: the models,
+    optimizers, schedules and gradient scaler by checkpoint key; the RNGs; the evaluator's best step)."""
+    return generator_state(cfg, step, generator, spec) | {
+        **{key: obj.state_dict() for key, obj in stateful.items()},
+        "rng": _rng_state(),
+        "evaluation": evaluator.state_dict() if evaluator is not None else {},
+    }
+
+
+def restore_training_state(ckpt: dict, stateful: dict, evaluator) -> int:
+    """Loads what training_state saved into `stateful` and the RNGs; returns the step to continue from."""
+    for key, obj in stateful.items():
+        obj.load_state_dict(ckpt[key])
+    _set_rng_state(ckpt["rng"])
+    if evaluator is not None:
+        evaluator.load_state_dict(ckpt.get("evaluation", {}))
+    return ckpt["step"]
+
+
+# ----------------------------------------------------------------------------------------- the loop
+
+
+def train(cfg: Config) -> dict:
+    """Runs cfg.job; returns {"checkpoint": ckpt.pt (None with ckpt_every=0), "step", "wall_s", "logs": the last
+    logged losses, averaged over their interval and the ranks}."""
+    # --- set-up: processes, device, precision, seed
+    check_config(cfg)
+    rt = setup_runtime(cfg)
+    out_dir = Path(cfg.out_dir)
+    if rt.master:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+
+    # --- data: DistributedSampler splits each epoch's permutation between the ranks
+    dataset, eval_set, eval_split = build_datasets(cfg, rt)
     batch_size = cfg.batch_size or (4 if dataset.paired else 1)
-    sampler = DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    steps_per_epoch = len(sampler) // batch_size
-    if steps_per_epoch < 1:
+    sampler = DistributedSampler(dataset, rt.world, rt.rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    if len(sampler) < batch_size:
         raise ValueError(
             f"dataset {cfg.dataroot} has {len(dataset)} samples: too few for batch_size={batch_size} "
-            f"on {world} processes"
+            f"on {rt.world} processes"
         )
-
-    def epoch_loader(epoch: int, skip: int) -> DataLoader:
-        sampler.set_epoch(epoch)
-        dataset.set_epoch(epoch)
-        order = list(sampler)
-        batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps_per_epoch)]
-        return DataLoader(dataset, batch_sampler=batches, num_workers=cfg.workers, pin_memory=use_cuda)
 
     # --- models, optimizers, schedules
     objective, critic, generator, spec = build_task(cfg)
-    objective.to(device, memory_format=memory_format)
-    critic.to(device, memory_format=memory_format)
+    objective.to(rt.device, memory_format=rt.memory_format)
+    critic.to(rt.device, memory_format=rt.memory_format)
     if cfg.compile:
-        compile_task(objective, critic)
-    g_params = [p for p in objective.parameters() if p.requires_grad]
-    g_opt = torch.optim.Adam(g_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
-    hold = cfg.steps - decay
-
-    def lr_lambda(step: int) -> float:  # constant, then linear to 0 over the last `decay` steps (the peers' rule)
-        return 1.0 if step < hold else max(0.0, 1.0 - (step - hold + 1) / (decay + 1))
-
-    g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, lr_lambda)
-    d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, lr_lambda)
-    # Without residuals, ACK-F in "both" mode ignores ACK-A's output: DDP must then expect unused parameters.
-    unused = cfg.job == "distill" and cfg.ackd and cfg.mode == "both" and not cfg.residual
-    g_model = (
-        DDP(objective, device_ids=[local_rank] if use_cuda else None, find_unused_parameters=unused)
-        if ddp
-        else objective
-    )
-    d_model = DDP(critic, device_ids=[local_rank] if use_cuda else None) if ddp else critic
+        compile_task(objective, critic, mode=cfg.compile_mode)
+    cuda_graphs = cfg.compile and cfg.compile_mode in CUDA_GRAPH_MODES and rt.device.type == "cuda"
+    g_opt, d_opt, g_sched, d_sched = build_optimizers(cfg, objective, critic)
+    g_model, d_model = wrap_ddp(objective, rt), wrap_ddp(critic, rt)
+    stateful = {"g": objective, "d": critic, "g_opt": g_opt, "d_opt": d_opt}  # by checkpoint key
+    stateful |= {"g_sched": g_sched, "d_sched": d_sched, "scaler": rt.scaler}
     evaluator = None
-    if master and eval_set is not None:
-        evaluator = PeriodicEvaluation(eval_set, eval_split, device, cfg.inception_weights, cfg.select_on == "val")
+    if rt.master and eval_set is not None:
+        evaluator = PeriodicEvaluation(eval_set, eval_split, rt.device, cfg.inception_weights, cfg.select_on == "val")
         if evaluator.note:
             print(evaluator.note)
 
@@ -409,113 +583,52 @@ def train(cfg: Config) -> dict:
     step = 0
     ckpt_path = out_dir / CHECKPOINT
     if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        objective.load_state_dict(ckpt["g"])
-        critic.load_state_dict(ckpt["d"])
-        g_opt.load_state_dict(ckpt["g_opt"])
-        d_opt.load_state_dict(ckpt["d_opt"])
-        g_sched.load_state_dict(ckpt["g_sched"])
-        d_sched.load_state_dict(ckpt["d_sched"])
-        scaler.load_state_dict(ckpt["scaler"])
-        _set_rng_state(ckpt["rng"])
-        step = ckpt["step"]
-        if evaluator is not None:
-            evaluator.load_state_dict(ckpt.get("evaluation", {}))
-        if master:
+        step = restore_training_state(load_checkpoint(ckpt_path), stateful, evaluator)
+        if rt.master:
             print(f"resumed {ckpt_path} at step {step}")
-
-    def checkpoint() -> None:
-        if master:
-            state = {
-                "config": asdict(cfg),
-                "step": step,
-                "g": objective.state_dict(),
-                "d": critic.state_dict(),
-                "g_opt": g_opt.state_dict(),
-                "d_opt": d_opt.state_dict(),
-                "g_sched": g_sched.state_dict(),
-                "d_sched": d_sched.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
-                "generator": {**spec, "state": generator.state_dict()},
-                "evaluation": evaluator.state_dict() if evaluator is not None else {},
-            }
-            save_checkpoint(state, ckpt_path)
 
     # --- the loop
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
-    epoch, skip = divmod(step, steps_per_epoch)
-    batches = iter(epoch_loader(epoch, skip))
-    # a resumed run appends to its log; a fresh one starts it over
-    log_file = open(out_dir / "log.jsonl", "a" if step else "w") if master else None  # noqa: SIM115 (closed below)
-    bar = None
-    if master and cfg.progress:
-        from tqdm import tqdm
-
-        desc = f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}"
-        bar = tqdm(total=end, initial=step, desc=desc, mininterval=0.5)
-    t0, images, start_time = time.perf_counter(), 0, time.perf_counter()
-    logs: dict[str, float] = {}
-    sums: dict[str, torch.Tensor] = {}
+    batches = training_batches(dataset, sampler, batch_size, step, cfg.workers, rt.device.type == "cuda")
+    log, meter, logs = RunLog(cfg, rt.master, step, end), LossMeter(), {}
+    start_time = time.perf_counter()
     g_model.train()
     d_model.train()
     while step < end:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            epoch += 1
-            batches = iter(epoch_loader(epoch, 0))
-            continue
-        a = batch["A"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        b = batch["B"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-
-        out, d_loss = train_step(g_model, d_model, critic, g_opt, d_opt, scaler, autocast, a, b)
+        batch = next(batches)
+        a = batch["A"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
+        b = batch["B"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
+        if cuda_graphs:  # the previous step's graph outputs may be overwritten from here on
+            torch.compiler.cudagraph_mark_step_begin()
+        out, d_loss = train_step(g_model, d_model, critic, g_opt, d_opt, rt.scaler, rt.autocast, a, b)
         g_sched.step()
         d_sched.step()
         step += 1
-        images += a.shape[0] * world
 
-        # Losses are summed on the device and read once per log interval (one sync), then averaged over it.
-        terms = {"g_loss": out.loss, "d_loss": d_loss, **out.logs}
-        sums = {k: sums.get(k, 0) + v.detach().float() for k, v in terms.items()}
-        if master and (step % cfg.log_every == 0 or step == end):
-            elapsed, n = time.perf_counter() - t0, images // (a.shape[0] * world)
-            logs = {k: v.item() / n for k, v in sums.items()}
-            record = {"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images / elapsed}
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-            if bar is not None:
-                bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images / elapsed:.1f}"})
-            t0, images, sums = time.perf_counter(), 0, {}
-        if master and cfg.sample_every > 0 and (step % cfg.sample_every == 0 or step == end):
-            # input / (teacher, when distilling) / output / target
+        meter.add({"g_loss": out.loss, "d_loss": d_loss, **out.logs}, a.shape[0] * rt.world)
+        if due(step, cfg.log_every, end):
+            logs, images_per_s = meter.average(rt.world)  # on every rank: an all_reduce
+            log.write({"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s})
+            log.show(logs, images_per_s)
+        if rt.master and due(step, cfg.sample_every, end):  # input / (teacher, when distilling) / output / target
             columns = [a, *out.extra.values(), out.fake, b]
             save_grid(out_dir / "samples" / f"step_{step:07d}.png", columns, rows=min(4, a.shape[0]))
-        if evaluator is not None and (step % cfg.eval_every == 0 or step == end):
+        if evaluator is not None and due(step, cfg.eval_every, end):
             scores, best = evaluator(generator, step)
-            log_file.write(json.dumps({"step": step, "eval": eval_split, **scores}) + "\n")
-            log_file.flush()
+            log.write({"step": step, "eval": eval_split, **scores})
             if best:  # the generator alone, loadable by load_generator like ckpt.pt
-                state = {
-                    "config": asdict(cfg),
-                    "step": step,
-                    "selection": evaluator.best,
-                    "generator": {**spec, "state": generator.state_dict()},
-                }
+                state = generator_state(cfg, step, generator, spec) | {"selection": evaluator.best}
                 save_checkpoint(state, out_dir / BEST)
-        if step % cfg.ckpt_every == 0 or step == end:
-            checkpoint()
-        if bar is not None:
-            bar.update(1)
+        if rt.master and due(step, cfg.ckpt_every, end):
+            save_checkpoint(training_state(cfg, step, stateful, generator, spec, evaluator), ckpt_path)
+        log.advance()
 
-    if bar is not None:
-        bar.close()
-    if log_file is not None:
-        log_file.close()
-    if ddp:
+    log.close()
+    if rt.ddp:
         dist.barrier()
         dist.destroy_process_group()
-    return {"checkpoint": str(ckpt_path), "step": step, "wall_s": time.perf_counter() - start_time, "logs": logs}
+    checkpoint = str(ckpt_path) if cfg.ckpt_every > 0 else None
+    return {"checkpoint": checkpoint, "step": step, "wall_s": time.perf_counter() - start_time, "logs": logs}
 
 
 def save_grid(path: str | os.PathLike, columns: list[torch.Tensor], rows: int) -> None:

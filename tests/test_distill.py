@@ -1,5 +1,6 @@
 """ACKD distillation: losses fall on a fixed batch, the switches do what they say, the teacher stays frozen."""
 
+import independent
 import pytest
 import torch
 
@@ -57,19 +58,45 @@ def test_refiners_and_connectors_follow_the_taps():
 @pytest.mark.parametrize("mode", ["attention", "fusion", "both"])
 @pytest.mark.parametrize("residual", [True, False])
 def test_modes_and_residual(mode, residual):
+    if mode == "attention" and not residual:  # --no-residual is ACK-F's, and this mode has no ACK-F
+        with pytest.raises(ValueError, match=r"residual=False .*mode='attention'"):
+            _distiller(mode=mode, residual=residual)
+        return
     d, critic = _distiller(mode=mode, residual=residual, kv_stride=2)
     r = d.refiners[0]
     assert (r.attention is not None) == (mode != "fusion") and (r.fusion is not None) == (mode != "attention")
-    for m in (r.attention, r.fusion):
-        assert m is None or m.residual == residual
+    assert r.attention is None or r.attention.residual  # ACK-A keeps its residual in the paper's ablation
+    assert r.fusion is None or r.fusion.residual == residual
     a, b = _batch()
     out = d(a, b, critic)
     out.loss.backward()
     assert torch.isfinite(out.loss)
-    # Without the residual, ACK-F's output does not read the deep map, so in "both" ACK-A gets no gradient
-    # (DESIGN.md's formula; the loop runs DDP with find_unused_parameters then).
-    trained = r.fusion if (mode == "both" and not residual) else r
-    assert all(p.grad is not None for p in trained.parameters())
+    # Every refiner parameter trains, ACK-A's included when ACK-F has no residual (DDP needs no unused-parameter
+    # search then).
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in r.parameters())
+
+
+@pytest.mark.parametrize("mode", ["fusion", "both"])
+def test_without_ack_f_residual_the_refined_map_still_reads_ack_a_and_the_deep_map(mode):
+    # fp64, odd sizes, sources of other channels and resolutions than the deep map
+    deep = torch.randn(2, 8, 7, 5, dtype=torch.float64, requires_grad=True)
+    sources = [torch.randn(2, 8, 7, 5, dtype=torch.float64), torch.randn(2, 4, 11, 9, dtype=torch.float64)]
+    r = ACKRefiner(8, [8, 4], mode=mode, residual=False, heads=2).double()
+    with torch.no_grad():  # off the initial values, so no term hides behind a 0 or a 1
+        for p in r.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    got = r(deep, sources)
+    # ACK-A with its residual, then ACK-F without its residual over the sources and the map it refines
+    attended = deep if r.attention is None else independent.attention_module(r.attention, deep, sources)
+    assert r.attention is None or r.attention.residual
+    want = independent.fusion_module(r.fusion, attended, [*sources, attended])
+    torch.testing.assert_close(got, want)
+    (got * torch.randn_like(got)).sum().backward()  # a random projection: an instance norm's output has fixed norm
+    assert deep.grad.abs().sum() > 0
+    if r.attention is not None:
+        assert all(p.grad.abs().sum() > 0 for p in r.attention.parameters())
+    with pytest.raises(ValueError, match="at most 3 sources"):
+        ACKRefiner(8, [8, 8, 8, 8], mode=mode, residual=False)
 
 
 @pytest.mark.parametrize("ack_train", ["teacher-path", "joint"])

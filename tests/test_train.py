@@ -150,6 +150,41 @@ def test_every_flag_has_help_and_bad_values_raise(tmp_path, paired_root):
         train(_cfg(tmp_path, paired_root, job="distill"))
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
         train(_cfg(tmp_path, str(tmp_path / "missing"), job="teacher"))
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        train(_cfg(tmp_path, paired_root, job="teacher", compile_mode="fast"))
+    with pytest.raises(ValueError, match=r"log_every must be >= 0 \(0: never\), got -1"):
+        train(_cfg(tmp_path, paired_root, job="teacher", log_every=-1))
+    with pytest.raises(ValueError, match=r"stop_at > 0 .* ckpt_every=0"):
+        train(_cfg(tmp_path, paired_root, job="teacher", stop_at=1, ckpt_every=0))
+    # each command takes the flags of its own job only
+    distill = parser.parse_args(["distill", "--teacher", "t.pt", "--compile", "--compile-mode", "reduce-overhead"])
+    assert distill.compile_mode == "reduce-overhead" and not hasattr(distill, "ngf")
+    teacher = parser.parse_args(["train-teacher", "--ngf", "8"])
+    assert teacher.ngf == 8 and not hasattr(teacher, "residual") and not hasattr(teacher, "teacher")
+    assert set(vars(teacher)) >= cli.TEACHER_ONLY and not cli.DISTILL_ONLY & set(vars(teacher))
+
+
+def test_every_zero_turns_its_thing_off(tmp_path, paired_root):
+    cfg = _cfg(tmp_path, paired_root, job="teacher", log_every=0, sample_every=0, ckpt_every=0, eval_every=0)
+    result = train(cfg)
+    assert result["step"] == 2 and result["checkpoint"] is None and result["logs"] == {}
+    assert (tmp_path / "log.jsonl").read_text() == "" and not (tmp_path / "samples").exists()
+    assert not (tmp_path / "ckpt.pt").exists()
+    # every 3 steps (and at the last) over 4 steps: steps 3 and 4, each record the mean over its own steps
+    result = train(replace(cfg, log_every=3, ckpt_every=3, steps=4))
+    assert [json.loads(x)["step"] for x in (tmp_path / "log.jsonl").read_text().splitlines()] == [3, 4]
+    assert load_checkpoint(result["checkpoint"])["step"] == 4
+
+
+def test_the_report_labels_the_ablation_as_the_paper_does():
+    from ackd_fast.report import PUBLISHED, describe_run
+
+    run = {"job": "distill", "ackd": True, "mode": "both", "recipe": "compress", "student_ngf": 16}
+    assert describe_run(run | {"residual": True}) == "ACKD student ngf 16"
+    assert describe_run(run | {"residual": False}) == "ACKD student ngf 16, w/o ACK-F residual"
+    assert describe_run(run | {"mode": "fusion", "recipe": "self"}) == "ACKD self-distilled, ACK-F only"
+    assert describe_run(run | {"ackd": False, "residual": False}) == "baseline student ngf 16"
+    assert any(r["method"] == "ACKD w/o ACK-F residual" for r in PUBLISHED["edges2shoes"]["rows"])
 
 
 def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, random_inception_file, capsys):
@@ -168,6 +203,7 @@ def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, ra
     assert any("not pytorch-fid's published file" in n for n in report["info"]["notes"])
     md = (out / "results.md").read_text()
     assert "| ACKD | 22.10 |" in md and "teacher resnet_9blocks ngf 4" in md and "fid_vs_macs.png" in md
+    assert ".md" not in md.replace("results.md", "")  # the report cites the papers, not files outside the repo
     assert (out / "fid_vs_macs.png").is_file() and (out / "fid_reference.npz").is_file()
 
 
@@ -242,3 +278,44 @@ def test_compile_task_compiles_every_module_the_step_calls(paired_root, teacher_
     compile_task(objective, critic, backend="eager")
     called = [objective.teacher, objective.student, *objective.refiners, *objective.connectors, *critic.discriminators]
     assert len(objective.refiners) == 3 and all(m._compiled_call_impl is not None for m in called)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_reduce_overhead_captures_and_replays_a_distillation_step_as_eager_runs_it(monkeypatch):
+    import contextlib
+
+    from torch._dynamo.utils import counters
+
+    from ackd_fast.losses import Critic
+    from ackd_fast.models import NLayerDiscriminator, mobile_resnet_9blocks, resnet_9blocks
+    from ackd_fast.train import build_distiller, build_optimizers, compile_task, train_step
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    cfg = Config(job="distill", kv_stride=2, steps=4)
+    gen = torch.Generator("cuda").manual_seed(0)
+    batches = [[torch.rand(2, 3, 64, 64, device="cuda", generator=gen) * 2 - 1 for _ in "ab"] for _ in range(4)]
+
+    def run(mode):
+        torch.manual_seed(0)
+        teacher, student = resnet_9blocks(ngf=8), mobile_resnet_9blocks(ngf=4)
+        objective = build_distiller(cfg, teacher, "resnet_9blocks", student, "mobile_resnet_9blocks", True).cuda()
+        critic = Critic([NLayerDiscriminator(6, ndf=8)], objective.gan_mode).cuda()
+        if mode:
+            compile_task(objective, critic, mode=mode)
+        g_opt, d_opt, _, _ = build_optimizers(cfg, objective, critic)
+        scaler = torch.amp.GradScaler("cuda", enabled=False)
+        losses = []
+        for a, b in batches:
+            if mode:
+                torch.compiler.cudagraph_mark_step_begin()
+            out, d_loss = train_step(objective, critic, critic, g_opt, d_opt, scaler, contextlib.nullcontext(), a, b)
+            losses.append([out.loss.item(), d_loss.item(), *(v.item() for v in out.logs.values())])
+        return torch.tensor(losses, dtype=torch.float64)
+
+    eager = run(None)
+    counters.clear()
+    graphs = run("reduce-overhead")
+    assert counters["inductor"]["cudagraph_skips"] == 0  # every compiled graph ran as a CUDA graph
+    torch.testing.assert_close(graphs, eager, rtol=1e-3, atol=1e-4)
