@@ -24,20 +24,23 @@ BEST = "best.pt"  # the generator of the best evaluation on the validation split
 _PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
 
 
-def _check_plain(value: object, where: str) -> None:
-    """TypeError naming the first entry that weights_only=True could not read back."""
-    if isinstance(value, (torch.Tensor, *_PLAIN)):
-        return
+def _plain(value: object, where: str) -> object:
+    """`value` with numpy scalars made Python scalars (a pickled np.float64 needs numpy to load); TypeError naming the
+    first entry that weights_only=True could not read back."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+        return value
+    if isinstance(value, np.generic) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
     if isinstance(value, dict):
+        out = {}
         for k, v in value.items():
-            if not isinstance(k, (str, int)):
+            if type(k) not in (str, int):
                 raise TypeError(f"{where} has a key of type {type(k).__name__}; checkpoints take str or int keys")
-            _check_plain(v, f"{where}[{k!r}]")
-        return
+            out[k] = _plain(v, f"{where}[{k!r}]")
+        return out
     if isinstance(value, (list, tuple)):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
     raise TypeError(
         f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold tensors and plain values "
         "only (dict, list, tuple, str, int, float, bool, None), so that they load with weights_only=True"
@@ -61,11 +64,11 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Writes `state` (tensors and plain values; TypeError naming the first entry that is not) to `path`
-    atomically."""
+    """Writes `state` (tensors and plain values, numpy scalars made Python ones; TypeError naming the first entry
+    that is neither) to `path` atomically."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    _check_plain(state, "state")
+    state = _plain(state, "state")
     write_atomic(path, lambda f: torch.save(state, f))
 
 

@@ -34,6 +34,8 @@ def test_saved_checkpoints_load_with_weights_only(tmp_path):
     raw = torch.load(tmp_path / "c.pt", weights_only=True)
     assert raw["step"] == 3 and raw["cfg"]["betas"] == (0.5, 0.999) and torch.equal(raw["w"], state["w"])
     assert isinstance(raw["rng"]["numpy"]["keys"], torch.Tensor)
+    save_checkpoint({"fid": np.float64(2.5), "n": np.int64(3)}, tmp_path / "np.pt")
+    assert torch.load(tmp_path / "np.pt", weights_only=True) == {"fid": 2.5, "n": 3}
     with pytest.raises(TypeError, match=r"state\['cfg'\]\['path'\] is a pathlib"):
         save_checkpoint({"cfg": {"path": tmp_path}}, tmp_path / "bad.pt")
     assert not (tmp_path / "bad.pt").exists() and not (tmp_path / "bad.pt.tmp").exists()
