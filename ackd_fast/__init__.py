@@ -2,6 +2,7 @@
 
 from ackd_fast.modules import ACKAttention, ACKFusion, ACKRefiner
 from ackd_fast.ops import backends
+from ackd_fast.peers import load_generator
 
 __version__ = "0.1.0"
-__all__ = ["ACKAttention", "ACKFusion", "ACKRefiner", "backends"]
+__all__ = ["ACKAttention", "ACKFusion", "ACKRefiner", "backends", "load_generator"]

@@ -1,4 +1,5 @@
-"""The `ackd-fast` command: train-teacher, distill, evaluate, demo. It only parses flags and calls into the package.
+"""The `ackd-fast` command: train-teacher, distill, evaluate, export, demo. It only parses flags and calls into the
+package.
 
 Multi-GPU / multi-node: start any training command under torchrun, e.g.
     torchrun --nproc_per_node 8 -m ackd_fast.cli distill --teacher runs/teacher/ckpt.pt ...
@@ -14,7 +15,8 @@ from ackd_fast.train import Config
 
 # One line per flag; the flag is the Config field with "-" for "_".
 HELP = {
-    "model": "teacher objective: pix2pix (hinge GAN + L1 x100, paired) or cyclegan (LSGAN + cycle x10 + identity x0.5)",
+    "model": "teacher objective: pix2pix (hinge GAN + L1 x100, paired) or cyclegan (LSGAN + cycle x10 + identity "
+    "x0.5); distill: used for a bare generator teacher (a run or an export says its own)",
     "out_dir": "run folder: ckpt.pt, log.jsonl, samples/",
     "dataroot": "dataset folder (aligned: DIR/train/*.png with A|B side by side; unaligned: DIR/trainA, DIR/trainB), "
     "or 'sample' for the built-in edges->photo set (built under OUT_DIR/data)",
@@ -25,12 +27,16 @@ HELP = {
     "flip": "random horizontal flips in training",
     "batch_size": "images per process and step; 0 = 4 when paired, 1 when unpaired",
     "workers": "data-loading worker processes per training process",
-    "generator": "teacher generator: resnet_9blocks, mobile_resnet_9blocks or unet_256",
-    "ngf": "teacher generator width (channels of its first conv)",
+    "generator": "teacher generator: resnet_9blocks, mobile_resnet_9blocks, unet_256 or unet_256_bn (pix2pix's "
+    "BatchNorm + dropout U-Net); distill: a bare generator teacher's, auto = what its tensors imply",
+    "ngf": "teacher generator width (channels of its first conv); distill: 0 = what the teacher file implies",
     "discriminator": "n_layers (PatchGAN) or multi_scale (PatchGANs at 1x, 1/2x)",
     "ndf": "discriminator width",
     "n_layers_d": "PatchGAN layers (3: the 70x70 PatchGAN)",
-    "teacher": "checkpoint of a train-teacher run (its generator is distilled; its discriminator starts the student's)",
+    "teacher": "the teacher: ckpt.pt of a train-teacher run (its discriminator starts the student's), an exported "
+    "generator, or GAN Compression's / OMGD's / pytorch-CycleGAN-and-pix2pix's latest_net_G.pth",
+    "teacher_d": "the student's starting discriminator: a PatchGAN state dict such as GAN Compression's "
+    "latest_net_D.pth; empty = the teacher run's, or a fresh one for a bare generator teacher",
     "recipe": "compress: student mobile_resnet_9blocks at --student-ngf; self: the teacher's own architecture",
     "student_ngf": "student width for --recipe compress (16: 0.137 M params, 1.41 GMACs at 256x256)",
     "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
@@ -75,10 +81,12 @@ HELP = {
     "inception_weights": "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub "
     "cache (training never downloads)",
 }
-# Flags that only one command takes: distill reads the teacher's architecture from its checkpoint.
-DISTILL_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
-                "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
-TEACHER_ONLY = {"model", "generator", "ngf", "discriminator", "ndf", "n_layers_d"}
+# Flags that only one command takes. Distill's discriminator comes from the teacher's run or --teacher-d, so its
+# architecture flags are the teacher's alone; distill's --model/--generator/--ngf check (or stand in for) what a
+# bare teacher file implies.
+DISTILL_ONLY = {"teacher", "teacher_d", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual",
+                "ack_train", "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
+TEACHER_ONLY = {"discriminator", "ndf", "n_layers_d"}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str], defaults: dict) -> None:
@@ -126,6 +134,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     print(json.dumps(result["rows"], indent=1))
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from ackd_fast.export import export
+
+    try:
+        result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"ackd-fast export: error: {e}") from None
+    if "max_abs_diff" in result:
+        print(f"onnxruntime vs PyTorch: max abs difference {result['max_abs_diff']:.3g}")
+    print(json.dumps(result, indent=1))
+
+
 def cmd_fid_stats(args: argparse.Namespace) -> None:
     from ackd_fast import data, evaluation, metrics
 
@@ -155,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_teacher)
 
     p = commands.add_parser("distill", help="distill a teacher checkpoint into a student with ACKD (or the baseline)")
-    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/distill"})
+    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/distill", "generator": "auto", "ngf": 0})
     p.set_defaults(func=cmd_distill)
 
     p = commands.add_parser(
@@ -165,13 +185,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint",
         nargs="+",
         required=True,
-        help="ckpt.pt of train-teacher or distill runs (a best.pt beside one is scored too)",
+        help="ckpt.pt of train-teacher or distill runs (a best.pt beside one is scored too), exported generators, or "
+        "the peers' generator files (latest_net_G.pth ...)",
     )
     p.add_argument("--dataroot", default="", help="dataset folder (default: the first run's own)")
-    p.add_argument("--phase", default="test", help="split folder to score (default: %(default)s)")
-    p.add_argument("--dataset-mode", default="auto", help="aligned, unaligned, or auto (from the folder layout)")
-    p.add_argument("--direction", default="AtoB", help="AtoB or BtoA (default: %(default)s)")
-    p.add_argument("--crop-size", type=int, default=0, help="images are resized to this size; 0 = the run's crop size")
+    p.add_argument("--phase", default="auto", help="split to score; auto = test, else val (default: %(default)s)")
+    p.add_argument(
+        "--dataset-mode",
+        default="auto",
+        help="aligned, unaligned, single (DATAROOT is a folder of inputs, e.g. horse2zebra/valA), or auto (the "
+        "run's objective, else the folder layout)",
+    )
+    p.add_argument("--direction", default="auto", help="AtoB, BtoA, or auto = the run's, else AtoB")
+    p.add_argument(
+        "--crop-size", type=int, default=0, help="images are resized to this size; 0 = the run's crop size, else 256"
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=True, help="FID and KID (--no-fid: skip)")
@@ -207,6 +235,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out-dir", default="", help="report folder (default: the first checkpoint's folder)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "export", help="a generator as a state dict (+ JSON), in the peers' layout, as ONNX or as a torch.export file"
+    )
+    p.add_argument("checkpoint", help="ckpt.pt / best.pt of a run, an exported generator, or a peer's generator file")
+    p.add_argument(
+        "--format",
+        required=True,
+        help="pth (state dict + JSON sidecar, read back by ackd_fast.load_generator), peer (GAN Compression / OMGD "
+        "keys), onnx (checked by onnxruntime: fails over 1e-4), pt2 (torch.export.save)",
+    )
+    p.add_argument("--out", required=True, help="output file (a pth's sidecar goes beside it, .json)")
+    p.add_argument("--size", type=int, default=256, help="example input size for onnx / pt2 (default: %(default)s)")
+    p.add_argument("--dynamic", action="store_true", help="onnx: dynamic H and W; pt2: dynamic H = W")
+    p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("fid-stats", help="FID reference statistics (.npz: mu, sigma, features) of an image folder")
     p.add_argument("folder", help="folder of real images")

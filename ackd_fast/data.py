@@ -1,9 +1,13 @@
-"""Data: aligned folders (pix2pix: one A|B image per sample), unaligned folders (CycleGAN: trainA/ and trainB/), and
-the built-in sample set (edges -> photo, cut from the photographs that scikit-image ships).
+"""Data: aligned folders (pix2pix: one A|B image per sample), unaligned folders (CycleGAN: trainA/ and trainB/), single
+folders (inputs only, as the peers' test scripts read `testA/` or `valA/`), and the built-in sample set (edges ->
+photo, cut from the photographs that scikit-image ships).
 
-Layouts (those of pix2pix, CycleGAN and GAN Compression):
-    aligned:    ROOT/train/*.png, ROOT/test/*.png, each image A and B side by side (`direction` picks which is input)
-    unaligned:  ROOT/trainA, ROOT/trainB, ROOT/testA, ROOT/testB
+Layouts (those of pix2pix, CycleGAN, GAN Compression and OMGD):
+    aligned:    ROOT/train/*.png, ROOT/test/*.png (or ROOT/val/: edges2shoes, maps, facades and cityscapes ship
+                train/ and val/), each image A and B side by side (`direction` picks which is input)
+    unaligned:  ROOT/trainA, ROOT/trainB, ROOT/testA, ROOT/testB (or valA, valB)
+    single:     ROOT/*.png, the inputs alone (no targets: no PSNR/SSIM; FID against given statistics)
+Images are found in sub-folders too, by the peers' extensions (.jpg .jpeg .png .ppm .bmp .tif .tiff .webp, any case).
 
 Augmentation (train): resize to `load_size`, random `crop_size` crop, random horizontal flip; the same crop and
 flip for A and B of a pair. Evaluation: resize to `crop_size`. The random draws of sample `i` in epoch `e` come from
@@ -23,19 +27,37 @@ from PIL import Image, UnidentifiedImageError
 from torch import Tensor
 from torch.utils.data import Dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")  # the peers' list, any case
 DIRECTIONS = ("AtoB", "BtoA")
+MODES = ("aligned", "unaligned", "single")
+EVAL_PHASES = ("test", "val")  # the evaluation split: the first present
+SIZE_MULTIPLE = 4  # the ResNet generators halve the resolution twice
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files of `folder`, sorted; FileNotFoundError/ValueError naming the folder when there are none."""
+    """The image files under `folder` (sub-folders included), sorted; FileNotFoundError/ValueError naming the
+    folder when there are none."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a directory)")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
     if not files:
         raise ValueError(f"image folder {folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
+
+
+def evaluation_phase(root: str | os.PathLike, mode: str, direction: str = "AtoB") -> str:
+    """The split to evaluate on: "test" when `root` has it, else "val" (edges2shoes, maps, facades and cityscapes
+    ship no test split); FileNotFoundError naming the folders looked for when neither is there."""
+    root = Path(root)
+    src = "A" if direction == "AtoB" else "B"
+    looked = []
+    for phase in EVAL_PHASES:
+        folder = root / (phase if mode == "aligned" else f"{phase}{src}")
+        if folder.is_dir():
+            return phase
+        looked.append(str(folder))
+    raise FileNotFoundError(f"no evaluation split in {root}: looked for {' and '.join(looked)}")
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
@@ -63,6 +85,11 @@ class _Augment:
     """Resize, crop and flip with one draw per sample, applied identically to every image of the sample."""
 
     def __init__(self, load_size: int, crop_size: int, train: bool, flip: bool = True):
+        if crop_size < SIZE_MULTIPLE or crop_size % SIZE_MULTIPLE:
+            raise ValueError(
+                f"--crop-size must be a positive multiple of {SIZE_MULTIPLE} (the generators halve the resolution "
+                f"twice and double it back), got {crop_size}"
+            )
         if crop_size > load_size:
             raise ValueError(f"crop_size={crop_size} must be <= load_size={load_size}")
         self.load_size, self.crop_size, self.train, self.flip = load_size, crop_size, train, flip
@@ -179,6 +206,26 @@ class UnalignedDataset(_EpochSeeded):
         return {"A": a, "B": b, "index": index}
 
 
+class SingleDataset(_EpochSeeded):
+    """The peers' `single` mode: `ROOT` itself is a folder of inputs (e.g. `horse2zebra/valA`), no targets;
+    `phase` and `direction` are only recorded."""
+
+    paired = False
+    single = True
+    INPUTS = "files"
+
+    def __init__(self, root: str | os.PathLike, phase: str = "", **kw):
+        super().__init__(root, phase, **kw)
+        self.files = list_images(self.root)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict:
+        a = self.augment([read_image(self.files[index])], self._rng(index))[0]
+        return {"A": a, "index": index}
+
+
 def make_dataset(
     root: str | os.PathLike,
     mode: str,
@@ -189,13 +236,14 @@ def make_dataset(
     crop_size: int = 256,
     seed: int = 0,
     flip: bool = True,
-) -> AlignedDataset | UnalignedDataset:
-    """`mode`: "aligned" or "unaligned"; `flip`: random horizontal flips when `train`."""
+) -> AlignedDataset | UnalignedDataset | SingleDataset:
+    """`mode`: "aligned", "unaligned" or "single" (`root` is the folder of inputs); `flip`: random horizontal flips
+    when `train`."""
     if not Path(root).is_dir():
         raise FileNotFoundError(f"dataset root {root} does not exist (or is not a directory)")
-    kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset}
+    kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset, "single": SingleDataset}
     if mode not in kinds:
-        raise ValueError(f"dataset mode must be one of {tuple(kinds)}, got {mode!r}")
+        raise ValueError(f"dataset mode must be one of {MODES}, got {mode!r}")
     return kinds[mode](
         root, phase, direction=direction, load_size=load_size, crop_size=crop_size, train=train, seed=seed, flip=flip
     )

@@ -19,8 +19,9 @@ import torch
 from ackd_fast import data as data_lib
 from ackd_fast.evaluation import evaluate_generator
 from ackd_fast.metrics import count_macs, count_params
+from ackd_fast.peers import load_generator
 from ackd_fast.report import format_table
-from ackd_fast.train import Config, load_generator, save_grid, train
+from ackd_fast.train import Config, save_grid, train
 
 # Small enough for ~4 minutes of training on 2 CPU cores (see README): 64x64 crops of 72x72 samples, a ResNet
 # teacher at ngf 16, GAN Compression's student at ngf 16, and ACK-A keys pooled by 2.
@@ -123,7 +124,7 @@ def run_demo(dc: DemoConfig) -> dict:
     labels = {"teacher": "teacher (resnet_9blocks)", "ackd": "ACKD student", "baseline": "baseline student"}
     rows, generators = [], {}
     for name in labels:
-        g, _ = load_generator(out / name / "ckpt.pt")
+        g = load_generator(out / name / "ckpt.pt")
         generators[name] = g
         scores = evaluate_generator(g, test)
         x64, x256 = torch.zeros(1, 3, CROP_SIZE, CROP_SIZE), torch.zeros(1, 3, 256, 256)

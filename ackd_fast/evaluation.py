@@ -49,6 +49,11 @@ def real_target_images(dataset, phases=("train", "test")) -> Dataset:
     for an unaligned one the target folders of `phases` (the peers use train+test)."""
     if dataset.paired:
         return _TargetsOf(dataset)
+    if getattr(dataset, "single", False):
+        raise ValueError(
+            f"dataset mode single ({dataset.root}) has no target images for FID: pass --fid-stats (e.g. GAN "
+            "Compression's real_stat/horse2zebra_B.npz) or --no-fid"
+        )
     dst = "B" if dataset.direction == "AtoB" else "A"
     files = []
     for phase in phases:

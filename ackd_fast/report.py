@@ -20,8 +20,9 @@ import torch
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
+from ackd_fast.checkpoint import BEST
 from ackd_fast.evaluation import evaluate_generator, reference_stats
-from ackd_fast.train import BEST, load_checkpoint, load_generator
+from ackd_fast.peers import read_generator
 
 # The papers' own figures: FID (lower is better) at 256x256, MACs in torchprofile's convention; "approx" ones ("~" in
 # the report) are read off a figure. SOURCES names the paper behind each row.
@@ -71,17 +72,22 @@ PUBLISHED = {
         ],
     },
 }
-TASK_ALIASES = {
+TASK_ALIASES = {  # dataset folder names, ours and GAN Compression's (edges2shoes-r, map2sat), -> published task
     "edges2shoes": "edges2shoes",
+    "edges2shoes-r": "edges2shoes",
     "horse2zebra": "horse2zebra",
     "maps": "map2aerial",
     "map2aerial": "map2aerial",
+    "map2sat": "map2aerial",
+    "sat2map": "map2aerial",
 }
 
 
 def task_of(dataroot: str | os.PathLike) -> str | None:
-    """The published task a dataset folder holds, from its name (edges2shoes, horse2zebra, maps), or None."""
-    return TASK_ALIASES.get(Path(dataroot).resolve().name.lower())
+    """The published task a dataset folder holds, from its name (edges2shoes, edges2shoes-r, horse2zebra, maps,
+    map2sat, sat2map), or its parent's for a single-mode folder such as horse2zebra/valA; else None."""
+    folder = Path(dataroot).resolve()
+    return TASK_ALIASES.get(folder.name.lower()) or TASK_ALIASES.get(folder.parent.name.lower())
 
 
 # --------------------------------------------------------------------------------------- the report
@@ -225,9 +231,9 @@ def describe_run(config: dict) -> str:
 def evaluate_checkpoints(
     checkpoints: list[str],
     dataroot: str = "",
-    phase: str = "test",
+    phase: str = "auto",
     dataset_mode: str = "auto",
-    direction: str = "AtoB",
+    direction: str = "auto",
     crop_size: int = 0,
     batch_size: int = 8,
     device: str = "cpu",
@@ -245,17 +251,32 @@ def evaluate_checkpoints(
     out_dir: str = "",
 ) -> dict:
     """Scores every checkpoint (and the best.pt beside it, when training selected one) and writes the report.
-    Defaults come from the first checkpoint's run: its dataset, its crop size, its folder for the report."""
+    Checkpoints are any files `peers.read_generator` reads. Defaults come from the first checkpoint's run config
+    when it carries one: its dataset, direction, objective (aligned or unaligned data) and crop size, its folder for
+    the report. The split: "auto" = test when present, else val."""
     if not checkpoints:
         raise ValueError("checkpoints: give at least one ckpt.pt")
-    first = load_checkpoint(checkpoints[0])["config"]
-    root = dataroot or first["dataroot"]
+    first = read_generator(checkpoints[0])
+    config = first.config or {}
+    root = dataroot or config.get("dataroot", "")
+    if not root:
+        raise ValueError(f"{checkpoints[0]} carries no run config to take the dataset from: pass --dataroot")
     if root == "sample":  # the run built the sample set in its own folder
-        root = str(Path(first["out_dir"]) / "data")
+        root = str(Path(config["out_dir"]) / "data")
+    if direction == "auto":
+        direction = first.direction or "AtoB"
     mode = dataset_mode
-    if mode == "auto":
-        mode = "aligned" if (Path(root) / phase).is_dir() else "unaligned"
-    size = crop_size or first["crop_size"]
+    if mode == "auto" and first.objective:
+        mode = "aligned" if first.objective == "pix2pix" else "unaligned"
+    elif mode == "auto":
+        mode = "aligned" if any((Path(root) / p).is_dir() for p in ("train", *data_lib.EVAL_PHASES)) else "unaligned"
+    notes = []
+    if phase == "auto" and mode != "single":
+        phase = data_lib.evaluation_phase(root, mode, direction)
+        if phase != data_lib.EVAL_PHASES[0]:
+            notes.append(f"{root} has no test split: scored on {phase}")
+            print(notes[-1])
+    size = crop_size or config.get("crop_size") or 256
     dataset = data_lib.make_dataset(root, mode, phase, train=False, direction=direction, load_size=size, crop_size=size)
     out = Path(out_dir or Path(checkpoints[0]).parent)
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -266,9 +287,10 @@ def evaluate_checkpoints(
         "images": len(dataset),
         "size": size,
         "mode": mode,
+        "direction": direction,
         "device": metrics.device_name(dev),
         "latency_size": latency_size,
-        "notes": [],
+        "notes": notes,
     }
 
     inception, reference = None, None
@@ -287,7 +309,7 @@ def evaluate_checkpoints(
             if reference.get("features") is None:
                 info["notes"].append(f"{fid_stats} has no features: no KID")
         else:
-            reference = reference_stats(dataset, inception, batch_size=max(batch_size, 16))
+            reference = reference_stats(dataset, inception, batch_size=max(batch_size, 16), phases=("train", phase))
             saved = out / "fid_reference.npz"
             metrics.save_stats(saved, reference, reference["protocol"])
             info["fid_reference"] = f"{saved} ({json.dumps(reference['protocol'])})"
@@ -298,18 +320,18 @@ def evaluate_checkpoints(
     for ckpt in checkpoints:
         candidates = [(ckpt, "final")]
         best = Path(ckpt).parent / BEST
-        if best.is_file():
+        if best.is_file() and best.resolve() != Path(ckpt).resolve():
             candidates.append((str(best), "best"))
         for path, which in candidates:
-            state = load_checkpoint(path)
-            g, config = load_generator(path)
-            selected = f"final (step {state['step']})"
+            loaded = first if path == checkpoints[0] else read_generator(path)
+            g = loaded.generator
+            selected = f"final (step {loaded.step})" if loaded.step is not None else f"as loaded ({loaded.source})"
             if which == "best":
-                sel = state["selection"]
+                sel = loaded.selection
                 selected = f"best on {sel['split']} (step {sel['step']}, {sel['metric']} {sel['value']:.3f})"
             scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, kid_subsets, kid_subset_size)
             row = {
-                "model": describe_run(config),
+                "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
                 "selected": selected,
                 "checkpoint": path,
                 "params_M": metrics.count_params(g) / 1e6,
@@ -332,6 +354,10 @@ def evaluate_checkpoints(
             rows.append(row)
     if task == "auto":
         task = task_of(root)
+        if task == "map2aerial" and direction == "AtoB":
+            info["notes"].append(
+                "the published map→aerial rows are GAN Compression's map2sat (maps run BtoA); this run is AtoB"
+            )
         if task is None:
             task = "edges2shoes"
             info["notes"].append(

@@ -9,7 +9,8 @@ one loop that logs, samples, evaluates and checkpoints at fixed intervals (`*_ev
 frozen, then the discriminators on the detached fakes. AMP (bf16, or fp16 with a gradient scaler), channels_last, TF32
 and torch.compile (with its mode) are switches. Logged losses are averaged over the log interval and over the ranks.
 Everything needed to continue lives in one checkpoint dict written atomically (temporary file, then rename); `resume`
-continues bit for bit on CPU, data order included.
+continues bit for bit on CPU, data order included. The teacher may be a run checkpoint, an exported generator or a
+peer's bare generator file (`peers.read_generator`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -33,18 +34,18 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ackd_fast import data as data_lib
 from ackd_fast import losses
+from ackd_fast.checkpoint import BEST, CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ackd_fast.distill import Distiller
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
+from ackd_fast.peers import GeneratorFile, load_discriminator, read_generator
 
 OBJECTIVES = ("pix2pix", "cyclegan")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 SELECT_ON = ("none", "val")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs
-CHECKPOINT = "ckpt.pt"
-BEST = "best.pt"  # the generator of the best evaluation on the validation split (select_on="val")
 
 
 @dataclass
@@ -62,14 +63,15 @@ class Config:
     flip: bool = True
     batch_size: int = 0  # per process; 0: 4 when paired, 1 when unpaired (the peers' defaults)
     workers: int = 2
-    # teacher models
+    # teacher models (distill from a bare generator file: its architecture, "auto" / 0 = what its tensors imply)
     generator: str = "resnet_9blocks"
     ngf: int = 64
     discriminator: str = "n_layers"
     ndf: int = 64
     n_layers_d: int = 3
     # distillation
-    teacher: str = ""  # teacher checkpoint (of a train-teacher run)
+    teacher: str = ""  # teacher: a train-teacher checkpoint, an exported generator, or a peer's generator file
+    teacher_d: str = ""  # the student's starting discriminator (a peer's latest_net_D.pth); "": the teacher run's
     recipe: str = "compress"  # "compress": mobile_resnet_9blocks at student_ngf; "self": the teacher's architecture
     student_ngf: int = 16
     taps: str = ""  # comma-separated teacher taps; "" = the generator's default (stem,block3,block6,block9)
@@ -118,53 +120,6 @@ def config_from_dict(d: dict) -> Config:
     return Config(**d)
 
 
-# ----------------------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """Writes `state` to path.tmp, syncs it, then renames over `path`: a crash at any moment leaves either the
-    previous checkpoint or the new one, never half a file."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    # Checkpoints hold RNG states and the config besides tensors: only load files you wrote.
-    return torch.load(path, map_location="cpu", weights_only=False)
-
-
-def load_generator(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """The generator a checkpoint trained (the teacher's A->B generator, or the distilled student) and its config."""
-    ckpt = load_checkpoint(path)
-    spec = ckpt["generator"]
-    g = build_generator(spec["name"], spec["ngf"])
-    g.load_state_dict(spec["state"])
-    return g.eval(), ckpt["config"]
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ----------------------------------------------------------------------------------------- models
 
 
@@ -194,24 +149,75 @@ def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
         raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
     if not cfg.teacher:
         raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    ckpt = load_checkpoint(cfg.teacher)
-    tcfg = config_from_dict(ckpt["config"])
-    teacher = build_generator(tcfg.generator, tcfg.ngf)
-    teacher.load_state_dict(ckpt["generator"]["state"])
+    tfile = read_teacher(cfg)
     if cfg.recipe == "compress":
         spec = {"name": "mobile_resnet_9blocks", "ngf": cfg.student_ngf}
     elif cfg.recipe == "self":
-        spec = {"name": tcfg.generator, "ngf": tcfg.ngf}
+        spec = {"name": tfile.name, "ngf": tfile.ngf}
     else:
         raise ValueError(f"recipe must be 'compress' or 'self', got {cfg.recipe!r}")
     student = build_generator(spec["name"], spec["ngf"])
-    paired = tcfg.model == "pix2pix"
+    paired = (tfile.objective or cfg.model) == "pix2pix"
     gan_mode = Pix2Pix.gan_mode if paired else CycleGAN.gan_mode
-    # The student's discriminator starts as the teacher's (its first one: the judge of domain B).
-    disc = build_discriminator(tcfg.discriminator, 6 if paired else 3, tcfg.ndf, tcfg.n_layers_d)
-    disc.load_state_dict({k.split(".", 2)[2]: v for k, v in ckpt["d"].items() if k.startswith("discriminators.0.")})
-    distiller = build_distiller(cfg, teacher, tcfg.generator, student, spec["name"], paired)
+    disc = teacher_discriminator(cfg, tfile, paired)
+    distiller = build_distiller(cfg, tfile.generator, tfile.name, student, spec["name"], paired)
     return distiller, Critic([disc], gan_mode), student, spec
+
+
+def read_teacher(cfg: Config) -> GeneratorFile:
+    """The teacher generator of a distill config: cfg.teacher read by `peers.read_generator`. A bare generator file
+    must be the cfg.generator / cfg.ngf architecture ("auto" / 0: whatever its tensors imply); a run checkpoint or an
+    exported generator says its own."""
+    tfile = read_generator(cfg.teacher)
+    if tfile.config is None and not tfile.info:
+        name = None if cfg.generator in ("", "auto") else cfg.generator
+        if (name or tfile.name) != tfile.name or (cfg.ngf or tfile.ngf) != tfile.ngf:
+            raise ValueError(
+                f"teacher {cfg.teacher} is a {tfile.name} ngf {tfile.ngf} generator ({tfile.source}), not the "
+                f"{cfg.generator} ngf {cfg.ngf} that generator/ngf ask for (--generator auto --ngf 0: what the file "
+                "implies)"
+            )
+    return tfile
+
+
+def teacher_discriminator(cfg: Config, tfile: GeneratorFile, paired: bool) -> nn.Module:
+    """The student's starting discriminator: cfg.teacher_d when given (a peer's latest_net_D.pth), else the teacher
+    run's (its first one: the judge of domain B), else a fresh one (cfg.discriminator, ndf, n_layers_d)."""
+    channels = 6 if paired else 3
+    if cfg.teacher_d:
+        disc = load_discriminator(cfg.teacher_d)
+        got = disc.model[0].in_channels
+        if got != channels:
+            raise ValueError(
+                f"--teacher-d {cfg.teacher_d} takes {got}-channel input; a {'paired' if paired else 'unpaired'} "
+                f"objective's discriminator takes {channels} (pix2pix: input and output; cyclegan: one image)"
+            )
+        return disc
+    if tfile.source == "run checkpoint":
+        tcfg = config_from_dict(tfile.config)
+        disc = build_discriminator(tcfg.discriminator, channels, tcfg.ndf, tcfg.n_layers_d)
+        d_state = load_checkpoint(cfg.teacher)["d"]
+        disc.load_state_dict({k.split(".", 2)[2]: v for k, v in d_state.items() if k.startswith("discriminators.0.")})
+        return disc
+    return build_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.n_layers_d)
+
+
+def resolve_teacher(cfg: Config) -> tuple[Config, str]:
+    """A distill config with the objective and direction the teacher file carries (its run's config or export
+    sidecar; a bare generator keeps cfg's), and a line saying where they and the discriminator come from. Reads the
+    teacher, so a bad file raises before anything is written."""
+    tfile = read_teacher(cfg)
+    model, direction = tfile.objective or cfg.model, tfile.direction or cfg.direction
+    origin = "the teacher's file" if tfile.objective else "the flags"
+    if cfg.teacher_d:
+        disc = f"starts from --teacher-d {cfg.teacher_d}"
+    elif tfile.source == "run checkpoint":
+        disc = "starts from the teacher run's"
+    else:
+        disc = f"starts fresh ({cfg.discriminator}, ndf {cfg.ndf}; --teacher-d PATH loads one)"
+    note = (f"teacher {cfg.teacher}: {tfile.name} ngf {tfile.ngf} ({tfile.source}); objective {model}, direction "
+            f"{direction} from {origin}; the discriminator {disc}")  # fmt: skip
+    return replace(cfg, model=model, direction=direction), note
 
 
 def build_distiller(
@@ -257,7 +263,7 @@ def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
 
 def _paired(cfg: Config) -> bool:
     if cfg.job == "distill":
-        return config_from_dict(load_checkpoint(cfg.teacher)["config"]).model == "pix2pix"
+        return (read_teacher(cfg).objective or cfg.model) == "pix2pix"
     return cfg.model == "pix2pix"
 
 
@@ -348,7 +354,8 @@ def seed_everything(seed: int) -> None:
 def build_datasets(cfg: Config, rt: Runtime) -> tuple:
     """(training set, evaluation set or None, its split name). With select_on="val" the evaluation samples are held
     out of the training data (selecting on the test split, as the peers do, would report a best-of-many test score);
-    otherwise, with eval_every > 0, the test split is scored for the log only."""
+    otherwise, with eval_every > 0, the test split (else val, as edges2shoes and maps ship) is scored for the log
+    only."""
     if rt.master and cfg.dataroot == "sample":
         build_dataset(cfg)  # rank 0 writes the sample set once; the others wait below
     if rt.ddp:
@@ -358,11 +365,11 @@ def build_datasets(cfg: Config, rt: Runtime) -> tuple:
         dataset, eval_set = dataset.split(cfg.val_size or max(1, min(200, len(dataset) // 10)), cfg.seed)
         return dataset, eval_set, "val"
     if cfg.eval_every > 0:
-        try:
-            return dataset, build_dataset(cfg, "test", train=False), "test"
-        except (FileNotFoundError, ValueError) as e:
-            if rt.master:
-                print(f"eval_every={cfg.eval_every} but no test split to evaluate on: {e}")
+        root = Path(dataset.root)
+        split = data_lib.evaluation_phase(root, "aligned" if dataset.paired else "unaligned", cfg.direction)
+        if rt.master:
+            print(f"evaluating every {cfg.eval_every} steps on the {split} split of {root}")
+        return dataset, build_dataset(cfg, split, train=False), split
     return dataset, None, ""
 
 
@@ -523,7 +530,7 @@ def training_state(cfg: Config, step: int, stateful: dict, generator: nn.Module,
     optimizers, schedules and gradient scaler by checkpoint key; the RNGs; the evaluator's best step)."""
     return generator_state(cfg, step, generator, spec) | {
         **{key: obj.state_dict() for key, obj in stateful.items()},
-        "rng": _rng_state(),
+        "rng": rng_state(),
         "evaluation": evaluator.state_dict() if evaluator is not None else {},
     }
 
@@ -532,7 +539,7 @@ def restore_training_state(ckpt: dict, stateful: dict, evaluator) -> int:
     """Loads what training_state saved into `stateful` and the RNGs; returns the step to continue from."""
     for key, obj in stateful.items():
         obj.load_state_dict(ckpt[key])
-    _set_rng_state(ckpt["rng"])
+    set_rng_state(ckpt["rng"])
     if evaluator is not None:
         evaluator.load_state_dict(ckpt.get("evaluation", {}))
     return ckpt["step"]
@@ -546,10 +553,15 @@ def train(cfg: Config) -> dict:
     logged losses, averaged over their interval and the ranks}."""
     # --- set-up: processes, device, precision, seed
     check_config(cfg)
+    teacher_note = ""
+    if cfg.job == "distill":  # before anything is written: a bad teacher file raises here
+        cfg, teacher_note = resolve_teacher(cfg)
     rt = setup_runtime(cfg)
     out_dir = Path(cfg.out_dir)
     if rt.master:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if teacher_note:
+            print(teacher_note)
     seed_everything(cfg.seed)
 
     # --- data: DistributedSampler splits each epoch's permutation between the ranks

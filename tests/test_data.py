@@ -121,3 +121,44 @@ def test_split_holds_out_disjoint_unaugmented_samples(tmp_path, unpaired):
     assert val[0]["A"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="validation size"):
         ds.split(len(ds))
+
+
+def test_listing_recurses_and_takes_the_peers_extensions_in_any_case(tmp_path):
+    im = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    names = ["x.PPM", "a/y.JPEG", "a/b/z.tif", "a/b/w.Png", "v.webp", "u.bmp"]
+    for name in names:
+        im.save(tmp_path / name, format={"PPM": "PPM", "JPEG": "JPEG", "tif": "TIFF"}.get(name.rsplit(".", 1)[1]))
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "a" / "c.gif").write_bytes(b"GIF89a")
+    assert data.list_images(tmp_path) == sorted(tmp_path / n for n in names)
+    assert set(data.IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def test_evaluation_split_is_test_else_val(tmp_path):
+    (tmp_path / "train").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no evaluation split .*test and .*val"):
+        data.evaluation_phase(tmp_path, "aligned")
+    (tmp_path / "val").mkdir()
+    assert data.evaluation_phase(tmp_path, "aligned") == "val"
+    (tmp_path / "test").mkdir()
+    assert data.evaluation_phase(tmp_path, "aligned") == "test"
+    (tmp_path / "valB").mkdir()
+    assert data.evaluation_phase(tmp_path, "unaligned", "BtoA") == "val"  # the input folder decides
+    with pytest.raises(FileNotFoundError, match="testA"):
+        data.evaluation_phase(tmp_path, "unaligned", "AtoB")
+
+
+def test_single_mode_reads_one_folder_of_inputs(tmp_path):
+    folder = tmp_path / "horse2zebra" / "valA"
+    folder.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((10, 12, 3), 60 * i, np.uint8)).save(folder / f"{i}.jpg")
+    ds = data.make_dataset(folder, "single", train=False, load_size=8, crop_size=8)
+    assert len(ds) == 3 and not ds.paired and set(ds[2]) == {"A", "index"} and ds[2]["A"].shape == (3, 8, 8)
+
+
+def test_a_crop_size_not_a_multiple_of_4_is_rejected_up_front(tmp_path):
+    _aligned_folder(tmp_path, n=1, size=64)
+    with pytest.raises(ValueError, match=r"--crop-size must be a positive multiple of 4.*got 62"):
+        data.make_dataset(tmp_path, "aligned", load_size=64, crop_size=62)

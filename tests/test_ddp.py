@@ -11,7 +11,8 @@ import torch.multiprocessing as mp
 
 from ackd_fast import data
 from ackd_fast import train as train_lib
-from ackd_fast.train import Config, load_checkpoint, train
+from ackd_fast.checkpoint import load_checkpoint
+from ackd_fast.train import Config, train
 
 SIZE, CROP, STEPS, WORLD = 36, 32, 3, 2
 

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 from ackd_fast import cli, data
-from ackd_fast.train import Config, load_checkpoint, load_generator, save_checkpoint, train
+from ackd_fast.checkpoint import load_checkpoint, save_checkpoint
+from ackd_fast.peers import read_generator
+from ackd_fast.train import Config, train
 
 SIZE, CROP = 36, 32  # the smallest crop a 3-layer PatchGAN accepts is 32
 
@@ -49,7 +51,8 @@ def test_teacher_run_writes_checkpoint_log_and_samples(teacher_ckpt):
     assert [r["step"] for r in records] == [1, 2]
     assert {"g_loss", "d_loss", "g_gan", "g_l1", "lr", "img_per_s"} <= set(records[0])
     assert (run / "samples" / "step_0000002.png").is_file()
-    g, cfg = load_generator(teacher_ckpt)
+    loaded = read_generator(teacher_ckpt)
+    g, cfg = loaded.generator, loaded.config
     assert cfg["ngf"] == 4 and g(torch.zeros(1, 3, CROP, CROP)).shape == (1, 3, CROP, CROP)
 
 

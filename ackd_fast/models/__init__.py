@@ -8,12 +8,13 @@ from ackd_fast.models.base import TappedGenerator
 from ackd_fast.models.discriminator import MultiscaleDiscriminator, NLayerDiscriminator
 from ackd_fast.models.mobile_resnet import MobileResnetGenerator, mobile_resnet_9blocks
 from ackd_fast.models.resnet import ResnetGenerator, resnet_9blocks
-from ackd_fast.models.unet import UnetGenerator, unet_256
+from ackd_fast.models.unet import UnetGenerator, unet_256, unet_256_bn
 
 GENERATORS = {
     "resnet_9blocks": resnet_9blocks,
     "mobile_resnet_9blocks": mobile_resnet_9blocks,
     "unet_256": unet_256,
+    "unet_256_bn": unet_256_bn,
 }
 DISCRIMINATORS = ("n_layers", "multi_scale")
 
@@ -54,4 +55,5 @@ __all__ = [
     "mobile_resnet_9blocks",
     "resnet_9blocks",
     "unet_256",
+    "unet_256_bn",
 ]

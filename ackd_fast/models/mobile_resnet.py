@@ -37,6 +37,8 @@ class MobileResnetBlock(nn.Module):
 
 
 class MobileResnetGenerator(ResnetGenerator):
+    clamp_input = False  # GAN Compression's and OMGD's MobileResnetGenerator take the input as it is
+
     def __init__(self, in_channels: int = 3, out_channels: int = 3, ngf: int = 16, n_blocks: int = 9):
         super().__init__(in_channels, out_channels, ngf=ngf, n_blocks=n_blocks, block=MobileResnetBlock)
 

@@ -2,7 +2,8 @@
 
 Layout of the original (Johnson et al.; Isola et al.; Zhu et al.): reflect-pad 3, 7x7 conv to ngf, IN, ReLU; two
 stride-2 3x3 convs to 4*ngf; `n_blocks` residual blocks (reflect pad, 3x3 conv, IN, ReLU, reflect pad, 3x3 conv,
-IN, no dropout); two stride-2 transposed convs back to ngf; reflect-pad 3, 7x7 conv to 3, tanh. The instance norms
+IN, no dropout); two stride-2 transposed convs back to ngf; reflect-pad 3, 7x7 conv to 3, tanh. The input is
+clamped to [-1, 1] first, as GAN Compression's and OMGD's forward does. The instance norms
 are not affine and every conv has a bias, as in the original: at ngf 64 that is 11,378,179 parameters and 56.8 GMACs
 (torchprofile convention) at 1x3x256x256.
 
@@ -100,9 +101,16 @@ class ResnetGenerator(TappedGenerator):
         self.stages = nn.ModuleDict(stages)
         self.head = upsampling_head(ngf, out_channels)
 
+    # GAN Compression's and OMGD's ResnetGenerator clamp their input to [-1, 1] (their MobileResnetGenerator does
+    # not): the same here, so a generator loaded from their files gives their output on any input.
+    clamp_input = True
+
     def tap_channels(self) -> dict[str, int]:
         dim = self.ngf * 2**N_DOWNSAMPLING
         return dict.fromkeys(self.stages, dim)
+
+    def _run(self, x: Tensor, taps: tuple[str, ...], replace: dict[str, Tensor], features: dict[str, Tensor]):
+        return super()._run(x.clamp(-1, 1) if self.clamp_input else x, taps, replace, features)
 
 
 def resnet_9blocks(ngf: int = 64, in_channels: int = 3, out_channels: int = 3) -> ResnetGenerator:

@@ -1,0 +1,139 @@
+"""Checkpoint files: written atomically, read without running any code.
+
+What we write holds tensors and plain values only (dict, list, tuple, str, int, float, bool, None): the config as a
+dict, the RNG states as tensors. So `torch.load(weights_only=True)` reads every file of ours, and every read of ours
+passes `weights_only=True`: a file that needs more (a pickle that would import or call something) is refused with an
+error naming it, and nothing in it runs. A write goes to a temporary file beside the target, is fsynced, then renamed
+over it: a crash at any moment leaves the previous file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+CHECKPOINT = "ckpt.pt"  # a run's checkpoint, in its out_dir: everything needed to resume
+BEST = "best.pt"  # the generator of the best evaluation on the validation split (select_on="val")
+
+_PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
+
+
+def _plain(value: object, where: str) -> object:
+    """`value` with numpy scalars made Python scalars (a pickled np.float64 needs numpy to load); TypeError naming the
+    first entry that weights_only=True could not read back."""
+    if isinstance(value, torch.Tensor) or type(value) in _PLAIN:
+        return value
+    if isinstance(value, np.generic) and value.ndim == 0 and value.dtype.kind in "biuf":
+        return value.item()
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if type(k) not in (str, int):
+                raise TypeError(f"{where} has a key of type {type(k).__name__}; checkpoints take str or int keys")
+            out[k] = _plain(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple)):
+        items = [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else tuple(items)
+    raise TypeError(
+        f"{where} is a {type(value).__module__}.{type(value).__name__}; checkpoints hold tensors and plain values "
+        "only (dict, list, tuple, str, int, float, bool, None), so that they load with weights_only=True"
+    )
+
+
+def write_atomic(path: str | os.PathLike, write) -> Path:
+    """Calls write(f) on a temporary file beside `path`, fsyncs it, then renames it over `path`."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+    """Writes `state` (tensors and plain values, numpy scalars made Python ones; TypeError naming the first entry
+    that is neither) to `path` atomically."""
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict, got {type(state).__name__}")
+    state = _plain(state, "state")
+    write_atomic(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """The dict saved in `path`, read with weights_only=True on the CPU. FileNotFoundError when there is no such
+    file; ValueError naming the file when it is not a readable PyTorch file, is not a dict, or needs more than
+    tensors and plain values to load (then nothing in it has run)."""
+    obj = load_tensors(path)
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path} holds a {type(obj).__name__}, not a checkpoint dict")
+    return obj
+
+
+def load_tensors(path: str | os.PathLike):
+    """Whatever `path` holds, read with weights_only=True on the CPU (see load_checkpoint for the errors)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message spans many lines; its first names what the pickle asked for
+        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        reason = reason or str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"refused to load {path}: it holds more than tensors and plain values, and loading it would run code "
+            f"from the file ({reason})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"cannot read {path}: not a PyTorch file, or a truncated one ({first})") from None
+
+
+# ----------------------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict:
+    """The torch, numpy, Python and CUDA (every visible device) generator states, as tensors and ints."""
+    _, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": pos,
+            "has_gauss": has_gauss,
+            "cached_gaussian": cached,
+        },
+        "python": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    """Restores `rng_state()`'s states. CUDA: the states of the devices that exist now; a run saved with more
+    visible GPUs than this one has restores the first ones, one saved with fewer leaves the others as they are."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(
+        ("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
+    p = state["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss"]))
+    if "cuda" in state and torch.cuda.is_available():
+        for device, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, device)

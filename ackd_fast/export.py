@@ -1,0 +1,183 @@
+"""`ackd-fast export`: a trained generator as a file other programs run.
+
+    pth   the generator's state dict alone (our keys) and a JSON sidecar beside it (`g.pth` -> `g.json`: architecture,
+          ngf, taps, direction, objective, the run's config), which `ackd_fast.load_generator` reads back
+    peer  the state dict in GAN Compression's / OMGD's key layout (`model.N.*`; U-Nets in pytorch-CycleGAN-and-pix2pix's
+          nested one), loadable by their `load_network` and `test.py` unchanged
+    onnx  `torch.onnx.export(dynamo=True)`, then checked: onnxruntime runs it on random inputs against PyTorch, the
+          max abs difference is reported, and over ONNX_TOLERANCE the export fails and writes nothing
+    pt2   a `torch.export` ExportedProgram, saved with `torch.export.save`
+
+`dynamic`: H and W dynamic (onnx), H = W dynamic (pt2), in multiples of what the generator needs (4 for the ResNets,
+2**num_downs for a U-Net). Every file is written to a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ackd_fast.checkpoint import write_atomic
+from ackd_fast.models import TappedGenerator
+from ackd_fast.models.resnet import N_DOWNSAMPLING
+from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
+
+FORMATS = ("pth", "peer", "onnx", "pt2")
+ONNX_TOLERANCE = 1e-4  # max abs difference (fp32) between onnxruntime and PyTorch that an onnx export accepts
+MAX_DYNAMIC_SIZE = 4096
+
+
+class ImageToImage(nn.Module):
+    """generator(x) with x the only argument: what the exporters trace."""
+
+    def __init__(self, generator: TappedGenerator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.generator(x)
+
+
+def size_multiple(generator: TappedGenerator) -> int:
+    """The input sizes the generator takes are multiples of this."""
+    return 2 ** getattr(generator, "num_downs", N_DOWNSAMPLING)
+
+
+def _check_size(generator: TappedGenerator, size: object) -> int:
+    multiple = size_multiple(generator)
+    if isinstance(size, bool) or not isinstance(size, int) or size < multiple or size % multiple:
+        raise ValueError(f"size (--size) must be a positive multiple of {multiple} for this generator, got {size!r}")
+    return size
+
+
+def _check_out(out: str | os.PathLike) -> Path:
+    out = Path(out)
+    if out.is_dir():
+        raise ValueError(f"cannot write --out {out}: it is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot write --out {out}: {e.strerror or e}") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ValueError(f"cannot write --out {out}: {out.parent} is not writable")
+    return out
+
+
+def _example(size: int, batch: int = 1) -> Tensor:
+    # outside [-1, 1] too: the ResNet's input clamp is part of what is exported
+    return torch.randn(batch, 3, size, size)
+
+
+def _dims(generator: TappedGenerator, size: int, square: bool):
+    multiple = size_multiple(generator)
+    h = torch.export.Dim("h", min=1, max=MAX_DYNAMIC_SIZE // multiple)
+    w = h if square else torch.export.Dim("w", min=1, max=MAX_DYNAMIC_SIZE // multiple)
+    return {"x": {2: multiple * h, 3: multiple * w}}
+
+
+def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
+    """The state dict (our keys) to `out` and its sidecar to `sidecar_path(out)`."""
+    state = {k: v.detach().clone() for k, v in g.generator.state_dict().items()}
+    write_atomic(out, lambda f: torch.save(state, f))
+    side = sidecar_path(out)
+    write_atomic(side, lambda f: f.write(json.dumps(export_sidecar(g), indent=1).encode()))
+    return [Path(out), side]
+
+
+def export_peer(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
+    """The state dict in the peers' layout (peers.PEER_LAYOUT) to `out`."""
+    state = {k: v.detach().clone() for k, v in to_peer_state_dict(g.generator, g.name).items()}
+    write_atomic(out, lambda f: torch.save(state, f))
+    return [Path(out)]
+
+
+@torch.no_grad()
+def onnx_max_abs_diff(path: str | os.PathLike, generator: TappedGenerator, sizes: list[int]) -> float:
+    """Max abs difference between onnxruntime (CPU) running `path` and the PyTorch generator, over one random
+    input of each size."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    worst = 0.0
+    for s in sizes:
+        x = _example(s)
+        (y,) = session.run(None, {name: x.numpy()})
+        worst = max(worst, (torch.from_numpy(y) - generator(x)).abs().max().item())
+    return worst
+
+
+def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool) -> tuple[list[Path], float]:
+    """ONNX through torch.onnx.export(dynamo=True), checked against PyTorch by onnxruntime; ValueError (and
+    nothing written) when they differ by more than ONNX_TOLERANCE."""
+    out = Path(out)
+    model = ImageToImage(g.generator).eval()
+    tmp = out.with_name(out.name + ".tmp.onnx")
+    try:
+        program = torch.onnx.export(
+            model,
+            (_example(size),),
+            dynamo=True,
+            dynamic_shapes=_dims(g.generator, size, square=False) if dynamic else None,
+            input_names=["image"],
+            output_names=["output"],
+            verbose=False,
+        )
+        program.save(str(tmp))
+        sizes = [size] + ([size + size_multiple(g.generator)] if dynamic else [])
+        diff = onnx_max_abs_diff(tmp, g.generator, sizes)
+        if not diff <= ONNX_TOLERANCE:
+            raise ValueError(
+                f"the ONNX export differs from PyTorch by {diff:.3g} (max abs, onnxruntime on sizes {sizes}), over "
+                f"the tolerance {ONNX_TOLERANCE:g}; nothing written to {out}"
+            )
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return [out], diff
+
+
+def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool) -> list[Path]:
+    """A torch.export ExportedProgram (dynamic H = W with `dynamic`), saved with torch.export.save."""
+    model = ImageToImage(g.generator).eval()
+    program = torch.export.export(
+        model, (_example(size),), dynamic_shapes=_dims(g.generator, size, square=True) if dynamic else None
+    )
+    write_atomic(out, lambda f: torch.export.save(program, f))
+    return [Path(out)]
+
+
+def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size: int = 256,
+           dynamic: bool = False) -> dict:  # fmt: skip
+    """Exports the generator of `checkpoint` (any file `load_generator` reads) in format `fmt` (one of FORMATS) to
+    `out`. Returns what was written: {"format", "files", "generator", "ngf", ...; onnx: "max_abs_diff"}.
+    Bad input (an unknown format, a size the generator cannot take, an unwritable path, a file without a generator)
+    raises a ValueError (FileNotFoundError for a missing checkpoint) with a one-line message."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format (--format) must be one of {FORMATS}, got {fmt!r}")
+    if not isinstance(dynamic, bool):
+        raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
+    g = read_generator(checkpoint)
+    _check_size(g.generator, size)
+    out = _check_out(out)
+    result: dict = {"format": fmt, "checkpoint": str(checkpoint), "generator": g.name, "ngf": g.ngf,
+                    "source": g.source}  # fmt: skip
+    if fmt == "pth":
+        files = export_pth(g, out)
+    elif fmt == "peer":
+        files = export_peer(g, out)
+        result["layout"] = "GAN Compression / OMGD" if not g.name.startswith("unet") else "pytorch-CycleGAN-and-pix2pix"
+    elif fmt == "onnx":
+        files, result["max_abs_diff"] = export_onnx(g, out, size, dynamic)
+    else:
+        files = export_pt2(g, out, size, dynamic)
+    if fmt in ("onnx", "pt2"):
+        result |= {"size": size, "dynamic": dynamic}
+    result["files"] = [str(f) for f in files]
+    return result
