@@ -161,7 +161,8 @@ def test_every_flag_has_help_and_bad_values_raise(tmp_path, paired_root):
         train(_cfg(tmp_path, paired_root, job="teacher", stop_at=1, ckpt_every=0))
     # each command takes the flags of its own job only
     distill = parser.parse_args(["distill", "--teacher", "t.pt", "--compile", "--compile-mode", "reduce-overhead"])
-    assert distill.compile_mode == "reduce-overhead" and not hasattr(distill, "ngf")
+    assert distill.compile_mode == "reduce-overhead" and not hasattr(distill, "ndf")
+    assert distill.ngf == 0 and distill.generator == "auto"  # a bare teacher file's architecture, inferred
     teacher = parser.parse_args(["train-teacher", "--ngf", "8"])
     assert teacher.ngf == 8 and not hasattr(teacher, "residual") and not hasattr(teacher, "teacher")
     assert set(vars(teacher)) >= cli.TEACHER_ONLY and not cli.DISTILL_ONLY & set(vars(teacher))
