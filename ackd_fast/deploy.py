@@ -187,8 +187,9 @@ class DeployedGenerator:
     setup_seconds, max_abs_diff (from the eager generator, on the example)."""
 
     def __init__(self, run: Callable[[Tensor], Tensor], method: str, fused: dict[str, int], example: Tensor,
-                 channels_last: bool, cuda_graphs: bool):  # fmt: skip
+                 channels_last: bool, cuda_graphs: bool, inductor_config: dict):  # fmt: skip
         self._run = run
+        self._inductor_config = inductor_config
         self.method = method
         self.fused = fused
         self.device, self.dtype = example.device, example.dtype
@@ -210,7 +211,9 @@ class DeployedGenerator:
             raise ValueError(f"x must have shape (B, {self.example_shape[1]}, H, W), got {tuple(x.shape)}")
         if self._channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), _ieee_fp32(self.device):
+        # inductor's settings for the compiles a call may start (the first; another shape): torch.compile's
+        # `options=` does not reach freezing, which is read when the graph is compiled
+        with torch.no_grad(), _ieee_fp32(self.device), torch._inductor.config.patch(self._inductor_config):
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
                 return self._run(x).clone()  # CUDA graphs reuse their output buffer on the next call
@@ -270,19 +273,21 @@ def deploy(
     model, fused = with_kernels(eager) if "kernels" in method else (eager, {})
     model = model.to(memory_format=torch.channels_last)
     cuda_graphs = device.type == "cuda"
+    options = {}
     if method == "kernels":
         run, described = model, "eager"
     else:
         options = {"freezing": True}  # weights become constants: folded, prepacked for oneDNN
         if cuda_graphs:
             options.update({"max_autotune": True, "triton.cudagraphs": True})
-        run = torch.compile(model, dynamic=False, options=options)
+        run = torch.compile(model, dynamic=False)
         described = "inductor (" + ", ".join(k.replace("triton.", "") for k in options) + ", channels_last)"
     swapped = [f"ackd_fast.{name} x{n}" for name, n in fused.items() if n]
     description = described + (" + " + ", ".join(swapped) if swapped else "")
     if "kernels" in method and not swapped:
         raise ValueError(f"method {method!r}: the generator has no module the inference kernels compute")
-    deployed = DeployedGenerator(run, description, fused, example_input, channels_last=True, cuda_graphs=cuda_graphs)
+    deployed = DeployedGenerator(run, description, fused, example_input, channels_last=True,
+                                 cuda_graphs=cuda_graphs and method != "kernels", inductor_config=options)  # fmt: skip
 
     with torch.no_grad(), _ieee_fp32(device):
         y = deployed(example_input)  # compiles

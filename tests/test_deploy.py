@@ -224,7 +224,11 @@ def test_bench_deploy_cli_writes_tables(tmp_path, capsys):
     rows, ratios = result["rows"], result["ratios"]
     assert {r["name"] for r in rows} == {"mobile_resnet_9blocks:4", "resnet_9blocks:4"}
     assert all(r["ms"] > 0 and r["gmacs"] > 0 for r in rows)
-    assert ratios[0]["teacher"] == "resnet_9blocks:4" and ratios[0]["mac_ratio"] > 5
+    gmacs = {r["name"]: r["gmacs"] for r in rows}
+    assert ratios[0]["teacher"] == "resnet_9blocks:4" and ratios[0]["student"] == "mobile_resnet_9blocks:4"
+    assert ratios[0]["mac_ratio"] == pytest.approx(gmacs["resnet_9blocks:4"] / gmacs["mobile_resnet_9blocks:4"])
+    ms = {r["name"]: r["ms"] for r in rows}
+    assert ratios[0]["speed_ratio"]["eager"] == pytest.approx(ms["resnet_9blocks:4"] / ms["mobile_resnet_9blocks:4"])
     table = (tmp_path / "bench_deploy.md").read_text()
     assert "| mobile_resnet_9blocks:4 | fp32 | 1 | eager |" in table and "MAC ratio" in table
 

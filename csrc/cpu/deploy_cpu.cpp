@@ -85,16 +85,32 @@ void depthwise3x3(const T* src, const T* k9, T* dst, T* sums, const Map& m, int6
   });
 }
 
-// sums[chunk * C + c] = the chunk's sum of v over its pixels.
+// mean and rstd of v in one pass: sums of d = v - shift and of d^2, with shift = v's first pixel, a value of the
+// channel, so that the variance E[d^2] - E[d]^2 does not cancel the way E[v^2] - E[v]^2 does when |mean| >> std.
 template <typename T>
-void channel_sums(const T* v, T* sums, const Map& m, int64_t chunks) {
+void channel_stats(const T* v, std::vector<T>& sums, std::vector<T>& sq_sums, int64_t chunks, const Map& m,
+                   double eps, std::vector<T>& mean, std::vector<T>& rstd) {
   const int64_t C = m.C;
   for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
-    T* sum = sums + chunk * C;
+    T* sum = sums.data() + chunk * C;
+    T* sq = sq_sums.data() + chunk * C;
     std::fill(sum, sum + C, T(0));
+    std::fill(sq, sq + C, T(0));
     for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
-      each_lane_block<T>(C, [&](int64_t c, int64_t n) { store(load(sum + c, n) + load(v + p * C + c, n), sum + c, n); });
+      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
+        const auto d = load(v + p * C + c, n) - load(v + c, n);
+        store(load(sum + c, n) + d, sum + c, n);
+        store(at::vec::fmadd(d, d, load(sq + c, n)), sq + c, n);
+      });
   });
+  std::vector<T> mean_sq(C);
+  reduce_mean(sums, chunks, m, mean);
+  reduce_mean(sq_sums, chunks, m, mean_sq);
+  for (int64_t c = 0; c < C; ++c) {
+    const T var = std::max(mean_sq[c] - mean[c] * mean[c], T(0));
+    rstd[c] = T(1) / std::sqrt(var + static_cast<T>(eps));
+    mean[c] += v[c];
+  }
 }
 
 // mean = the chunks' sums reduced in order, over the map's pixels.
@@ -179,39 +195,36 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
   const Map m{x.size(2), x.size(3), C};
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m.H, at::get_num_threads()));
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
-  auto a = at::empty({m.pixels(), C}, x.options());  // depthwise outputs
-  auto p = at::empty({m.pixels(), C}, x.options());  // pointwise outputs
+  // The depthwise outputs go to the sample's slice of y (overwritten last), the pointwise outputs to p: one
+  // workspace per call.
+  auto p = at::empty({m.pixels(), C}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mobile_block_cpu", [&] {
     using T = scalar_t;
     // depthwise weights as [tap][C], so a vector of channels reads one tap's weights contiguously
     const auto k1 = dw1.reshape({C, 9}).t().contiguous(), k2 = dw2.reshape({C, 9}).t().contiguous();
     const auto w1 = pw1.reshape({C, C}), w2 = pw2.reshape({C, C});
-    std::vector<T> sums(chunks * C), mean(C), rstd(C);
-    T* ap = a.mutable_data_ptr<T>();
+    std::vector<T> sums(chunks * C), sq_sums(chunks * C), mean(C), rstd(C);
     T* pp = p.mutable_data_ptr<T>();
-    // p = a @ (w * rstd_a)^T: the pointwise conv with the preceding norm folded in
-    auto pointwise = [&](const at::Tensor& w) {
-      const auto scale = at::from_blob(rstd.data(), {1, C}, x.options());
-      at::mm_out(p, a, (w * scale).t());
-    };
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x.const_data_ptr<T>() + b * m.pixels() * C;
       T* yb = y.mutable_data_ptr<T>() + b * m.pixels() * C;
-      depthwise3x3<T>(xb, k1.const_data_ptr<T>(), ap, sums.data(), m, chunks);
+      const auto a = y[b].permute({1, 2, 0}).reshape({m.pixels(), C});  // a view: y is channels_last
+      // p = a @ (w * rstd_a)^T: the pointwise conv with the preceding norm folded in
+      auto pointwise = [&](const at::Tensor& w) {
+        const auto scale = at::from_blob(rstd.data(), {1, C}, x.options());
+        at::mm_out(p, a, (w * scale).t());
+      };
+      depthwise3x3<T>(xb, k1.const_data_ptr<T>(), yb, sums.data(), m, chunks);
       reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(ap, mean, sums, chunks, m, eps, rstd);
+      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
       pointwise(w1);
-      channel_sums<T>(pp, sums.data(), m, chunks);
-      reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(pp, mean, sums, chunks, m, eps, rstd);
+      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
       normalize<T>(pp, mean, rstd, nullptr, /*relu=*/true, pp, chunks, m);
-      depthwise3x3<T>(pp, k2.const_data_ptr<T>(), ap, sums.data(), m, chunks);
+      depthwise3x3<T>(pp, k2.const_data_ptr<T>(), yb, sums.data(), m, chunks);
       reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(ap, mean, sums, chunks, m, eps, rstd);
+      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
       pointwise(w2);
-      channel_sums<T>(pp, sums.data(), m, chunks);
-      reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(pp, mean, sums, chunks, m, eps, rstd);
+      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
       normalize<T>(pp, mean, rstd, xb, /*relu=*/false, yb, chunks, m);
     }
   });
