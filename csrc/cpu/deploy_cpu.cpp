@@ -182,6 +182,8 @@ void check_block_args(const at::Tensor& x, const at::Tensor& dw1, const at::Tens
   }
 }
 
+constexpr int64_t kMinChunk = 16384;
+
 // The block's forward: x + IN(pw2(IN(dw2(pad(relu(IN(pw1(IN(dw1(pad(x))))))))))), without the convs' biases: every
 // conv feeds an instance norm, which subtracts any per-channel constant. For the same reason the first norm of each
 // separable conv needs only its rstd: pw(IN(a)) = (pw * rstd_a) a + a per-channel constant, so the norm is folded
@@ -193,7 +195,9 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
   const auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1);
   const Map m{x.size(2), x.size(3), C};
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(m.H, at::get_num_threads()));
+  // a chunk per thread, but none under kMinChunk elements: a small map runs inline, without a parallel region
+  const int64_t most = std::min<int64_t>(m.H, at::get_num_threads());
+  const int64_t chunks = std::clamp<int64_t>(m.pixels() * C / kMinChunk, 1, std::max<int64_t>(most, 1));
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   // The depthwise outputs go to the sample's slice of y (overwritten last), the pointwise outputs to p: one
   // workspace per call.
