@@ -1,5 +1,5 @@
-"""The `ackd-fast` command: train-teacher, distill, evaluate, export, demo. It only parses flags and calls into the
-package.
+"""The `ackd-fast` command: train-teacher, distill, evaluate, export, bench-deploy, demo. It only parses flags and
+calls into the package.
 
 Multi-GPU / multi-node: start any training command under torchrun, e.g.
     torchrun --nproc_per_node 8 -m ackd_fast.cli distill --teacher runs/teacher/ckpt.pt ...
@@ -164,6 +164,31 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)}))
 
 
+def cmd_bench_deploy(args: argparse.Namespace) -> None:
+    from ackd_fast.deploy import bench_deploy
+    from ackd_fast.models import build_generator
+    from ackd_fast.peers import load_generator
+
+    generators = {}
+    try:
+        for spec in args.arch:
+            name, _, ngf = spec.partition(":")
+            if not ngf.isdigit():
+                raise ValueError(f"--arch takes NAME:NGF (e.g. mobile_resnet_9blocks:16), got {spec!r}")
+            generators[spec] = build_generator(name, int(ngf))
+        for ckpt in args.checkpoints:
+            generators[ckpt] = load_generator(ckpt)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"bench-deploy: {e}") from None
+    if not generators:
+        raise SystemExit("bench-deploy: give checkpoints or --arch NAME:NGF")
+    bench_deploy(
+        generators, args.out, device=args.device, size=args.size, batches=tuple(int(b) for b in args.batch.split(",")),
+        dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None, paths=tuple(args.paths.split(",")),
+        rounds=args.rounds,
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ackd-fast", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -260,6 +285,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=50, help="images per forward (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.set_defaults(func=cmd_fid_stats)
+
+    p = commands.add_parser(
+        "bench-deploy", help="eager, torch.compile, onnxruntime and ackd_fast.deploy of generators, timed in one run"
+    )
+    p.add_argument("checkpoints", nargs="*", help="ckpt.pt files whose generators to time")
+    p.add_argument("--arch", nargs="*", default=[], help="NAME:NGF generators with random weights, e.g. "
+                   "mobile_resnet_9blocks:16 resnet_9blocks:64")  # fmt: skip
+    p.add_argument("--size", type=int, default=256, help="square input size (default: %(default)s)")
+    p.add_argument("--batch", default="1,4", help="comma-separated batch sizes (default: %(default)s)")
+    p.add_argument("--dtypes", default="", help="comma-separated among fp32, bf16, fp16; default: fp32 and the "
+                   "half types the device computes natively")  # fmt: skip
+    p.add_argument("--paths", default=",".join(("eager", "compile", "onnxruntime", "deploy")),
+                   help="comma-separated paths to time (default: %(default)s)")  # fmt: skip
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=20, help="timed calls per path, alternated (default: %(default)s)")
+    p.add_argument("--out", default=".", help="folder for bench_deploy.md and .json (default: %(default)s)")
+    p.set_defaults(func=cmd_bench_deploy)
 
     from ackd_fast.demo import DemoConfig
 

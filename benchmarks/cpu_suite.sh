@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The CPU suite in one command, from a fresh clone: sets up .venv (`make install-cpu`: the CPU kernels, or the full
-# build when there is one), measures the CPU's ceilings, times the ACK-F ops and module and one distillation step
-# at the small CPU setting, each against its PyTorch paths in the same run, and writes the JSON, the logs and
-# summary.md (benchmarks/README.md explains it). About 10 minutes on 2 cores, most of it the set-up and inductor.
+# build when there is one), measures the CPU's ceilings, times the ACK-F ops and module, one distillation step at
+# the small CPU setting and the deployed generators (bench_deploy), each against its PyTorch paths in the same run,
+# and writes the JSON, the logs and summary.md (benchmarks/README.md explains it). About 15 minutes on 2 cores, most
+# of it the set-up and inductor.
 #
 #   benchmarks/cpu_suite.sh [OUT_DIR]       # default benchmarks/results/<date>-cpu-<cores>core-<cpu>
 #
@@ -27,5 +28,7 @@ phase ceilings 120 "$PY" benchmarks/ceilings.py "$OUT_DIR/ceilings.json" --devic
 # pytest-benchmark's defaults (at least 5 rounds, about 1 s per path); bench_ack_fusion times 10 rounds
 bench_phase bench_ack_fusion 600
 bench_phase bench_train_step 600
+# the student and the teacher at 256x256: four compiles of the student, one of the teacher (several minutes)
+bench_phase bench_deploy 600
 
 finish "CPU suite: $(nproc) cores, $cpu"

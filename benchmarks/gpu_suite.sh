@@ -83,6 +83,7 @@ fi
 bench_phase bench_train_step 180 "${rounds[@]}"
 bench_phase bench_ack_attention 120 "${rounds[@]}"
 bench_phase bench_ack_fusion 150 "${rounds[@]}"
+bench_phase bench_deploy 240 "${rounds[@]}"
 
 if ((DRY_RUN)); then
   finish "GPU suite dry run (no GPU: smoke sizes, tiny ceilings; no figure here is a measurement)"

@@ -165,6 +165,32 @@ def table(data: dict, ceilings: dict | None) -> list[str]:
     return lines
 
 
+def role_ratios(data: dict) -> list[str]:
+    """bench_deploy: per batch and dtype, the teacher's time over the student's beside their MAC ratio (same path,
+    and the eager teacher against the deployed student); empty when no benchmark records a `role`."""
+    times: dict[tuple, float] = {}
+    flops: dict[tuple, float] = {}
+    for b in data["benchmarks"]:
+        info = b["extra_info"]
+        if "role" in info and b.get("stats") and b["stats"].get("median"):
+            times[(info["batch"], info["dtype"], info["role"], info["path"])] = b["stats"]["median"]
+            flops[(info["batch"], info["dtype"], info["role"])] = info["flops"]
+    cases = sorted({(batch, dtype) for batch, dtype, role, _ in times if role == "teacher"})
+    lines = [
+        "| batch | dtype | MAC ratio | eager | deploy | eager teacher / deployed student |",
+        "|---:|---|---:|---:|---:|---:|",
+    ]
+    for batch, dtype in cases:
+        macs = flops.get((batch, dtype, "teacher"), 0) / flops.get((batch, dtype, "student"), float("inf"))
+        cells = [f"{macs:.1f}x"]
+        for teacher_path, student_path in (("eager", "eager"), ("deploy", "deploy"), ("eager", "deploy")):
+            t = times.get((batch, dtype, "teacher", teacher_path))
+            s = times.get((batch, dtype, "student", student_path))
+            cells.append(f"{t / s:.1f}x" if t and s else "-")
+        lines.append(f"| {batch} | {dtype} | " + " | ".join(cells) + " |")
+    return ["", "Teacher / student: speed ratio beside the MAC ratio", "", *lines] if cases else []
+
+
 def header(env: dict | None, data: dict, ceilings: dict | None) -> list[str]:
     if env is None:  # JSON written before conftest stored the environment
         commit = data.get("commit_info", {})
@@ -218,7 +244,7 @@ def summarize(files: list[Path], ceilings: dict | None = None, phases: Path | No
         lines += ["", "## Phases", "", *phases_table(phases)]
     lines += ["", "## Results", "", PREAMBLE]
     for f, data in datas:
-        lines += ["", f"### {f.stem}", "", *table(data, ceilings)]
+        lines += ["", f"### {f.stem}", "", *table(data, ceilings), *role_ratios(data)]
     return "\n".join(lines) + "\n"
 
 

@@ -44,6 +44,13 @@ TORCH_LIBRARY(ackd_fast, m) {
   m.def(
       "instance_norm_act_residual_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor? weight,"
       " Tensor? bias, str act) -> (Tensor, Tensor, Tensor)");
+
+  // Inference only (ackd_fast.deploy, CPU): a whole MobileResnetBlock, x + IN(pw2(IN(dw2(pad(relu(IN(pw1(IN(dw1(
+  // pad(x))))))))))), without the convs' biases (each feeds an instance norm, which removes them); dw: (C, 1, 3, 3),
+  // pw: (C, C, 1, 1).
+  m.def("mobile_block(Tensor x, Tensor dw1, Tensor pw1, Tensor dw2, Tensor pw2, float eps) -> Tensor");
+  // act(conv2d(x, weight, bias)), stride 1, no padding, 1 to 4 output channels; act "tanh" | "none".
+  m.def("narrow_conv2d(Tensor x, Tensor weight, Tensor? bias, str act) -> Tensor");
 }
 
 }  // namespace ackd_fast

@@ -1,0 +1,350 @@
+// Inference kernels of ackd_fast.deploy on CPU, where oneDNN and inductor leave the student's time:
+//  - mobile_block: a whole MobileResnetBlock (reflect pad, depthwise 3x3, IN, pointwise, IN, ReLU, again, + x) in
+//    one op over channels_last maps, with the instance norms folded into the pointwise weights;
+//  - narrow_conv2d: a stride-1 valid convolution with 1 to 4 output channels (the generator's 7x7 head to RGB),
+//    which oneDNN runs at a few GMAC/s.
+// Forward only (no autograd): deploy runs them under inference. Float and double.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+namespace ackd_fast {
+namespace {
+
+template <typename T>
+using Vec = at::vec::Vectorized<T>;
+
+template <typename T>
+inline Vec<T> load(const T* p, int64_t n) {
+  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
+}
+
+template <typename T>
+inline void store(const Vec<T>& v, T* p, int64_t n) {
+  if (n == Vec<T>::size())
+    v.store(p);
+  else
+    v.store(p, n);
+}
+
+// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial.
+template <typename T, typename F>
+inline void each_lane_block(int64_t n, F&& f) {
+  int64_t k = 0;
+  for (; k + Vec<T>::size() <= n; k += Vec<T>::size()) f(k, Vec<T>::size());
+  if (k < n) f(k, n - k);
+}
+
+// ReflectionPad2d(1)'s source index of i in [-1, n].
+inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); }
+
+// ------------------------------------------------------------------------------------------------- mobile_block
+
+// A sample's channels_last map: H x W pixels of C contiguous channels.
+struct Map {
+  int64_t H, W, C;
+  int64_t pixels() const { return H * W; }
+};
+
+// Rows [0, H) split into `chunks` fixed ranges, one task each: partial sums per chunk reduce in a fixed order, so
+// results do not depend on how the threads were scheduled.
+template <typename F>
+void for_row_chunks(int64_t H, int64_t chunks, F&& f) {
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) f(k, H * k / chunks, H * (k + 1) / chunks);
+  });
+}
+
+// dst = depthwise 3x3 of reflect-padded src, weights k9 as [tap][C]; sums[chunk * C + c] = the chunk's sum of dst.
+template <typename T>
+void depthwise3x3(const T* src, const T* k9, T* dst, T* sums, const Map& m, int64_t chunks) {
+  const int64_t W = m.W, C = m.C;
+  for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
+    T* sum = sums + chunk * C;
+    std::fill(sum, sum + C, T(0));
+    for (int64_t h = h0; h < h1; ++h) {
+      const T* rows[3] = {src + reflect(h - 1, m.H) * W * C, src + h * W * C, src + reflect(h + 1, m.H) * W * C};
+      for (int64_t w = 0; w < W; ++w) {
+        const int64_t cols[3] = {reflect(w - 1, W) * C, w * C, reflect(w + 1, W) * C};
+        T* out = dst + (h * W + w) * C;
+        each_lane_block<T>(C, [&](int64_t c, int64_t n) {
+          Vec<T> acc(T(0));
+          for (int i = 0; i < 3; ++i)
+            for (int j = 0; j < 3; ++j)
+              acc = at::vec::fmadd(load(rows[i] + cols[j] + c, n), load(k9 + (i * 3 + j) * C + c, n), acc);
+          store(acc, out + c, n);
+          store(load(sum + c, n) + acc, sum + c, n);
+        });
+      }
+    }
+  });
+}
+
+// mean and rstd of v in one pass: sums of d = v - shift and of d^2, with shift = v's first pixel, a value of the
+// channel, so that the variance E[d^2] - E[d]^2 does not cancel the way E[v^2] - E[v]^2 does when |mean| >> std.
+template <typename T>
+void channel_stats(const T* v, std::vector<T>& sums, std::vector<T>& sq_sums, int64_t chunks, const Map& m,
+                   double eps, std::vector<T>& mean, std::vector<T>& rstd) {
+  const int64_t C = m.C;
+  for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
+    T* sum = sums.data() + chunk * C;
+    T* sq = sq_sums.data() + chunk * C;
+    std::fill(sum, sum + C, T(0));
+    std::fill(sq, sq + C, T(0));
+    for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
+      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
+        const auto d = load(v + p * C + c, n) - load(v + c, n);
+        store(load(sum + c, n) + d, sum + c, n);
+        store(at::vec::fmadd(d, d, load(sq + c, n)), sq + c, n);
+      });
+  });
+  std::vector<T> mean_sq(C);
+  reduce_mean(sums, chunks, m, mean);
+  reduce_mean(sq_sums, chunks, m, mean_sq);
+  for (int64_t c = 0; c < C; ++c) {
+    const T var = std::max(mean_sq[c] - mean[c] * mean[c], T(0));
+    rstd[c] = T(1) / std::sqrt(var + static_cast<T>(eps));
+    mean[c] += v[c];
+  }
+}
+
+// mean = the chunks' sums reduced in order, over the map's pixels.
+template <typename T>
+void reduce_mean(const std::vector<T>& sums, int64_t chunks, const Map& m, std::vector<T>& mean) {
+  for (int64_t c = 0; c < m.C; ++c) {
+    T total = 0;
+    for (int64_t k = 0; k < chunks; ++k) total += sums[k * m.C + c];
+    mean[c] = total / static_cast<T>(m.pixels());
+  }
+}
+
+// rstd = 1 / sqrt(mean((v - mean)^2) + eps), the biased variance as F.instance_norm; a second pass over v for accuracy.
+template <typename T>
+void channel_rstd(const T* v, const std::vector<T>& mean, std::vector<T>& sums, int64_t chunks, const Map& m,
+                  double eps, std::vector<T>& rstd) {
+  const int64_t C = m.C;
+  for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
+    T* sum = sums.data() + chunk * C;
+    std::fill(sum, sum + C, T(0));
+    for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
+      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
+        const auto d = load(v + p * C + c, n) - load(mean.data() + c, n);
+        store(at::vec::fmadd(d, d, load(sum + c, n)), sum + c, n);
+      });
+  });
+  std::vector<T> var(C);
+  reduce_mean(sums, chunks, m, var);
+  for (int64_t c = 0; c < C; ++c) rstd[c] = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
+}
+
+// dst = (v - mean) * rstd, then ReLU (relu) or + residual (when given); dst may be v.
+template <typename T>
+void normalize(const T* v, const std::vector<T>& mean, const std::vector<T>& rstd, const T* residual, bool relu,
+               T* dst, int64_t chunks, const Map& m) {
+  const int64_t C = m.C;
+  std::vector<T> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = -mean[c] * rstd[c];
+  for_row_chunks(m.H, chunks, [&](int64_t, int64_t h0, int64_t h1) {
+    for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
+      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
+        auto y = at::vec::fmadd(load(v + p * C + c, n), load(rstd.data() + c, n), load(shift.data() + c, n));
+        if (relu) y = at::vec::clamp_min(y, Vec<T>(0));
+        if (residual) y = y + load(residual + p * C + c, n);
+        store(y, dst + p * C + c, n);
+      });
+  });
+}
+
+void check_block_args(const at::Tensor& x, const at::Tensor& dw1, const at::Tensor& pw1, const at::Tensor& dw2,
+                      const at::Tensor& pw2) {
+  constexpr const char* op = "mobile_block";
+  TORCH_CHECK_VALUE(x.dim() == 4, op, ": x must have shape (B, C, H, W), got ", x.sizes());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble, op,
+                   ": x must be float32 or float64 on CPU, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(x.size(2) >= 2 && x.size(3) >= 2 && x.size(0) > 0 && x.size(1) > 0, op,
+                    ": x must be non-empty with H, W >= 2 (reflection padding of 1), got ", x.sizes());
+  const int64_t C = x.size(1);
+  const std::pair<const char*, const at::Tensor*> params[] = {{"dw1", &dw1}, {"pw1", &pw1}, {"dw2", &dw2},
+                                                              {"pw2", &pw2}};
+  for (const auto& [name, t] : params) {
+    const bool depthwise = name[0] == 'd';
+    const std::vector<int64_t> want = depthwise ? std::vector<int64_t>{C, 1, 3, 3} : std::vector<int64_t>{C, C, 1, 1};
+    TORCH_CHECK_VALUE(t->sizes() == at::IntArrayRef(want), op, ": ", name, " has shape ", t->sizes(), ", expected ",
+                      at::IntArrayRef(want));
+    TORCH_CHECK_TYPE(t->scalar_type() == x.scalar_type(), op, ": ", name, " has dtype ", t->scalar_type(),
+                     ", expected ", x.scalar_type(), " like x");
+    TORCH_CHECK_VALUE(t->device() == x.device(), op, ": ", name, " is on ", t->device(), ", expected ", x.device());
+  }
+}
+
+constexpr int64_t kMinChunk = 16384;
+
+// The block's forward: x + IN(pw2(IN(dw2(pad(relu(IN(pw1(IN(dw1(pad(x))))))))))), without the convs' biases: every
+// conv feeds an instance norm, which subtracts any per-channel constant. For the same reason the first norm of each
+// separable conv needs only its rstd: pw(IN(a)) = (pw * rstd_a) a + a per-channel constant, so the norm is folded
+// into the pointwise weights, and the pointwise conv is one GEMM (pixels x C) @ (C x C).
+at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const at::Tensor& pw1,
+                            const at::Tensor& dw2, const at::Tensor& pw2, double eps) {
+  check_block_args(x_in, dw1, pw1, dw2, pw2);
+  const bool channels_last_in = x_in.is_contiguous(at::MemoryFormat::ChannelsLast) && !x_in.is_contiguous();
+  const auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
+  const int64_t B = x.size(0), C = x.size(1);
+  const Map m{x.size(2), x.size(3), C};
+  // a chunk per thread, but none under kMinChunk elements: a small map runs inline, without a parallel region
+  const int64_t most = std::min<int64_t>(m.H, at::get_num_threads());
+  const int64_t chunks = std::clamp<int64_t>(m.pixels() * C / kMinChunk, 1, std::max<int64_t>(most, 1));
+  auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
+  // The depthwise outputs go to the sample's slice of y (overwritten last), the pointwise outputs to p: one
+  // workspace per call.
+  auto p = at::empty({m.pixels(), C}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "mobile_block_cpu", [&] {
+    using T = scalar_t;
+    // depthwise weights as [tap][C], so a vector of channels reads one tap's weights contiguously
+    const auto k1 = dw1.reshape({C, 9}).t().contiguous(), k2 = dw2.reshape({C, 9}).t().contiguous();
+    const auto w1 = pw1.reshape({C, C}), w2 = pw2.reshape({C, C});
+    std::vector<T> sums(chunks * C), sq_sums(chunks * C), mean(C), rstd(C);
+    T* pp = p.mutable_data_ptr<T>();
+    for (int64_t b = 0; b < B; ++b) {
+      const T* xb = x.const_data_ptr<T>() + b * m.pixels() * C;
+      T* yb = y.mutable_data_ptr<T>() + b * m.pixels() * C;
+      const auto a = y[b].permute({1, 2, 0}).reshape({m.pixels(), C});  // a view: y is channels_last
+      // p = a @ (w * rstd_a)^T: the pointwise conv with the preceding norm folded in
+      auto pointwise = [&](const at::Tensor& w) {
+        const auto scale = at::from_blob(rstd.data(), {1, C}, x.options());
+        at::mm_out(p, a, (w * scale).t());
+      };
+      depthwise3x3<T>(xb, k1.const_data_ptr<T>(), yb, sums.data(), m, chunks);
+      reduce_mean(sums, chunks, m, mean);
+      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
+      pointwise(w1);
+      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
+      normalize<T>(pp, mean, rstd, nullptr, /*relu=*/true, pp, chunks, m);
+      depthwise3x3<T>(pp, k2.const_data_ptr<T>(), yb, sums.data(), m, chunks);
+      reduce_mean(sums, chunks, m, mean);
+      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
+      pointwise(w2);
+      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
+      normalize<T>(pp, mean, rstd, xb, /*relu=*/false, yb, chunks, m);
+    }
+  });
+  return channels_last_in ? y : y.contiguous();
+}
+
+// ------------------------------------------------------------------------------------------------ narrow_conv2d
+
+enum class HeadAct { None, Tanh };
+
+// Output rows of y = act(conv(x, w) + bias) for kOut output channels, x and y contiguous (B, C, H, W). Vectors run
+// along W: a block of kVecs vectors of output pixels keeps kOut x kVecs accumulators in registers while it walks
+// every (channel, tap) once, loading kVecs input vectors and broadcasting kOut weights per tap.
+template <typename T, int kOut>
+void narrow_conv_rows(const at::Tensor& x, const at::Tensor& w, const T* bias, HeadAct act, at::Tensor& y) {
+  constexpr int kVecs = kOut <= 3 ? 4 : 3;
+  constexpr int64_t L = Vec<T>::size();
+  const int64_t B = x.size(0), Ci = x.size(1), Hi = x.size(2), Wi = x.size(3);
+  const int64_t Kh = w.size(2), Kw = w.size(3), Ho = y.size(2), Wo = y.size(3);
+  const T* xp = x.const_data_ptr<T>();
+  const T* wp = w.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  const int64_t taps = Ci * Kh * Kw;  // weight of output o at tap t: wp[o * taps + t]
+  auto finish = [&](T v) { return act == HeadAct::Tanh ? std::tanh(v) : v; };
+  at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / Ho, h = row % Ho;
+      const T* xb = xp + b * Ci * Hi * Wi;
+      T* yrow[kOut];
+      for (int o = 0; o < kOut; ++o) yrow[o] = yp + ((b * kOut + o) * Ho + h) * Wo;
+      int64_t w0 = 0;
+      for (; w0 + kVecs * L <= Wo; w0 += kVecs * L) {
+        Vec<T> acc[kOut][kVecs];
+        for (int o = 0; o < kOut; ++o)
+          for (int v = 0; v < kVecs; ++v) acc[o][v] = Vec<T>(bias ? bias[o] : T(0));
+        for (int64_t c = 0; c < Ci; ++c)
+          for (int64_t i = 0; i < Kh; ++i) {
+            const T* in = xb + (c * Hi + h + i) * Wi + w0;
+            const T* wt = wp + (c * Kh + i) * Kw;
+            for (int64_t j = 0; j < Kw; ++j) {
+              Vec<T> wv[kOut];
+              for (int o = 0; o < kOut; ++o) wv[o] = Vec<T>(wt[o * taps + j]);
+              for (int v = 0; v < kVecs; ++v) {
+                const auto xv = Vec<T>::loadu(in + j + v * L);
+                for (int o = 0; o < kOut; ++o) acc[o][v] = at::vec::fmadd(xv, wv[o], acc[o][v]);
+              }
+            }
+          }
+        for (int o = 0; o < kOut; ++o)
+          for (int v = 0; v < kVecs; ++v)
+            (act == HeadAct::Tanh ? acc[o][v].tanh() : acc[o][v]).store(yrow[o] + w0 + v * L);
+      }
+      for (; w0 < Wo; ++w0)  // the row's last pixels, fewer than a block
+        for (int o = 0; o < kOut; ++o) {
+          T acc = bias ? bias[o] : T(0);
+          for (int64_t c = 0; c < Ci; ++c)
+            for (int64_t i = 0; i < Kh; ++i)
+              for (int64_t j = 0; j < Kw; ++j)
+                acc += xb[(c * Hi + h + i) * Wi + w0 + j] * wp[o * taps + (c * Kh + i) * Kw + j];
+          yrow[o][w0] = finish(acc);
+        }
+    }
+  });
+}
+
+constexpr int64_t kMaxNarrowOut = 4;
+
+at::Tensor narrow_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                             c10::string_view act_name) {
+  constexpr const char* op = "narrow_conv2d";
+  TORCH_CHECK_VALUE(x_in.dim() == 4 && x_in.numel() > 0, op, ": x must be a non-empty (B, C, H, W), got ",
+                    x_in.sizes());
+  TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
+                   ": x must be float32 or float64 on CPU, got ", x_in.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == x_in.size(1) && weight.size(0) >= 1 &&
+                        weight.size(0) <= kMaxNarrowOut,
+                    op, ": weight must have shape (O, C, Kh, Kw) with 1 <= O <= ", kMaxNarrowOut, " and C = ",
+                    x_in.size(1), " like x, got ", weight.sizes());
+  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1 && weight.size(2) <= x_in.size(2) &&
+                        weight.size(3) <= x_in.size(3),
+                    op, ": the kernel ", weight.sizes().slice(2), " must fit in x's H x W ", x_in.sizes().slice(2));
+  TORCH_CHECK_TYPE(weight.scalar_type() == x_in.scalar_type(), op, ": weight has dtype ", weight.scalar_type(),
+                   ", expected ", x_in.scalar_type(), " like x");
+  if (bias) {
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias has shape ", bias->sizes(),
+                      ", expected (", weight.size(0), ",)");
+    TORCH_CHECK_TYPE(bias->scalar_type() == x_in.scalar_type(), op, ": bias has dtype ", bias->scalar_type(),
+                     ", expected ", x_in.scalar_type(), " like x");
+  }
+  const std::string act_str(act_name);
+  TORCH_CHECK_VALUE(act_str == "tanh" || act_str == "none", op, ": act must be one of 'tanh', 'none', got '",
+                    act_str, "'");
+  const HeadAct act = act_str == "tanh" ? HeadAct::Tanh : HeadAct::None;
+  const auto x = x_in.contiguous();
+  const auto w = weight.contiguous();
+  const auto bi = bias ? bias->contiguous() : at::Tensor();
+  const int64_t O = w.size(0);
+  auto y = at::empty({x.size(0), O, x.size(2) - w.size(2) + 1, x.size(3) - w.size(3) + 1}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "narrow_conv2d_cpu", [&] {
+    using T = scalar_t;
+    const T* bp = bi.defined() ? bi.const_data_ptr<T>() : nullptr;
+    switch (O) {
+      case 1: return narrow_conv_rows<T, 1>(x, w, bp, act, y);
+      case 2: return narrow_conv_rows<T, 2>(x, w, bp, act, y);
+      case 3: return narrow_conv_rows<T, 3>(x, w, bp, act, y);
+      default: return narrow_conv_rows<T, 4>(x, w, bp, act, y);
+    }
+  });
+  return y;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(ackd_fast, CPU, m) {
+  m.impl("mobile_block", &mobile_block_cpu);
+  m.impl("narrow_conv2d", &narrow_conv2d_cpu);
+}
+
+}  // namespace ackd_fast

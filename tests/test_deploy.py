@@ -1,0 +1,240 @@
+"""ackd_fast.deploy and its CPU inference kernels: the kernels against the fp64 eager modules on fresh random weights
+and inputs (odd sizes, both layouts, values outside [-1, 1]), schemas by opcheck, the deployed callable against the
+eager generator (student and teacher), bad input, and bench-deploy's tables."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ackd_fast import deploy
+from ackd_fast.deploy import kernels_available, with_kernels
+from ackd_fast.models import build_generator
+from ackd_fast.models.mobile_resnet import MobileResnetBlock
+
+pytestmark = pytest.mark.skipif(kernels_available() is not None, reason=f"{kernels_available()}")
+
+CL = torch.channels_last
+
+
+def randomize(module: nn.Module, scale: float = 0.5) -> nn.Module:
+    """Fresh random weights and nonzero biases everywhere (the kernels drop the biases an instance norm cancels:
+    this checks that they are cancelled)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn_like(p) * scale)
+    return module
+
+
+def block_params(block: MobileResnetBlock) -> list[torch.Tensor]:
+    first, second = block.body[1], block.body[5]
+    return [first[0].weight, first[2].weight, second[0].weight, second[2].weight]
+
+
+# ----------------------------------------------------------------------------------------------- mobile_block
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 7, 9), (1, 13, 2, 5), (1, 64, 16, 12)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_mobile_block_matches_the_fp64_module(shape, layout, dtype):
+    block = randomize(MobileResnetBlock(shape[1])).double()
+    x = torch.randn(shape, dtype=torch.float64) * 3 + 1  # outside [-1, 1], not centred
+    expected = block(x)
+    xk = x.to(dtype)
+    if layout == "channels_last":
+        xk = xk.contiguous(memory_format=CL)
+    params = [p.detach().to(dtype) for p in block_params(block)]
+    y = torch.ops.ackd_fast.mobile_block(xk, *params, 1e-5)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert y.is_contiguous(memory_format=CL if layout == "channels_last" else torch.contiguous_format)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
+
+
+def test_mobile_block_opcheck():
+    block = randomize(MobileResnetBlock(6))
+    x = torch.randn(2, 6, 5, 7).contiguous(memory_format=CL)
+    params = [p.detach() for p in block_params(block)]
+    torch.library.opcheck(torch.ops.ackd_fast.mobile_block.default, (x, *params, 1e-5))
+    torch.library.opcheck(torch.ops.ackd_fast.mobile_block.default, (x.contiguous(), *params, 1e-5))
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        (lambda a: a.__setitem__(0, a[0][0]), ValueError, "x must have shape"),
+        (lambda a: a.__setitem__(0, a[0].int()), TypeError, "float32 or float64"),
+        (lambda a: a.__setitem__(0, a[0][:, :, :1]), ValueError, "H, W >= 2"),
+        (lambda a: a.__setitem__(1, a[1][:3]), ValueError, "dw1 has shape"),
+        (lambda a: a.__setitem__(4, a[4].double()), TypeError, "pw2 has dtype"),
+    ],
+)
+def test_mobile_block_bad_input(change, error, message):
+    block = MobileResnetBlock(4)
+    args = [torch.randn(1, 4, 6, 6), *[p.detach() for p in block_params(block)], 1e-5]
+    change(args)
+    with pytest.raises(error, match=message):
+        torch.ops.ackd_fast.mobile_block(*args)
+
+
+# ---------------------------------------------------------------------------------------------- narrow_conv2d
+
+
+@pytest.mark.parametrize("out_channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("act", ["tanh", "none"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_narrow_conv2d_matches_the_fp64_conv(out_channels, act, with_bias):
+    # W 45 - 7 + 1 = 39 output columns: one full vector block and a scalar tail; channels_last input is accepted
+    x = (torch.randn(2, 5, 11, 45, dtype=torch.float64) * 3).contiguous(memory_format=CL)
+    weight = torch.randn(out_channels, 5, 7, 7, dtype=torch.float64) * 0.2
+    bias = torch.randn(out_channels, dtype=torch.float64) if with_bias else None
+    expected = F.conv2d(x, weight, bias)
+    if act == "tanh":
+        expected = expected.tanh()
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+        b = None if bias is None else bias.to(dtype)
+        y = torch.ops.ackd_fast.narrow_conv2d(x.to(dtype), weight.to(dtype), b, act)
+        assert y.is_contiguous() and y.dtype == dtype
+        torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
+
+
+def test_narrow_conv2d_opcheck():
+    x, weight, bias = torch.randn(2, 4, 9, 40), torch.randn(3, 4, 3, 5), torch.randn(3)
+    torch.library.opcheck(torch.ops.ackd_fast.narrow_conv2d.default, (x, weight, bias, "tanh"))
+    torch.library.opcheck(torch.ops.ackd_fast.narrow_conv2d.default, (x, weight, None, "none"))
+
+
+@pytest.mark.parametrize(
+    "weight, bias, act, error, message",
+    [
+        (torch.randn(5, 4, 3, 3), None, "none", ValueError, "1 <= O <= 4"),
+        (torch.randn(3, 2, 3, 3), None, "none", ValueError, "C = 4 like x"),
+        (torch.randn(3, 4, 9, 3), None, "none", ValueError, "must fit"),
+        (torch.randn(3, 4, 3, 3).double(), None, "none", TypeError, "weight has dtype"),
+        (torch.randn(3, 4, 3, 3), torch.randn(2), "none", ValueError, "bias has shape"),
+        (torch.randn(3, 4, 3, 3), None, "relu", ValueError, "act must be one of"),
+    ],
+)
+def test_narrow_conv2d_bad_input(weight, bias, act, error, message):
+    with pytest.raises(error, match=message):
+        torch.ops.ackd_fast.narrow_conv2d(torch.randn(1, 4, 6, 6), weight, bias, act)
+
+
+# ----------------------------------------------------------------------------------------------------- deploy
+
+ARCHS = [("mobile_resnet_9blocks", 8, 9), ("resnet_9blocks", 8, 0)]  # name, ngf, mobile blocks to fuse
+
+
+@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
+def test_with_kernels_swaps_blocks_and_head(name, ngf, blocks):
+    model, counts = with_kernels(build_generator(name, ngf))
+    assert counts == {"mobile_block": blocks, "narrow_conv2d": 1}
+    assert not any(isinstance(m, nn.Tanh) for m in model.modules())  # the head's tanh runs in narrow_conv2d
+
+
+def test_with_kernels_leaves_layouts_it_does_not_compute():
+    g = build_generator("mobile_resnet_9blocks", 4)
+    g.stages["block3"][0].body[2] = nn.InstanceNorm2d(16, affine=True)  # an affine norm: not what the op computes
+    _, counts = with_kernels(g)
+    assert counts["mobile_block"] == 8
+
+
+@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernels_path_matches_eager(name, ngf, blocks, dtype):
+    """method="kernels" (no compiling): the rewritten generator against the eager one on a fresh input."""
+    g = randomize(build_generator(name, ngf), 0.3)
+    example = torch.randn(2, 3, 20, 28, dtype=dtype) * 2
+    f = deploy(g, example, method="kernels")
+    assert "mobile_block x9" in f.method if blocks else "mobile_block" not in f.method
+    x = torch.randn(2, 3, 20, 28, dtype=dtype) * 3  # not the example, outside [-1, 1]
+    with torch.no_grad():
+        expected = g.to(dtype).eval()(x)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(f(x), expected, atol=tol, rtol=0)
+
+
+@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
+def test_deploy_matches_eager(name, ngf, blocks):
+    """The default path (inductor with freezing + the kernels), compiled at a small size."""
+    g = randomize(build_generator(name, ngf), 0.3)
+    f = deploy(g, torch.randn(1, 3, 16, 16))
+    assert f.method.startswith("inductor (freezing") and "narrow_conv2d x1" in f.method
+    assert ("mobile_block x9" in f.method) == bool(blocks)
+    assert f.max_abs_diff <= 1e-4 and "DeployedGenerator(inductor" in repr(f)
+    x = torch.randn(1, 3, 16, 16) * 3
+    with torch.no_grad():
+        expected = g.eval()(x)
+    torch.testing.assert_close(f(x), expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
+def test_deploy_cuda_matches_eager(dtype, tol):
+    g = randomize(build_generator("mobile_resnet_9blocks", 4), 0.3).cuda()
+    f = deploy(g, torch.randn(2, 3, 32, 32, device="cuda", dtype=dtype))
+    assert "cudagraphs" in f.method and "mobile_block" not in f.method
+    x = torch.randn(2, 3, 32, 32, device="cuda", dtype=dtype) * 3
+    y1 = f(x)
+    f(torch.randn_like(x))  # a later call must not overwrite an earlier output (CUDA graphs reuse buffers)
+    with torch.no_grad():
+        expected = g.float().eval()(x.float())
+    torch.testing.assert_close(y1.float(), expected, atol=tol, rtol=0)
+
+
+def test_deploy_bad_input():
+    g = build_generator("mobile_resnet_9blocks", 4)
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(TypeError, match=r"generator must be an nn\.Module"):
+        deploy(lambda t: t, x)
+    with pytest.raises(TypeError, match="example_input must be a Tensor"):
+        deploy(g, x.numpy())
+    with pytest.raises(TypeError, match="example_input must be floating point"):
+        deploy(g, x.int())
+    with pytest.raises(ValueError, match=r"example_input must be a non-empty \(B, C, H, W\)"):
+        deploy(g, x[0])
+    with pytest.raises(ValueError, match="method must be one of"):
+        deploy(g, x, method="tensorrt")
+    with pytest.raises(TypeError, match="float32/float64 kernels"):
+        deploy(g, x.bfloat16(), method="kernels")
+    with pytest.raises(ValueError, match="no module the inference kernels compute"):
+        deploy(nn.Conv2d(3, 8, 3), x, method="kernels")
+    f = deploy(g, x, method="kernels")
+    with pytest.raises(TypeError, match="x must be a Tensor"):
+        f([x])
+    with pytest.raises(ValueError, match=r"this deployment runs torch\.float32 on cpu"):
+        f(x.double())
+    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
+        f(x[:, :2])
+
+
+# ------------------------------------------------------------------------------------------------ bench-deploy
+
+
+def test_bench_deploy_cli_writes_tables(tmp_path, capsys):
+    from ackd_fast.cli import main
+
+    main(["bench-deploy", "--arch", "mobile_resnet_9blocks:4", "resnet_9blocks:4", "--size", "16", "--batch", "1",
+          "--paths", "eager", "--rounds", "2", "--out", str(tmp_path)])  # fmt: skip
+    result = json.loads((tmp_path / "bench_deploy.json").read_text())
+    rows, ratios = result["rows"], result["ratios"]
+    assert {r["name"] for r in rows} == {"mobile_resnet_9blocks:4", "resnet_9blocks:4"}
+    assert all(r["ms"] > 0 and r["gmacs"] > 0 for r in rows)
+    gmacs = {r["name"]: r["gmacs"] for r in rows}
+    assert ratios[0]["teacher"] == "resnet_9blocks:4" and ratios[0]["student"] == "mobile_resnet_9blocks:4"
+    assert ratios[0]["mac_ratio"] == pytest.approx(gmacs["resnet_9blocks:4"] / gmacs["mobile_resnet_9blocks:4"])
+    ms = {r["name"]: r["ms"] for r in rows}
+    assert ratios[0]["speed_ratio"]["eager"] == pytest.approx(ms["resnet_9blocks:4"] / ms["mobile_resnet_9blocks:4"])
+    table = (tmp_path / "bench_deploy.md").read_text()
+    assert "| mobile_resnet_9blocks:4 | fp32 | 1 | eager |" in table and "MAC ratio" in table
+
+
+def test_bench_deploy_cli_rejects_bad_arch(tmp_path):
+    from ackd_fast.cli import main
+
+    with pytest.raises(SystemExit, match="--arch"):
+        main(["bench-deploy", "--arch", "resnet_9blocks", "--out", str(tmp_path)])
