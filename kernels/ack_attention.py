@@ -6,19 +6,20 @@ lies: a token t of a map of width W sits at row t // W, column t % W, and its ad
 follow each other in memory (contiguous NCHW, channels_last, row-sliced views) the kernels take the
 cheaper `t * token_stride` path (the *_FLAT flags), which also lets Triton vectorise the loads.
 
-The sources reach a kernel as MAX_SOURCES slots (pointers, strides, token counts, widths), and a kernel picks
-source j's slot at run time (`_pick`); the launchers fill the slots past the real sources with copies of
-source 0 holding 0 tokens. So one compiled kernel serves 1 to 4 sources: no recompilation per source count,
-and the ahead-of-time check (kernels/aot.py) covers every count with one compilation.
+The sources reach a kernel as MAX_SOURCES slots (pointers, strides, token counts, widths); the launchers fill
+the slots past the real sources with copies of source 0 holding 0 tokens. The kernels see the key blocks of all
+sources as one sequence, source 0's blocks first (a block never spans two sources), and find a block's source
+and pick its slot at run time (`_source_of_block`, `_pick`). So one compiled kernel serves 1 to 4 sources (no
+recompilation per source count; the ahead-of-time check, kernels/aot.py, covers every count with one
+compilation), and the forward and dQ loops run once over all blocks, one software pipeline for all sources.
 
 Passes, one @triton.jit function each:
-  _forward_kernel  grid (query blocks, B*heads): online softmax over every source's key blocks, fp32
+  _forward_kernel  grid (query blocks, B*heads): online softmax over the key blocks of all sources, fp32
                    accumulators, writes O (NCHW contiguous) and the log-sum-exp (B*heads, Nq) in base 2.
   _delta_kernel    Delta = rowsum(O * dO), the backward's pre-pass.
-  _dkdv_kernel     grid (key blocks of all sources, B*heads), one launch: source 0's blocks come first, then
-                   source 1's, ...; a program finds its source and writes dK, dV of its keys, looping over all
-                   query blocks (no atomics).
-  _dq_kernel       grid (query blocks, B*heads): dQ, looping over all sources' key blocks.
+  _dkdv_kernel     grid (key blocks of all sources, B*heads), one launch for all sources: dK, dV of a block's
+                   keys, looping over all query blocks (no atomics).
+  _dq_kernel       grid (query blocks, B*heads): dQ, looping over the key blocks of all sources.
 Softmax runs in the log2 domain throughout: scores are scaled by scale*log2(e), exponentials are exp2, and the
 forward stores the log-sum-exp in base 2, which the backward subtracts as it is (a natural log converted there
 and back would round twice, an error that grows with the logits). Head dims that are not powers of two are
@@ -102,58 +103,52 @@ def _dense_channels(X, b, h, heads, head_dim, n_tokens, offs_d):
 
 
 @triton.jit
-def _forward_source(
-    acc, m_i, l_i, q, K, V, k_strides, v_strides, n_tokens, width, b, h, head_dim, qk_scale, offs_d, mask_d,
-    KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    """Folds the key blocks of one source into the running softmax state (acc, m_i, l_i) of a query block;
-    scores are in the log2 domain (qk_scale = scale * log2(e))."""
-    k_chan = _channels(K, k_strides, b, h, head_dim, offs_d)
-    v_chan = _channels(V, v_strides, b, h, head_dim, offs_d)
-    for start in range(0, n_tokens, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_tokens
-        kt = _load_tile(k_chan, offs_n, width, k_strides, mask_n, mask_d, KV_FLAT, True)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        s = tl.where(mask_n[None, :], s, float("-inf"))
-        # Every block holds at least one real key, so m_new is finite and alpha is exp2(-inf) = 0 on the first.
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = _load_tile(v_chan, offs_n, width, v_strides, mask_n, mask_d, KV_FLAT, False)
-        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
-        m_i = m_new
-    return acc, m_i, l_i
+def _source_of_block(block, kv_tokens, BLOCK_N: tl.constexpr):
+    """(j, first): the source of key block `block`, and the index of its first block, where the sources' blocks
+    of BLOCK_N keys follow each other, source 0's first (the unused slots hold 0 tokens, hence no blocks)."""
+    j = 0
+    first = 0
+    blocks_before = 0
+    for i in tl.static_range(len(kv_tokens) - 1):
+        blocks_before += tl.cdiv(kv_tokens[i], BLOCK_N)
+        j = tl.where(block >= blocks_before, i + 1, j)
+        first = tl.where(block >= blocks_before, blocks_before, first)
+    return j, first
 
 
 @triton.jit
-def _dq_source(
-    dq, q, do, lse2, delta, K, V, k_strides, v_strides, n_tokens, width, b, h, head_dim, qk_scale, offs_d, mask_d,
-    KV_FLAT: tl.constexpr, PRECISION: tl.constexpr, BLOCK_N: tl.constexpr,
+def _block_count(kv_tokens, BLOCK_N: tl.constexpr):
+    """The number of key blocks of all sources."""
+    n = 0
+    for i in tl.static_range(len(kv_tokens)):
+        n += tl.cdiv(kv_tokens[i], BLOCK_N)
+    return n
+
+
+@triton.jit
+def _load_key_block(
+    block, K, V, k_strides, v_strides, kv_tokens, kv_widths, b, h, head_dim, offs_d, mask_d,
+    KV_FLAT: tl.constexpr, K_TRANS: tl.constexpr, V_TRANS: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Adds one source's share of dS @ K to a query block's dQ (unscaled); lse2 is the base-2 log-sum-exp."""
-    k_chan = _channels(K, k_strides, b, h, head_dim, offs_d)
-    v_chan = _channels(V, v_strides, b, h, head_dim, offs_d)
-    for start in range(0, n_tokens, BLOCK_N):
-        offs_n = start + tl.arange(0, BLOCK_N)
-        mask_n = offs_n < n_tokens
-        kt = _load_tile(k_chan, offs_n, width, k_strides, mask_n, mask_d, KV_FLAT, True)
-        vt = _load_tile(v_chan, offs_n, width, v_strides, mask_n, mask_d, KV_FLAT, True)
-        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
-        # Padding keys load as 0 and would get weight exp2(-lse2) > 0: zero them.
-        p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
-        dp = tl.dot(do, vt, input_precision=PRECISION)
-        ds = p * (dp - delta[:, None])
-        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
-    return dq
+    """Key block `block` of all sources' blocks: its K and V tiles ((d, keys) when *_TRANS, else (keys, d)) and the
+    mask of its real keys."""
+    j, first = _source_of_block(block, kv_tokens, BLOCK_N)
+    k_strides_j = _pick_strides(j, k_strides)
+    v_strides_j = _pick_strides(j, v_strides)
+    width = _pick(j, kv_widths)
+    offs_n = (block - first) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < _pick(j, kv_tokens)
+    k_chan = _channels(_pick(j, K), k_strides_j, b, h, head_dim, offs_d)
+    v_chan = _channels(_pick(j, V), v_strides_j, b, h, head_dim, offs_d)
+    k = _load_tile(k_chan, offs_n, width, k_strides_j, mask_n, mask_d, KV_FLAT, K_TRANS)
+    v = _load_tile(v_chan, offs_n, width, v_strides_j, mask_n, mask_d, KV_FLAT, V_TRANS)
+    return k, v, mask_n
 
 
 # ---------------------------------------------------------------------------------------------- kernels
 # Source slots: K, V (and DK, DV) hold MAX_SOURCES maps, kv_tokens and kv_widths one int per slot, k_strides and
-# v_strides one tuple per dimension (batch, channel, row, column) of one stride per slot; the first num_sources
-# slots are real. num_sources and heads are not specialised on (a value of 1 would otherwise compile another
-# kernel).
+# v_strides one tuple per dimension (batch, channel, row, column) of one stride per slot; unused slots hold 0
+# tokens. `heads` is not specialised on (heads=1 would otherwise compile another kernel).
 
 
 @triton.autotune(
@@ -161,11 +156,11 @@ def _dq_source(
     key=["q_tokens", "kv_tokens", "BLOCK_D"],
     prune_configs_by={"early_config_prune": configs.prune("forward", "Q")},
 )
-@triton.jit(do_not_specialize=["num_sources", "heads"])
+@triton.jit(do_not_specialize=["heads"])
 def _forward_kernel(
     Out, LSE, Q, K, V,
     q_strides, k_strides, v_strides,  # q: (batch, channel, row, column)
-    q_tokens, q_width, kv_tokens, kv_widths, num_sources,
+    q_tokens, q_width, kv_tokens, kv_widths,
     heads, head_dim, qk_scale,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -184,12 +179,21 @@ def _forward_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for j in range(num_sources):
-        acc, m_i, l_i = _forward_source(
-            acc, m_i, l_i, q, _pick(j, K), _pick(j, V), _pick_strides(j, k_strides), _pick_strides(j, v_strides),
-            _pick(j, kv_tokens), _pick(j, kv_widths), b, h, head_dim, qk_scale, offs_d, mask_d,
-            KV_FLAT, PRECISION, BLOCK_N,
+    # One loop over the key blocks of all sources.
+    for block in range(_block_count(kv_tokens, BLOCK_N)):
+        kt, v, mask_n = _load_key_block(
+            block, K, V, k_strides, v_strides, kv_tokens, kv_widths, b, h, head_dim, offs_d, mask_d,
+            KV_FLAT, True, False, BLOCK_N,
         )  # fmt: skip
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale  # log2 domain: qk_scale = scale * log2(e)
+        s = tl.where(mask_n[None, :], s, float("-inf"))
+        # Every block holds at least one real key, so m_new is finite and alpha is exp2(-inf) = 0 on the first.
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
 
     acc = acc / l_i[:, None]
     tl.store(LSE + bh.to(tl.int64) * q_tokens + offs_m, m_i + tl.log2(l_i), mask=mask_m)
@@ -236,17 +240,9 @@ def _dkdv_kernel(
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    pid = tl.program_id(0)
+    pid = tl.program_id(0)  # a key block of all sources' blocks (see _source_of_block)
     bh = tl.program_id(1)
-    # Grid axis 0 holds source 0's key blocks, then source 1's, ...: j is the last source whose blocks start at
-    # or before pid (the unused slots hold 0 tokens, hence no blocks).
-    j = 0
-    first_block = 0
-    blocks_before = 0
-    for i in tl.static_range(len(kv_tokens) - 1):
-        blocks_before += tl.cdiv(kv_tokens[i], BLOCK_N)
-        j = tl.where(pid >= blocks_before, i + 1, j)
-        first_block = tl.where(pid >= blocks_before, blocks_before, first_block)
+    j, first_block = _source_of_block(pid, kv_tokens, BLOCK_N)
     n_tokens = _pick(j, kv_tokens)
     width = _pick(j, kv_widths)
     k_strides_j = _pick_strides(j, k_strides)
@@ -295,11 +291,11 @@ def _dkdv_kernel(
     key=["q_tokens", "kv_tokens", "BLOCK_D"],
     prune_configs_by={"early_config_prune": configs.prune("dq", "Q")},
 )
-@triton.jit(do_not_specialize=["num_sources", "heads"])
+@triton.jit(do_not_specialize=["heads"])
 def _dq_kernel(
     DQ, Q, K, V, DO, LSE, Delta,  # DQ: NCHW contiguous
     q_strides, k_strides, v_strides, do_strides,
-    q_tokens, q_width, kv_tokens, kv_widths, num_sources, heads, head_dim, sm_scale, qk_scale,
+    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -321,12 +317,17 @@ def _dq_kernel(
     delta = tl.load(Delta + row + offs_m, mask=mask_m, other=0.0)
 
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for j in range(num_sources):
-        dq = _dq_source(
-            dq, q, do, lse2, delta, _pick(j, K), _pick(j, V), _pick_strides(j, k_strides), _pick_strides(j, v_strides),
-            _pick(j, kv_tokens), _pick(j, kv_widths), b, h, head_dim, qk_scale, offs_d, mask_d,
-            KV_FLAT, PRECISION, BLOCK_N,
+    for block in range(_block_count(kv_tokens, BLOCK_N)):
+        kt, vt, mask_n = _load_key_block(
+            block, K, V, k_strides, v_strides, kv_tokens, kv_widths, b, h, head_dim, offs_d, mask_d,
+            KV_FLAT, True, True, BLOCK_N,
         )  # fmt: skip
+        s = tl.dot(q, kt, input_precision=PRECISION) * qk_scale
+        # Padding keys load as 0 and would get weight exp2(-lse2) > 0: zero them.
+        p = tl.where(mask_n[None, :], tl.exp2(s - lse2[:, None]), 0.0)
+        dp = tl.dot(do, vt, input_precision=PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kt.dtype), tl.trans(kt), dq, input_precision=PRECISION)
 
     dq_chan = _dense_channels(DQ, b, h, heads, head_dim, q_tokens, offs_d)
     tl.store(dq_chan[None, :] + offs_m[:, None], (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask_md)
@@ -450,7 +451,7 @@ def forward_launches(
 
     args = {
         "Out": out, "LSE": lse, "Q": q, **sources, "q_strides": q_strides, "q_tokens": q_tokens, "q_width": q_width,
-        "num_sources": len(keys), "heads": heads, "head_dim": head_dim, "qk_scale": scale * LOG2E,
+        "heads": heads, "head_dim": head_dim, "qk_scale": scale * LOG2E,
         "Q_FLAT": q_flat, "PRECISION": _precision(q.dtype), "BLOCK_D": configs.block_d(head_dim),
     }  # fmt: skip
     return (out, lse), [Launch("forward", grid, args)]
@@ -523,7 +524,7 @@ def backward_launches(
         "q_width": q_width, "heads": heads, "head_dim": head_dim, "DO_FLAT": do_flat, "BLOCK_D": common["BLOCK_D"],
     }  # fmt: skip
     dkdv_args = {**common, "DK": _slots(dkeys), "DV": _slots(dvalues)}
-    dq_args = {**common, "DQ": dq, "num_sources": len(keys)}
+    dq_args = {**common, "DQ": dq}
 
     def q_grid(meta):
         return (triton.cdiv(q_tokens, meta["BLOCK_M"]), batch * heads)

@@ -1,5 +1,6 @@
 """ACK-A's Triton kernels through the `ack_attention` op: values and gradients against the fp64 reference,
-layouts, fully written outputs, opcheck, torch.compile, dispatch and bad input.
+layouts, large logits (the base-2 log-sum-exp), the one dK/dV launch for all sources, fully written outputs,
+opcheck, torch.compile, dispatch and bad input.
 
 Without a GPU the kernels run in the Triton interpreter (conftest sets TRITON_INTERPRET=1), where a program
 costs milliseconds: shapes stay at a few hundred tokens. With a GPU the same tests run the compiled kernels.
