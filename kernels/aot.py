@@ -194,12 +194,16 @@ def compile_case(case: Case, covers: tuple[tuple[str, str, int], ...] = ()) -> R
     """Compiles the kernel of `case` for its arch and reports on it."""
     options, signature, constexprs, attrs = _specialise(case)
     src = ASTSource(fn=_jit_fn(case.kernel), signature=signature, constexprs=constexprs, attrs=attrs)
+    saved_hook = knobs.runtime.add_stages_inspection_hook
     knobs.runtime.add_stages_inspection_hook = _keep_ptxas_log
-    compiled = triton.compile(
-        src,
-        target=GPUTarget("cuda", case.arch, 32),
-        options={"num_warps": options.num_warps, "num_stages": options.num_stages},
-    )
+    try:
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", case.arch, 32),
+            options={"num_warps": options.num_warps, "num_stages": options.num_stages},
+        )
+    finally:
+        knobs.runtime.add_stages_inspection_hook = saved_hook
     ptx, log = compiled.asm["ptx"], compiled.metadata.ptxas_log
     return Report(
         kernel=case.kernel,

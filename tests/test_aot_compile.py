@@ -76,3 +76,21 @@ def test_tensor_cores_where_the_dtype_allows(reports):
             assert r.mma or r.wgmma, r
         else:  # full fp32 ("highest" matmul precision): the FMA units
             assert not (r.mma or r.wgmma), r
+
+
+@pytest.mark.parametrize("kernel", configs.KERNELS)
+def test_prune_keeps_the_candidates_of_each_launch(kernel, monkeypatch):
+    """On a GPU the autotuner tries exactly the configs the AOT check compiled for the launch's dot class and
+    BLOCK_D (the interpreter has one config, so the GPU lists are checked here)."""
+    monkeypatch.setattr(configs, "INTERPRET", False)
+    every_config = configs.autotune_configs(kernel)
+    tensor_arg = "DO" if kernel == "preprocess" else "Q"
+    for dtype, precision in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
+                             (torch.float32, "ieee")):  # fmt: skip
+        for block_d in configs.BLOCK_D_SIZES:
+            args = {tensor_arg: torch.empty(1, dtype=dtype), "BLOCK_D": block_d}
+            if kernel != "preprocess":
+                args["PRECISION"] = precision
+            kept = configs.prune(kernel, tensor_arg)(every_config, args)
+            want = configs.gpu_candidates(kernel, dtype.itemsize, block_d, precision)
+            assert sorted(configs._tile(c) for c in kept) == sorted(want), (dtype, precision, block_d)
