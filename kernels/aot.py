@@ -1,40 +1,68 @@
-"""Ahead-of-time compilation of the ACK-A kernels for a GPU that is not here (sm_80, sm_90).
+"""Ahead-of-time compilation of the ACK-A kernels for GPUs that are not here (sm_80, sm_90).
 
-`compile_kernel` builds one kernel for one autotune config the way a launch on contiguous NCHW maps of the
-paper's shapes specialises it (16-byte aligned pointers, strides and token counts divisible by 16, unit token
-stride), with `triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))`, and reports what decides
-whether it runs well: shared memory, tensor-core instructions in the PTX and ptxas' register spills (ptxas is
-re-run with -v on the PTX, since Triton reads spills only when it loads a cubin onto a device).
+What compiles is what a launch would run. `ack_attention.forward_launches` and `backward_launches` build the
+launches from example maps on the meta device, and Triton's own binder specialises their arguments for the
+target exactly as a launch does (dtypes, 16-byte alignment of pointers and ints, unit strides as constants).
+The examples span what a launch can pass: fp16, bf16 and fp32 (as tf32 and as full fp32: `_precision`
+follows torch's matmul precision), head dims 16, 32, 64, 128 (every padded BLOCK_D), 1 to 4 sources,
+contiguous and channels_last maps; each with every autotune config `configs.gpu_candidates` lets through,
+for sm_80 and sm_90. Cases that specialise to the same kernel compile once: the number of sources never
+changes it (the kernels take MAX_SOURCES slots), the layout does (its unit stride moves from the token to the
+channel dimension). The example maps have token counts and widths divisible by 16, as at the paper's sizes;
+odd sizes specialise to kernels with fewer aligned accesses, which are not compiled here.
+
+Each compilation reports what decides whether it runs well: shared memory, tensor-core instructions in the
+PTX, and registers and spills from the -v log of the ptxas run that built the cubin (a stage hook keeps that
+log in the kernel's metadata, which Triton caches with it). The compilations run in a process pool.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import io
+import multiprocessing
+import os
 import re
-import subprocess
-import tempfile
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import triton
+from triton import knobs
 from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
+from triton.compiler import ASTSource, make_backend
+from triton.runtime.jit import create_function_from_signature
 
+from ackd_fast.checks import MAX_SOURCES
 from ackd_fast.kernels import ack_attention, configs
 
 # Dynamic shared memory a block may use (bytes): sm_80 (A100) 163 KB, sm_90 (H100) 227 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-TRITON_TYPE = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
-_D16 = [["tt.divisibility", 16]]
+ARCHS = (80, 90)
+# name: (dtype, torch.get_float32_matmul_precision(), the tl.dot precision the launchers pick under it).
+DTYPES = {
+    "fp16": (torch.float16, "highest", "ieee"),
+    "bf16": (torch.bfloat16, "highest", "ieee"),
+    "tf32": (torch.float32, "high", "tf32"),
+    "fp32": (torch.float32, "highest", "ieee"),
+}
+HEAD_DIMS = configs.BLOCK_D_SIZES  # one head dim per padded width: each pads to itself
+LAYOUTS = ("contiguous", "channels_last")
+SOURCE_COUNTS = tuple(range(1, MAX_SOURCES + 1))
+HEADS = 2
+QUERY_HW = (32, 32)
+SOURCES_HW = ((32, 32), (16, 16), (64, 64), (48, 16))  # token counts and widths divisible by 16
 
 
 @dataclass(frozen=True)
 class Report:
     kernel: str
-    dtype: str
+    dtype: str  # a DTYPES key
     arch: int
     block_d: int
     tile: configs.Tile
+    covers: tuple[tuple[str, str, int], ...]  # the (dtype, layout, number of sources) cases it serves
     shared: int
     mma: bool  # mma.sync (Ampere-style tensor cores)
     wgmma: bool  # wgmma (Hopper warpgroup tensor cores)
@@ -46,177 +74,263 @@ class Report:
         return SHARED_LIMIT[self.arch]
 
 
+@dataclass(frozen=True)
+class Case:
+    """One kernel launch of the examples: what it launches, with which config, for which target."""
+
+    kernel: str
+    dtype: str
+    head_dim: int
+    layout: str
+    sources: int
+    tile: configs.Tile
+    arch: int
+
+
 def _jit_fn(kernel: str) -> triton.JITFunction:
-    fn = {
-        "forward": ack_attention._forward_kernel,
-        "preprocess": ack_attention._delta_kernel,
-        "dkdv": ack_attention._dkdv_kernel,
-        "dq": ack_attention._dq_kernel,
-    }[kernel]
+    fn = ack_attention.KERNELS[kernel]
     while not isinstance(fn, triton.JITFunction):  # unwrap the autotuner
         fn = fn.fn
     return fn
 
 
-def _specialise(fn: triton.JITFunction, dtype: torch.dtype, num_sources: int, args: dict):
-    """signature, constexprs and attrs for ASTSource from `args`: name -> value, where a value is "ptr", "i32",
-    "fp32", a constexpr (anything else), or a tuple of those; 1 becomes a constexpr and "i32" is marked
-    divisible by 16 (as the JIT does for such arguments), except names ending in "width"."""
-    ptr = f"*{TRITON_TYPE[dtype]}"
-    signature, constexprs, attrs = {}, {}, {}
-
-    def visit(path, name, value):
-        if isinstance(value, tuple):
-            return tuple(visit((*path, i), name, v) for i, v in enumerate(value))
-        if value == "ptr" or value == "ptr32":
-            attrs[path] = _D16
-            return "*fp32" if value == "ptr32" else ptr
-        if value == "i32":
-            if not name.endswith("width"):
-                attrs[path] = _D16
-            return "i32"
-        if value == "fp32":
-            return "fp32"
-        constexprs[path] = value
-        return "constexpr"
-
-    for i, name in enumerate(fn.arg_names):
-        signature[name] = visit((i,), name, args[name])
-    return signature, constexprs, attrs
+@contextlib.contextmanager
+def _matmul_precision(dtype: str):
+    """torch's fp32 matmul precision set as the DTYPES entry says (the launchers read it)."""
+    saved = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(DTYPES[dtype][1])
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(saved)
 
 
-def _arguments(kernel: str, dtype: torch.dtype, block_d: int, tile: configs.Tile, num_sources: int) -> dict:
-    strides = ("i32", "i32", "i32", 1)  # contiguous NCHW: unit token stride
-    per_source = {
-        "K": ("ptr",) * num_sources,
-        "V": ("ptr",) * num_sources,
-        "k_strides": (strides,) * num_sources,
-        "v_strides": (strides,) * num_sources,
-        "kv_tokens": ("i32",) * num_sources,
-        "kv_widths": ("i32",) * num_sources,
-    }
-    common = {
-        "q_strides": strides, "do_strides": strides, "q_tokens": "i32", "q_width": "i32", "heads": "i32",
-        "head_dim": "i32", "qk_scale": "fp32", "sm_scale": "fp32",
-        "Q_FLAT": True, "KV_FLAT": True, "DO_FLAT": True, "NUM_SOURCES": num_sources,
-        "PRECISION": "tf32" if dtype == torch.float32 else "ieee", "BLOCK_D": block_d, "BLOCK_M": tile.block_m,
-        "BLOCK_N": tile.block_n,
-    }  # fmt: skip
-    if kernel == "forward":
-        return {**common, **per_source, "Out": "ptr", "LSE": "ptr32", "Q": "ptr"}
-    if kernel == "preprocess":
-        return {**common, "Delta": "ptr32", "Out": "ptr", "DO": "ptr"}
-    if kernel == "dq":
-        return {**common, **per_source, "DQ": "ptr", "Q": "ptr", "DO": "ptr", "LSE": "ptr32", "Delta": "ptr32"}
-    one_source = {
-        "K": "ptr", "V": "ptr", "k_strides": strides, "v_strides": strides, "kv_tokens": "i32", "kv_width": "i32",
-    }  # fmt: skip
-    return {
-        **common, **one_source,
-        "DK": "ptr", "DV": "ptr", "Q": "ptr", "DO": "ptr", "LSE": "ptr32", "Delta": "ptr32",
-    }  # fmt: skip
+@functools.cache
+def _example_args(kernel: str, dtype: str, head_dim: int, layout: str, sources: int) -> dict:
+    """The arguments the launchers give `kernel` for example maps (on the meta device) of this case."""
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+
+    def feature_map(hw):
+        x = torch.empty(1, HEADS * head_dim, *hw, dtype=DTYPES[dtype][0], device="meta")
+        return x.to(memory_format=memory_format)
+
+    q = feature_map(QUERY_HW)
+    keys = [feature_map(hw) for hw in SOURCES_HW[:sources]]
+    values = [feature_map(hw) for hw in SOURCES_HW[:sources]]
+    with _matmul_precision(dtype):
+        (out, lse), launches = ack_attention.forward_launches(q, keys, values, HEADS)
+        _, backward = ack_attention.backward_launches(feature_map(QUERY_HW), q, keys, values, out, lse, HEADS)
+    (launch,) = (launch for launch in (*launches, *backward) if launch.kernel == kernel)
+    if launch.args.get("PRECISION", DTYPES[dtype][2]) != DTYPES[dtype][2]:
+        raise RuntimeError(
+            f"the launchers picked tl.dot precision {launch.args['PRECISION']} for {dtype}: update DTYPES"
+        )
+    return launch.args
 
 
-def _ptxas_usage(ptx: str, arch: int) -> tuple[int, int]:
-    """(registers, spill bytes stored + loaded) from ptxas -v."""
-    from triton.backends.nvidia.compiler import get_ptxas, sm_arch_from_capability
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src = Path(tmp) / "kernel.ptx"
-        src.write_text(ptx)
-        cmd = [
-            get_ptxas(arch).path,
-            "-v",
-            f"--gpu-name={sm_arch_from_capability(arch)}",
-            str(src),
-            "-o",
-            str(src) + ".o",
-        ]
-        log = subprocess.run(cmd, check=True, capture_output=True, text=True).stderr
-    registers = max(int(n) for n in re.findall(r"Used (\d+) registers", log))
-    spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log))
-    return registers, spills
+@functools.cache
+def _backend(arch: int):
+    return make_backend(GPUTarget("cuda", arch, 32))
 
 
-def compile_kernel(
-    kernel: str, dtype: torch.dtype, arch: int, block_d: int, tile: configs.Tile, num_sources: int = 3
-) -> Report:
+@functools.cache
+def _binder(kernel: str, arch: int):
     fn = _jit_fn(kernel)
-    args = _arguments(kernel, dtype, block_d, tile, num_sources)
-    signature, constexprs, attrs = _specialise(fn, dtype, num_sources, args)
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    options = {"num_warps": tile.num_warps, "num_stages": tile.num_stages}
-    compiled = triton.compile(src, target=GPUTarget("cuda", arch, 32), options=options)
-    ptx = compiled.asm["ptx"]
-    registers, spills = _ptxas_usage(ptx, arch)
+    return create_function_from_signature(fn.signature, fn.params, _backend(arch))
+
+
+def _specialise(case: Case):
+    """(options, signature, constexprs, attrs) of `case` as Triton's launcher computes them (runtime/jit.py:
+    the binder, then JITFunction._pack_args)."""
+    fn = _jit_fn(case.kernel)
+    backend = _backend(case.arch)
+    meta = {"BLOCK_M": case.tile.block_m} if case.tile.block_n == 0 else {
+        "BLOCK_M": case.tile.block_m, "BLOCK_N": case.tile.block_n,
+    }  # fmt: skip
+    kwargs = {
+        **_example_args(case.kernel, case.dtype, case.head_dim, case.layout, case.sources),
+        **meta,
+        "num_warps": case.tile.num_warps,
+        "num_stages": case.tile.num_stages,
+    }
+    binder = _binder(case.kernel, case.arch)
+    bound_args, specialization, options = binder(**kwargs)
+    return fn._pack_args(backend, kwargs, bound_args, specialization, options)
+
+
+def _compiled_kernel_key(case: Case) -> tuple:
+    """Equal for cases that compile to the same kernel."""
+    options, signature, constexprs, attrs = _specialise(case)
+    return (
+        case.kernel, case.arch, options.num_warps, options.num_stages,
+        repr(signature), repr(sorted(constexprs.items())), repr(sorted(attrs.items())),
+    )  # fmt: skip
+
+
+def _keep_ptxas_log(*args):
+    """A Triton stage hook: called with no arguments it names itself for the cache key; otherwise it wraps the
+    cubin stage so that the log of its `ptxas -v` run is kept in the kernel's metadata (and cache)."""
+    if not args:
+        return "ackd_fast.aot.ptxas_log", "1"
+    _backend, stages, _options, _language, _capability = args
+    make_cubin = stages["cubin"]
+
+    def make_cubin_keeping_log(src, metadata):
+        log = io.StringIO()
+        saved = knobs.nvidia.dump_ptxas_log
+        knobs.nvidia.dump_ptxas_log = True  # Triton prints the log of its ptxas run
+        try:
+            with contextlib.redirect_stdout(log):
+                cubin = make_cubin(src, metadata)
+        finally:
+            knobs.nvidia.dump_ptxas_log = saved
+        metadata["ptxas_log"] = log.getvalue()
+        return cubin
+
+    stages["cubin"] = make_cubin_keeping_log
+
+
+def compile_case(case: Case, covers: tuple[tuple[str, str, int], ...] = ()) -> Report:
+    """Compiles the kernel of `case` for its arch and reports on it."""
+    options, signature, constexprs, attrs = _specialise(case)
+    src = ASTSource(fn=_jit_fn(case.kernel), signature=signature, constexprs=constexprs, attrs=attrs)
+    saved_hook = knobs.runtime.add_stages_inspection_hook
+    knobs.runtime.add_stages_inspection_hook = _keep_ptxas_log
+    try:
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", case.arch, 32),
+            options={"num_warps": options.num_warps, "num_stages": options.num_stages},
+        )
+    finally:
+        knobs.runtime.add_stages_inspection_hook = saved_hook
+    ptx, log = compiled.asm["ptx"], compiled.metadata.ptxas_log
     return Report(
-        kernel=kernel,
-        dtype=TRITON_TYPE[dtype],
-        arch=arch,
-        block_d=block_d,
-        tile=tile,
+        kernel=case.kernel,
+        dtype=case.dtype,
+        arch=case.arch,
+        block_d=configs.block_d(case.head_dim),
+        tile=case.tile,
+        covers=covers or ((case.dtype, case.layout, case.sources),),
         shared=compiled.metadata.shared,
         mma=re.search(r"\bmma\.sync", ptx) is not None,
         wgmma=re.search(r"\bwgmma\.mma_async", ptx) is not None,
-        registers=registers,
-        spill_bytes=spills,
+        registers=max(int(n) for n in re.findall(r"Used (\d+) registers", log)),
+        spill_bytes=sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)),
     )
 
 
-ARCHS = (80, 90)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# The widest tiles of each config class (configs.gpu_candidates): BLOCK_D 64 covers head dims 33-64, 128 covers 65-128;
-# narrower head dims use the same tiles with less data.
-AOT_BLOCK_D = (64, 128)
-
-
-def compile_all() -> list[Report]:
-    """Every config of every kernel that a launch of fp16, bf16 or fp32 may pick, for sm_80 and sm_90."""
-    reports = []
+def cases() -> list[Case]:
+    """Every launch of the examples with every config the autotuner may pick for it, for every arch."""
+    out = []
     for kernel in configs.KERNELS:
-        for dtype in DTYPES:
-            for block_d in AOT_BLOCK_D:
-                for tile in configs.gpu_candidates(kernel, torch.empty((), dtype=dtype).element_size(), block_d):
-                    for arch in ARCHS:
-                        reports.append(compile_kernel(kernel, dtype, arch, block_d, tile))
-    return reports
+        for dtype, (torch_dtype, _, precision) in DTYPES.items():
+            element_size = torch.empty((), dtype=torch_dtype).element_size()
+            for head_dim in HEAD_DIMS:
+                for tile in configs.gpu_candidates(kernel, element_size, configs.block_d(head_dim), precision):
+                    for layout in LAYOUTS:
+                        for sources in SOURCE_COUNTS:
+                            out.extend(Case(kernel, dtype, head_dim, layout, sources, tile, a) for a in ARCHS)
+    return out
+
+
+def distinct(all_cases: list[Case]) -> dict[Case, tuple[tuple[str, str, int], ...]]:
+    """One case per distinct compiled kernel, with the (dtype, layout, sources) cases it stands for."""
+    groups: dict[tuple, list[Case]] = {}
+    for case in all_cases:
+        groups.setdefault(_compiled_kernel_key(case), []).append(case)
+    return {group[0]: tuple(dict.fromkeys((c.dtype, c.layout, c.sources) for c in group)) for group in groups.values()}
+
+
+def _compile_one(item: tuple[Case, tuple[tuple[str, str, int], ...]]) -> Report:
+    return compile_case(*item)
+
+
+def compile_all(workers: int | None = None) -> tuple[list[Report], int]:
+    """(a report per distinct compiled kernel, the number of cases they cover): every config of every kernel
+    that a launch of the examples may pick, for sm_80 and sm_90."""
+    all_cases = cases()
+    todo = sorted(distinct(all_cases).items(), key=lambda item: -_cost(item[0]))  # longest first
+    workers = workers or os.cpu_count() or 1
+    if workers == 1:
+        return [_compile_one(item) for item in todo], len(all_cases)
+    # spawn: a fresh interpreter per worker (forking a process that has started threads is unsafe).
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(_compile_one, todo)), len(all_cases)
+
+
+def _cost(case: Case) -> int:
+    """A rough compile-time order: the bigger the tile and the more passes, the longer."""
+    return case.tile.block_m * max(case.tile.block_n, 1) * case.head_dim * case.tile.num_stages
 
 
 def table(reports: list[Report]) -> str:
-    head = f"{'kernel':<10} {'dtype':<5} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} | " + " | ".join(
-        f"sm_{a}: {'smem KB':>7} {'TC':<5} {'regs':>4} {'spill':>5}" for a in ARCHS
+    """One row per compiled kernel and arch pair; `covers` says which layouts and source counts it serves."""
+    head = f"{'kernel':<10} {'dtype':<5} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'covers':<18} | " + (
+        " | ".join(f"sm_{a}: {'smem KB':>7} {'TC':<5} {'regs':>4} {'spill':>5}" for a in ARCHS)
     )
     lines = [head, "-" * len(head)]
     by_key: dict[tuple, dict[int, Report]] = {}
     for r in reports:
-        by_key.setdefault((r.kernel, r.dtype, r.block_d, r.tile), {})[r.arch] = r
-    for (kernel, dtype, block_d, tile), per_arch in by_key.items():
+        by_key.setdefault((r.kernel, r.dtype, r.block_d, r.tile, r.covers), {})[r.arch] = r
+    kernels, dtypes = list(configs.KERNELS), list(DTYPES)
+    for (kernel, dtype, block_d, tile, _), per_arch in sorted(
+        by_key.items(), key=lambda kv: (kernels.index(kv[0][0]), dtypes.index(kv[0][1]), kv[0][2], kv[0][4])
+    ):
         cells = []
         for a in ARCHS:
-            r = per_arch[a]
+            r = per_arch.get(a)
+            if r is None:  # the other arch's kernel serves other cases: it has its own row
+                cells.append(f"sm_{a}: {'':<24}")
+                continue
             tc = "wgmma" if r.wgmma else "mma" if r.mma else "-"
             cells.append(f"sm_{a}: {r.shared / 1024:7.1f} {tc:<5} {r.registers:>4} {r.spill_bytes:>5}")
         lines.append(
             f"{kernel:<10} {dtype:<5} {block_d:>3} {tile.block_m:>4} {tile.block_n:>4} {tile.num_warps:>5} "
-            f"{tile.num_stages:>6} | " + " | ".join(cells)
+            f"{tile.num_stages:>6} {_describe(next(iter(per_arch.values()))):<18} | " + " | ".join(cells)
         )
     return "\n".join(lines)
 
 
+def _describe(report: Report) -> str:
+    """'contig 1-4' style: each layout with its source counts, and the other dtypes the kernel serves."""
+    parts = []
+    for layout in dict.fromkeys(layout for _, layout, _ in report.covers):
+        counts = sorted({n for _, lay, n in report.covers if lay == layout})
+        span = f"{counts[0]}-{counts[-1]}" if counts == list(range(counts[0], counts[-1] + 1)) else str(counts)
+        parts.append(f"{'cl' if layout == 'channels_last' else 'contig'} {span}")
+    others = [d for d in dict.fromkeys(d for d, _, _ in report.covers) if d != report.dtype]
+    return ", ".join(parts) + (f" +{'+'.join(others)}" if others else "")
+
+
 def main() -> None:
-    """`python -m ackd_fast.kernels.aot [--json]`: compile everything, print the table (or JSON lines)."""
+    """`python -m ackd_fast.kernels.aot [--json] [--workers N]`: compile every distinct kernel, print the table
+    (or JSON lines) and a summary."""
+    import argparse
     import dataclasses
     import json
     import sys
+    import time
 
     if configs.INTERPRET:
         sys.exit("unset TRITON_INTERPRET: ahead-of-time compilation needs the real Triton compiler")
-    reports = compile_all()
-    if "--json" in sys.argv[1:]:
+    parser = argparse.ArgumentParser(prog="python -m ackd_fast.kernels.aot")
+    parser.add_argument("--json", action="store_true", help="one JSON object per compiled kernel")
+    parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per CPU)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    reports, n_cases = compile_all(args.workers)
+    summary = (
+        f"{n_cases} cases (kernel x dtype x head dim x config x layout x sources x arch) compiled as "
+        f"{len(reports)} distinct kernels in {time.perf_counter() - start:.0f} s; "
+        f"spills in {sum(r.spill_bytes > 0 for r in reports)}"
+    )
+    if args.json:
         for r in reports:
             print(json.dumps({**dataclasses.asdict(r), "tile": list(r.tile), "shared_limit": r.shared_limit}))
     else:
         print(table(reports))
+    print(summary, file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Autotune configs of the ACK-A kernels: the one list the launcher tunes over and the AOT test compiles.
+"""Autotune configs of the ACK-A kernels: the one list the launcher tunes over and the AOT check compiles.
 
 A config is (BLOCK_M, BLOCK_N, num_warps, num_stages): BLOCK_M query tokens by BLOCK_N key tokens per step.
-Which configs a launch may use depends on the element size and the padded head dim BLOCK_D, because the tiles
-held in shared memory (and in registers for the fp32 accumulators) grow with both; `candidates` applies
-that rule, and `tests/test_aot_compile.py` proves for sm_80 and sm_90 that every config it lets through
-compiles without spills and within the shared-memory limit.
+Which configs a launch may use depends on how tl.dot computes (16-bit or tf32 inputs on the tensor cores, or
+full fp32 on the FMA units) and on the padded head dim BLOCK_D, because the tiles held in shared memory and in
+registers grow with both; `candidates` applies that rule, and the ahead-of-time check (kernels/aot.py,
+tests/test_aot_compile.py) proves for sm_80 and sm_90 that every config it lets through compiles without
+spills and within the shared-memory limit.
 
 Under TRITON_INTERPRET=1 there is a single small config: the autotuner cannot time configs without a GPU.
 """
@@ -28,26 +29,37 @@ class Tile(NamedTuple):
     num_stages: int
 
 
-# Hopper/Ampere choices. "small" is for BLOCK_D <= 64, "large" for BLOCK_D = 128; fp32 tiles take twice the
-# shared memory and registers of fp16/bf16 ones, so they get their own, smaller tiles and shallower pipelines.
-# Each one compiles for sm_80 and sm_90 without register spills (kernels/aot.py, tests/test_aot_compile.py).
+# Hopper/Ampere choices by (kernel, dot class, BLOCK_D class). Dot classes: "16bit" (fp16/bf16), "tf32" (fp32 on
+# the tensor cores, twice the shared memory and registers of 16-bit tiles, hence smaller tiles and shallower
+# pipelines) and "fp32" (full-precision fp32, torch's "highest" matmul precision: tl.dot runs on the FMA units and
+# holds whole operand rows in registers, so only narrow tiles compile without spills). BLOCK_D classes: "small"
+# for BLOCK_D <= 64, "large" for 128. Each compiles for sm_80 and sm_90 without register spills (kernels/aot.py).
 _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("forward", "16bit", "small"): (Tile(128, 64, 8, 3), Tile(128, 128, 8, 3), Tile(64, 64, 4, 3)),
-    ("forward", "16bit", "large"): (Tile(128, 32, 8, 3), Tile(64, 64, 8, 3), Tile(64, 64, 4, 2)),
-    ("forward", "32bit", "small"): (Tile(128, 64, 8, 2), Tile(64, 64, 4, 2)),
-    ("forward", "32bit", "large"): (Tile(64, 64, 8, 2), Tile(128, 32, 8, 1)),
+    ("forward", "16bit", "large"): (Tile(128, 32, 8, 3), Tile(128, 64, 8, 3), Tile(64, 64, 4, 2)),
+    ("forward", "tf32", "small"): (Tile(128, 64, 8, 2), Tile(64, 64, 4, 2)),
+    ("forward", "tf32", "large"): (Tile(64, 64, 8, 2), Tile(128, 32, 8, 1)),
+    ("forward", "fp32", "small"): (Tile(16, 32, 4, 1),),
+    ("forward", "fp32", "large"): (Tile(16, 32, 4, 1),),
     ("dkdv", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
     ("dkdv", "16bit", "large"): (Tile(64, 64, 8, 2), Tile(32, 64, 8, 2), Tile(16, 128, 8, 2)),
-    ("dkdv", "32bit", "small"): (Tile(16, 64, 4, 2), Tile(32, 32, 4, 2)),
-    ("dkdv", "32bit", "large"): (Tile(32, 64, 8, 2), Tile(16, 64, 8, 1), Tile(32, 32, 8, 2)),
+    ("dkdv", "tf32", "small"): (Tile(16, 64, 4, 2), Tile(32, 32, 4, 2)),
+    ("dkdv", "tf32", "large"): (Tile(32, 64, 8, 2), Tile(16, 64, 8, 1), Tile(32, 32, 8, 2)),
+    ("dkdv", "fp32", "small"): (Tile(16, 32, 8, 1),),
+    ("dkdv", "fp32", "large"): (Tile(16, 32, 8, 1),),
     ("dq", "16bit", "small"): (Tile(128, 64, 8, 2), Tile(64, 32, 4, 2)),
     ("dq", "16bit", "large"): (Tile(128, 32, 8, 2), Tile(64, 64, 8, 2), Tile(64, 32, 4, 2)),
-    ("dq", "32bit", "small"): (Tile(64, 32, 4, 2), Tile(32, 32, 4, 2)),
-    ("dq", "32bit", "large"): (Tile(32, 32, 4, 2),),
+    ("dq", "tf32", "small"): (Tile(64, 32, 4, 2), Tile(32, 32, 4, 2)),
+    ("dq", "tf32", "large"): (Tile(32, 32, 4, 2),),
+    ("dq", "fp32", "small"): (Tile(16, 16, 4, 1),),
+    ("dq", "fp32", "large"): (Tile(16, 16, 4, 1),),
+    # A row-sum without tl.dot: the dot class only sets the element size.
     ("preprocess", "16bit", "small"): (Tile(128, 0, 4, 1),),
     ("preprocess", "16bit", "large"): (Tile(128, 0, 4, 1),),
-    ("preprocess", "32bit", "small"): (Tile(64, 0, 4, 1),),
-    ("preprocess", "32bit", "large"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "tf32", "small"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "tf32", "large"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "fp32", "small"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "fp32", "large"): (Tile(64, 0, 4, 1),),
 }
 
 # Interpreter: tl.dot needs every dim >= 16; 32 keeps the program count (each one costs milliseconds) low
@@ -62,20 +74,31 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-def candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
-    """The tiles `kernel` may use for inputs of `element_size` bytes and padded head dim `block_d` (the single
-    interpreter tile under TRITON_INTERPRET=1)."""
-    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d)
+PRECISIONS = ("ieee", "tf32")  # tl.dot's input_precision for fp32 (16-bit inputs: "ieee")
 
 
-def gpu_candidates(kernel: str, element_size: int, block_d: int) -> tuple[Tile, ...]:
+def dot_class(element_size: int, precision: str) -> str:
+    """How tl.dot computes for inputs of `element_size` bytes at `precision`: "16bit", "tf32" or "fp32"."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if element_size == 2:
+        return "16bit"
+    return "tf32" if precision == "tf32" else "fp32"
+
+
+def candidates(kernel: str, element_size: int, block_d: int, precision: str) -> tuple[Tile, ...]:
+    """The tiles `kernel` may use for inputs of `element_size` bytes, padded head dim `block_d` and tl.dot
+    `precision` (the single interpreter tile under TRITON_INTERPRET=1)."""
+    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d, precision)
+
+
+def gpu_candidates(kernel: str, element_size: int, block_d: int, precision: str) -> tuple[Tile, ...]:
     """The tiles a launch on a GPU may use: what the ahead-of-time check compiles."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if block_d not in BLOCK_D_SIZES:
         raise ValueError(f"block_d must be one of {BLOCK_D_SIZES}, got {block_d}")
-    width = "16bit" if element_size == 2 else "32bit"
-    return _TILES[kernel, width, "small" if block_d <= 64 else "large"]
+    return _TILES[kernel, dot_class(element_size, precision), "small" if block_d <= 64 else "large"]
 
 
 def _config(tile: Tile) -> triton.Config:
@@ -95,11 +118,12 @@ def _tile(config: triton.Config) -> Tile:
 
 def prune(kernel: str, tensor_arg: str):
     """An `early_config_prune` for triton.autotune: keeps the configs `candidates` allows for this launch
-    (`tensor_arg` names an input whose element size decides)."""
+    (`tensor_arg` names an input whose element size decides, with the PRECISION argument where there is one)."""
 
     def early_config_prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        allowed = set(candidates(kernel, args[tensor_arg].element_size(), args["BLOCK_D"]))
+        element_size = args[tensor_arg].element_size()
+        allowed = set(candidates(kernel, element_size, args["BLOCK_D"], args.get("PRECISION", "ieee")))
         return [c for c in configs if _tile(c) in allowed]
 
     return early_config_prune

@@ -1,5 +1,6 @@
 """ACK-A's Triton kernels through the `ack_attention` op: values and gradients against the fp64 reference,
-layouts, fully written outputs, opcheck, torch.compile, dispatch and bad input.
+layouts, large logits (the base-2 log-sum-exp), the one dK/dV launch for all sources, fully written outputs,
+opcheck, torch.compile, dispatch and bad input.
 
 Without a GPU the kernels run in the Triton interpreter (conftest sets TRITON_INTERPRET=1), where a program
 costs milliseconds: shapes stay at a few hundred tokens. With a GPU the same tests run the compiled kernels.
@@ -111,6 +112,93 @@ def test_scale_and_large_logits(device):
     got = ops.ack_attention(q, keys, values, 2, scale=0.7)
     want = reference.ack_attention(q.double(), [k.double() for k in keys], [v.double() for v in values], 2, 0.7)
     torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-4)
+
+
+def _highest_fp32_precision(monkeypatch):
+    """Full fp32 matmuls (no tf32) on a GPU, as the exact-arithmetic tests need."""
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+
+
+def test_large_logits_keep_full_precision(device, monkeypatch):
+    """Scores near 2**16 in the log2 domain, built so that the base-2 path is exact: integer scores,
+    scale * log2(e) = 1, and in every row 64 equal scores, so the base-2 log-sum-exp is score + 6. The lse comes
+    back exact and the gradients to fp32 rounding. A natural-log lse multiplied back by log2(e) in the backward
+    is one ulp of 2**16 (0.008) off in about one row in seven: 0.5% errors in the gradients."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    _highest_fp32_precision(monkeypatch)
+    heads, head_dim, half = 2, 16, 8
+    scale = 1 / kernels.LOG2E
+    assert torch.tensor(scale * kernels.LOG2E, dtype=torch.float32).item() == 1.0
+    # Channels 0-7 of a head: q's vary by row, the keys' are the same for every key (so are the scores in a row);
+    # channels 8-15: q is 0 there, the keys vary (so dq is not 0).
+    shared_key = torch.randint(-2, 3, (heads, half), device=device).float()
+    shared_key[:, 0] = 16.0
+    q = torch.zeros(2, heads, head_dim, *QUERY, device=device)
+    q[:, :, 1:half] = torch.randint(-2, 3, (2, heads, half - 1, *QUERY), device=device).float()
+    q[:, :, 0] = 4096 + torch.randint(-64, 65, (2, heads, *QUERY), device=device).float()
+    keys, values = [], []
+    for hw in [(5, 9), (3, 3), (2, 5)]:  # 45 + 9 + 10 = 64 keys
+        k = torch.randn(2, heads, head_dim, *hw, device=device)
+        k[:, :, :half] = shared_key[None, :, :, None, None]
+        keys.append(k.reshape(2, heads * head_dim, *hw))
+        values.append(torch.randn(2, heads * head_dim, *hw, device=device))
+    q = q.reshape(2, heads * head_dim, *QUERY)
+
+    _, lse = kernels.forward(q, keys, values, heads, scale)
+    scores = (q.double().reshape(2, heads, head_dim, -1)[:, :, :half] * shared_key.double()[None, :, :, None]).sum(2)
+    assert torch.equal(lse.double(), scores.reshape(2 * heads, -1) + 6), "lse is not the exact base-2 log-sum-exp"
+
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact = run(reference.ack_attention, q.double(), [k.double() for k in keys], [v.double() for v in values],
+                heads, grad, scale)  # fmt: skip
+    torch_same_dtype = run(reference.ack_attention, q, keys, values, heads, grad, scale)
+    got = run(ops.ack_attention, q, keys, values, heads, grad, scale)
+    names = ["out", "dq", *(f"dkeys[{j}]" for j in range(3)), *(f"dvalues[{j}]" for j in range(3))]
+    for name, e, err, ref_err in zip(
+        names, exact, max_errors(got, exact), max_errors(torch_same_dtype, exact), strict=True
+    ):
+        assert err <= 2 * ref_err + 1e-6 * e.abs().max().item(), f"{name}: error {err:.3g}, PyTorch fp32: {ref_err:.3g}"
+
+
+def test_dkdv_of_every_source_in_one_launch(device, monkeypatch):
+    """One dK/dV launch covers the key blocks of all sources, however unequal: 130 tokens (5 blocks of the
+    interpreter's 32), 1, 9 and 22 tokens (each less than a block). Every source's dK and dV is fully written
+    (over NaN) and right."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    heads, head_dim = 2, 16
+    sources = [(13, 10), (1, 1), (3, 3), (2, 11)]
+    q = torch.randn(2, heads * head_dim, *QUERY, device=device)
+    keys = [torch.randn(2, heads * head_dim, *hw, device=device) for hw in sources]
+    values = [torch.randn(2, heads * head_dim, *hw, device=device) for hw in sources]
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    out, lse = kernels.forward(q, keys, values, heads)
+
+    launched = []
+    dkdv = kernels.KERNELS["dkdv"]
+
+    class Counted:
+        def __getitem__(self, grid):
+            def launch(**args):
+                launched.append(grid({"BLOCK_N": 32}))
+                return dkdv[grid](**args)
+
+            return launch
+
+    monkeypatch.setitem(kernels.KERNELS, "dkdv", Counted())
+    nan = [torch.full_like(x, float("nan")) for x in (*keys, *values)]
+    _, dkeys, dvalues = kernels.backward(grad.float(), q, keys, values, out, lse, heads, dkeys=nan[:4], dvalues=nan[4:])
+    assert launched == [(5 + 1 + 1 + 1, 2 * heads)], launched
+
+    exact = run(reference.ack_attention, q.double(), [k.double() for k in keys], [v.double() for v in values],
+                heads, grad)  # fmt: skip
+    torch_same_dtype = run(reference.ack_attention, q, keys, values, heads, grad)
+    got = [*dkeys, *dvalues]
+    names = [*(f"dkeys[{j}]" for j in range(4)), *(f"dvalues[{j}]" for j in range(4))]
+    for name, err, ref_err in zip(names, max_errors(got, exact[2:]), max_errors(torch_same_dtype[2:], exact[2:]),
+                                  strict=True):  # fmt: skip
+        assert err <= 2 * ref_err + ATOL[torch.float32], f"{name}: error {err:.3g}, PyTorch fp32: {ref_err:.3g}"
 
 
 def test_outputs_poisoned_with_nan_come_back_fully_written(device):
