@@ -36,7 +36,10 @@ HELP = {
     "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
     "a source",
     "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
-    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only)",
+    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only), the alias "
+    "of --kd none",
+    "kd": "feature distillation: ackd (refiners over the teacher's taps), plain (GAN Compression's: the student's "
+    "taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none (the baseline)",
     "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both (ACK-F after ACK-A)",
     "residual": "residual connections in ACK-A and ACK-F (--no-residual: the ablation)",
     "ack_train": "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
@@ -72,7 +75,7 @@ HELP = {
     "cache (training never downloads)",
 }
 TEACHER_ONLY = {"teacher", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual", "ack_train",
-                "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
+                "kd", "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
 DISTILL_ONLY = {"model", "generator", "ngf", "discriminator", "ndf", "n_layers_d"}
 
 
@@ -216,14 +219,27 @@ def build_parser() -> argparse.ArgumentParser:
     from ackd_fast.demo import DemoConfig
 
     p = commands.add_parser(
-        "demo", help="teacher, ACKD student and baseline on the built-in sample set; prints a table"
+        "demo", help="teacher, then ACKD, plain-KD and no-KD students over seeds on a built-in set; prints a table"
     )
     d = DemoConfig()
     p.add_argument("--out-dir", default=d.out_dir, help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--sample-set",
+        default=d.sample_set,
+        help="denoise or labels (region-split tiles), or edges (the earlier edges->photo set) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--tile-stride", type=int, default=d.tile_stride, help="px between training tiles (default: %(default)s)"
+    )
     p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="teacher steps (default: %(default)s)")
     p.add_argument(
         "--student-steps", type=int, default=d.student_steps, help="steps of each student (default: %(default)s)"
     )
+    p.add_argument(
+        "--seeds", type=int, default=d.seeds, help="runs of each student, seeds SEED.. (default: %(default)s)"
+    )
+    p.add_argument("--crop-size", type=int, default=d.crop_size, help="training crop size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of every run (default: %(default)s)")
     p.add_argument("--teacher-ngf", type=int, default=d.teacher_ngf, help="teacher width (default: %(default)s)")
     p.add_argument("--student-ngf", type=int, default=d.student_ngf, help="student width (default: %(default)s)")
     p.add_argument("--ndf", type=int, default=d.ndf, help="discriminator width (default: %(default)s)")

@@ -397,7 +397,8 @@ def describe_run(config: dict) -> str:
     """A row label from a run's config: what was trained and how."""
     if config.get("job") == "teacher":
         return f"teacher {config['generator']} ngf {config['ngf']}"
-    kind = "ACKD" if config.get("ackd", True) else "baseline"
+    kd = config.get("kd", "ackd") if config.get("ackd", True) else "none"
+    kind = {"ackd": "ACKD", "plain": "plain-KD", "none": "baseline"}.get(kd, kd)
     if config.get("recipe") == "self":
         return f"{kind} self-distilled"
     return f"{kind} student ngf {config.get('student_ngf')}"
