@@ -297,3 +297,112 @@ def build_sample_set(
                 Image.fromarray(np.concatenate([edges, photo], axis=1)).save(folder / f"{stem}.png")
     meta_file.write_text(json.dumps(meta, indent=1))
     return root
+
+
+# ------------------------------------------------------------------------------------------- the demo's tile set
+
+# Tiles of the colour photographs bundled with scikit-image (no download), split by region as map->aerial splits a
+# city: the right `holdout` fraction of every photograph gives the test tiles, the rest the training tiles, so no
+# test pixel is ever seen in training while both splits share the photographs' look.
+TILE_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field",
+)  # fmt: skip
+TILE_TASKS = ("denoise", "labels")
+TILE_SET_VERSION = 1
+TILE_NOISE_STD = 45.0  # of the "denoise" task, in uint8 levels (about 16 dB input PSNR)
+TILE_LABELS = 16  # colour clusters of the "labels" task
+
+
+def _scaled_photo(name: str, short_side: int) -> np.ndarray:
+    im = Image.fromarray(_photo(name))
+    scale = short_side / min(im.size)
+    return np.asarray(im.resize((round(im.size[0] * scale), round(im.size[1] * scale)), Image.LANCZOS))
+
+
+def _label_palette(photos: dict[str, np.ndarray], cut: dict[str, int], rng: np.random.Generator) -> tuple:
+    """k-means colour clusters of the training regions' pixels, and a random colour per cluster (the label map)."""
+    from scipy.cluster.vq import kmeans2
+
+    pixels = np.concatenate([p[:, : cut[n]].reshape(-1, 3) for n, p in photos.items()]).astype(np.float32)
+    sample = pixels[rng.choice(len(pixels), min(len(pixels), 20000), replace=False)]
+    centres, _ = kmeans2(sample, TILE_LABELS, seed=int(rng.integers(2**31)), minit="++")
+    return centres, rng.integers(0, 256, (TILE_LABELS, 3)).astype(np.uint8)
+
+
+def _tile_input(task: str, target: np.ndarray, rng: np.random.Generator, palette: tuple | None) -> np.ndarray:
+    if task == "denoise":
+        return np.clip(target + rng.normal(0.0, TILE_NOISE_STD, target.shape), 0, 255).astype(np.uint8)
+    centres, colours = palette
+    x = target.reshape(-1, 3).astype(np.float32)
+    nearest = ((x[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+    return colours[nearest].reshape(target.shape)
+
+
+def build_tile_set(
+    root: str | os.PathLike,
+    task: str = "denoise",
+    tile: int = 72,
+    test_tile: int = 64,
+    stride: int = 16,
+    holdout: float = 0.25,
+    short_side: int = 288,
+    seed: int = 0,
+) -> Path:
+    """Writes the demo's tile set under `root` (once: a matching `meta.json` means it is there) and returns `root`:
+    `train/` and `test/` hold A|B images (aligned layout), B a tile of a photograph of TILE_PHOTOS scaled to
+    `short_side`, A its input: B plus Gaussian noise of std TILE_NOISE_STD ("denoise"), or B's colour-cluster
+    label map in false colours ("labels"). Training tiles (`tile` px, every `stride` px) lie in the left
+    1 - `holdout` of each photograph, test tiles (`test_tile` px, not overlapping) in the rest, a gap of
+    `test_tile // 8` px between them."""
+    if task not in TILE_TASKS:
+        raise ValueError(f"task must be one of {TILE_TASKS}, got {task!r}")
+    for name, value in (("tile", tile), ("test_tile", test_tile), ("stride", stride), ("short_side", short_side)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    if max(tile, test_tile) > short_side:
+        raise ValueError(f"tile={tile} and test_tile={test_tile} must be <= short_side={short_side}")
+    root = Path(root)
+    meta = {
+        "version": TILE_SET_VERSION,
+        "task": task,
+        "tile": tile,
+        "test_tile": test_tile,
+        "stride": stride,
+        "holdout": holdout,
+        "short_side": short_side,
+        "seed": seed,
+        "photos": TILE_PHOTOS,
+    }
+    meta_file = root / "meta.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+        return root
+    rng = np.random.default_rng(seed)
+    photos = {name: _scaled_photo(name, short_side) for name in TILE_PHOTOS}
+    cut = {name: int(p.shape[1] * (1 - holdout)) for name, p in photos.items()}
+    for name, p in photos.items():
+        if p.shape[1] - cut[name] - test_tile // 8 < test_tile or cut[name] < tile:
+            raise ValueError(f"photograph {name} ({p.shape[1]} px wide) holds no {test_tile} px test tile at "
+                             f"holdout={holdout}; raise holdout or short_side")  # fmt: skip
+    palette = _label_palette(photos, cut, rng) if task == "labels" else None
+    for phase in ("train", "test"):
+        (root / phase).mkdir(parents=True, exist_ok=True)
+    for name, p in photos.items():
+        height, width = p.shape[:2]
+        windows = [
+            ("train", y, x, tile)
+            for y in range(0, height - tile + 1, stride)
+            for x in range(0, cut[name] - tile + 1, stride)
+        ]
+        windows += [
+            ("test", y, x, test_tile)
+            for y in range(0, height - test_tile + 1, test_tile)
+            for x in range(cut[name] + test_tile // 8, width - test_tile + 1, test_tile)
+        ]
+        for phase, y, x, size in windows:
+            target = p[y : y + size, x : x + size]
+            pair = np.concatenate([_tile_input(task, target, rng, palette), target], axis=1)
+            Image.fromarray(pair).save(root / phase / f"{name}_{y:04d}_{x:04d}.png")
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return root

@@ -121,3 +121,28 @@ def test_split_holds_out_disjoint_unaugmented_samples(tmp_path, unpaired):
     assert val[0]["A"].shape == (3, 16, 16)
     with pytest.raises(ValueError, match="validation size"):
         ds.split(len(ds))
+
+
+def test_demo_tile_set_splits_by_region(tmp_path):
+    root = data.build_tile_set(tmp_path, "denoise", tile=24, test_tile=16, stride=40, short_side=96)
+    names = lambda phase: [p.stem for p in data.list_images(root / phase)]
+    for phase, size in (("train", 24), ("test", 16)):
+        assert {n.rsplit("_", 2)[0] for n in names(phase)} == set(data.TILE_PHOTOS)
+        assert Image.open(root / phase / f"{names(phase)[0]}.png").size == (2 * size, size)
+    for photo in data.TILE_PHOTOS:  # every test tile lies right of every training tile, with a gap
+        train_x = [int(n.rsplit("_", 1)[1]) for n in names("train") if n.rsplit("_", 2)[0] == photo]
+        test_x = [int(n.rsplit("_", 1)[1]) for n in names("test") if n.rsplit("_", 2)[0] == photo]
+        assert max(train_x) + 24 < min(test_x)
+    pair = np.asarray(Image.open(root / "test" / f"{names('test')[0]}.png")).astype(float)
+    noise = pair[:, :16] - pair[:, 16:]
+    assert 30 < noise.std() < 50  # the input is the target plus noise of std 45 (clipped at 0 and 255)
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    data.build_tile_set(tmp_path, "denoise", tile=24, test_tile=16, stride=40, short_side=96)
+    assert (root / "meta.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    labels = data.build_tile_set(tmp_path / "l", "labels", tile=24, test_tile=16, stride=40, short_side=96)
+    label_map = np.asarray(Image.open(labels / "test" / f"{names('test')[0]}.png"))[:, :16].reshape(-1, 3)
+    assert len(np.unique(label_map, axis=0)) <= data.TILE_LABELS
+    with pytest.raises(ValueError, match="task"):
+        data.build_tile_set(tmp_path / "x", "edges")
+    with pytest.raises(ValueError, match="holdout"):
+        data.build_tile_set(tmp_path / "x", "denoise", holdout=1.5)
