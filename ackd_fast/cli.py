@@ -226,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sample-set",
         default=d.sample_set,
-        help="denoise or labels (region-split tiles), or edges (the earlier edges->photo set) (default: %(default)s)",
+        help="sketch (photo -> line drawing, region-split tiles) or edges (the earlier edges->photo set) "
+        "(default: %(default)s)",
     )
     p.add_argument(
         "--tile-stride", type=int, default=d.tile_stride, help="px between training tiles (default: %(default)s)"
