@@ -42,7 +42,10 @@ HELP = {
     "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
     "a source",
     "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
-    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only)",
+    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only), the alias "
+    "of --kd none",
+    "kd": "feature distillation: ackd (refiners over the teacher's taps), plain (GAN Compression's: the student's "
+    "taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none (the baseline)",
     "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both (ACK-F after ACK-A)",
     "residual": "ACK-F's residual connection; --no-residual is the paper's ablation 'w/o ACK-F residual' (ACK-A keeps "
     "its own; ACK-F then accumulates the map it refines with the sources)",
@@ -85,7 +88,7 @@ HELP = {
 # architecture flags are the teacher's alone; distill's --model/--generator/--ngf check (or stand in for) what a
 # bare teacher file implies.
 DISTILL_ONLY = {"teacher", "teacher_d", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual",
-                "ack_train", "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
+                "kd", "ack_train", "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
 TEACHER_ONLY = {"discriminator", "ndf", "n_layers_d"}
 
 
@@ -306,14 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
     from ackd_fast.demo import DemoConfig
 
     p = commands.add_parser(
-        "demo", help="teacher, ACKD student and baseline on the built-in sample set; prints a table"
+        "demo", help="teacher, then ACKD, plain-KD and no-KD students over seeds on a built-in set; prints a table"
     )
     d = DemoConfig()
     p.add_argument("--out-dir", default=d.out_dir, help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--sample-set",
+        default=d.sample_set,
+        help="sketch (photo -> line drawing, region-split tiles) or edges (the earlier edges->photo set) "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--tile-stride", type=int, default=d.tile_stride, help="px between training tiles (default: %(default)s)"
+    )
     p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="teacher steps (default: %(default)s)")
     p.add_argument(
         "--student-steps", type=int, default=d.student_steps, help="steps of each student (default: %(default)s)"
     )
+    p.add_argument(
+        "--seeds", type=int, default=d.seeds, help="runs of each student, seeds SEED.. (default: %(default)s)"
+    )
+    p.add_argument("--crop-size", type=int, default=d.crop_size, help="training crop size (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of every run (default: %(default)s)")
     p.add_argument("--teacher-ngf", type=int, default=d.teacher_ngf, help="teacher width (default: %(default)s)")
     p.add_argument("--student-ngf", type=int, default=d.student_ngf, help="student width (default: %(default)s)")
     p.add_argument("--ndf", type=int, default=d.ndf, help="discriminator width (default: %(default)s)")

@@ -1,6 +1,6 @@
 """Data: aligned folders (pix2pix: one A|B image per sample), unaligned folders (CycleGAN: trainA/ and trainB/), single
-folders (inputs only, as the peers' test scripts read `testA/` or `valA/`), and the built-in sample set (edges ->
-photo, cut from the photographs that scikit-image ships).
+folders (inputs only, as the peers' test scripts read `testA/` or `valA/`), and the built-in sample sets (edges ->
+photo crops, and the demo's region-split photo -> sketch tiles, both from the photographs that scikit-image ships).
 
 Layouts (those of pix2pix, CycleGAN, GAN Compression and OMGD):
     aligned:    ROOT/train/*.png, ROOT/test/*.png (or ROOT/val/: edges2shoes, maps, facades and cityscapes ship
@@ -343,5 +343,110 @@ def build_sample_set(
             folder.mkdir(parents=True, exist_ok=True)
             for stem, photo, edges in pairs:
                 Image.fromarray(np.concatenate([edges, photo], axis=1)).save(folder / f"{stem}.png")
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return root
+
+
+# ------------------------------------------------------------------------------------------- the demo's tile set
+
+# Tiles of the colour photographs bundled with scikit-image (no download), split by region as map->aerial splits a
+# city: the right `holdout` fraction of every photograph gives the test tiles, the rest the training tiles, so no
+# test pixel is ever seen in training while both splits share the photographs' look.
+TILE_PHOTOS = (
+    "astronaut", "coffee", "chelsea", "rocket", "motorcycle", "immunohistochemistry", "retina", "hubble_deep_field",
+)  # fmt: skip
+TILE_SET_VERSION = 2
+# The sketch: strokes where the grey photo's gradient magnitude (after a Gaussian blur of SKETCH_SIGMA px) is high.
+# Below the photo's SKETCH_QUANTILES[0] quantile the page stays white, above SKETCH_QUANTILES[1] the stroke is black,
+# linear between; a blur of SKETCH_SOFTEN px softens the strokes. Quantiles per photograph, so every photograph has
+# the same share of ink whatever its contrast.
+SKETCH_SIGMA = 1.0
+SKETCH_QUANTILES = (0.75, 0.97)
+SKETCH_SOFTEN = 0.7
+
+
+def _scaled_photo(name: str, short_side: int) -> np.ndarray:
+    im = Image.fromarray(_photo(name))
+    scale = short_side / min(im.size)
+    return np.asarray(im.resize((round(im.size[0] * scale), round(im.size[1] * scale)), Image.LANCZOS))
+
+
+def photo_sketch(photo: np.ndarray) -> np.ndarray:
+    """A line drawing of `photo` (H x W x 3 uint8): a white page with dark, soft strokes along its edges, H x W x 3
+    uint8 grey (the constants above)."""
+    from scipy import ndimage
+    from skimage.color import rgb2gray
+
+    if not isinstance(photo, np.ndarray) or photo.dtype != np.uint8 or photo.ndim != 3 or photo.shape[2] != 3:
+        got = f"{photo.dtype} array of shape {photo.shape}" if isinstance(photo, np.ndarray) else type(photo).__name__
+        raise ValueError(f"photo must be an H x W x 3 uint8 array, got {got}")
+    grey = ndimage.gaussian_filter(rgb2gray(photo), SKETCH_SIGMA)
+    magnitude = np.hypot(ndimage.sobel(grey, 0), ndimage.sobel(grey, 1))
+    low, high = np.quantile(magnitude, SKETCH_QUANTILES)
+    ink = np.clip((magnitude - low) / max(high - low, 1e-12), 0, 1)
+    ink = ndimage.gaussian_filter(ink, SKETCH_SOFTEN)
+    page = np.round(255 * (1 - ink)).astype(np.uint8)
+    return np.repeat(page[..., None], 3, axis=2)
+
+
+def build_tile_set(
+    root: str | os.PathLike,
+    tile: int = 72,
+    test_tile: int = 64,
+    stride: int = 16,
+    holdout: float = 0.25,
+    short_side: int = 288,
+) -> Path:
+    """Writes the demo's photo -> sketch tile set under `root` (once: a matching `meta.json` means it is there) and
+    returns `root`: `train/` and `test/` hold A|B images (aligned layout), A a tile of a photograph of TILE_PHOTOS
+    scaled to `short_side`, B the same tile of the photograph's sketch (`photo_sketch`, drawn from the whole
+    photograph). Training tiles (`tile` px, every `stride` px) lie in the left 1 - `holdout` of each photograph, test
+    tiles (`test_tile` px, not overlapping) in the rest, a gap of `test_tile // 8` px between them."""
+    for name, value in (("tile", tile), ("test_tile", test_tile), ("stride", stride), ("short_side", short_side)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not 0 < holdout < 1:
+        raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    if max(tile, test_tile) > short_side:
+        raise ValueError(f"tile={tile} and test_tile={test_tile} must be <= short_side={short_side}")
+    root = Path(root)
+    meta = {
+        "version": TILE_SET_VERSION,
+        "task": "sketch",
+        "sketch": {"sigma": SKETCH_SIGMA, "quantiles": SKETCH_QUANTILES, "soften": SKETCH_SOFTEN},
+        "tile": tile,
+        "test_tile": test_tile,
+        "stride": stride,
+        "holdout": holdout,
+        "short_side": short_side,
+        "photos": TILE_PHOTOS,
+    }
+    meta_file = root / "meta.json"
+    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+        return root
+    photos = {name: _scaled_photo(name, short_side) for name in TILE_PHOTOS}
+    cut = {name: int(p.shape[1] * (1 - holdout)) for name, p in photos.items()}
+    for name, p in photos.items():
+        if p.shape[1] - cut[name] - test_tile // 8 < test_tile or cut[name] < tile:
+            raise ValueError(f"photograph {name} ({p.shape[1]} px wide) holds no {test_tile} px test tile at "
+                             f"holdout={holdout}; raise holdout or short_side")  # fmt: skip
+    for phase in ("train", "test"):
+        (root / phase).mkdir(parents=True, exist_ok=True)
+    for name, p in photos.items():
+        sketch = photo_sketch(p)
+        height, width = p.shape[:2]
+        windows = [
+            ("train", y, x, tile)
+            for y in range(0, height - tile + 1, stride)
+            for x in range(0, cut[name] - tile + 1, stride)
+        ]
+        windows += [
+            ("test", y, x, test_tile)
+            for y in range(0, height - test_tile + 1, test_tile)
+            for x in range(cut[name] + test_tile // 8, width - test_tile + 1, test_tile)
+        ]
+        for phase, y, x, size in windows:
+            pair = np.concatenate([p[y : y + size, x : x + size], sketch[y : y + size, x : x + size]], axis=1)
+            Image.fromarray(pair).save(root / phase / f"{name}_{y:04d}_{x:04d}.png")
     meta_file.write_text(json.dumps(meta, indent=1))
     return root

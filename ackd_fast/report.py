@@ -218,9 +218,10 @@ def describe_run(config: dict) -> str:
     """A row label from a run's config: what was trained and how."""
     if config.get("job") == "teacher":
         return f"teacher {config['generator']} ngf {config['ngf']}"
-    ackd = config.get("ackd", True)
+    kd = config.get("kd", "ackd") if config.get("ackd", True) else "none"
+    ackd = kd == "ackd"
     student = "self-distilled" if config.get("recipe") == "self" else f"student ngf {config.get('student_ngf')}"
-    label = f"{'ACKD' if ackd else 'baseline'} {student}"
+    label = f"{ {'ackd': 'ACKD', 'plain': 'plain-KD', 'none': 'baseline'}.get(kd, kd)} {student}"
     if ackd and config.get("mode", "both") != "both":
         label += {"attention": ", ACK-A only", "fusion": ", ACK-F only"}[config["mode"]]
     if ackd and not config.get("residual", True):

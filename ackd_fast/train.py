@@ -76,7 +76,8 @@ class Config:
     student_ngf: int = 16
     taps: str = ""  # comma-separated teacher taps; "" = the generator's default (stem,block3,block6,block9)
     student_taps: str = ""  # comma-separated student taps; "" = its default
-    ackd: bool = True  # False: the baseline student (no refiners, connectors or feature loss)
+    ackd: bool = True  # False: the baseline student (no refiners, connectors or feature loss); the alias of kd="none"
+    kd: str = "ackd"  # feature distillation: "ackd", "plain" (GAN Compression's, no refiners) or "none"
     mode: str = "both"
     residual: bool = True
     ack_train: str = "teacher-path"
@@ -220,6 +221,13 @@ def resolve_teacher(cfg: Config) -> tuple[Config, str]:
     return replace(cfg, model=model, direction=direction), note
 
 
+def kd_of(cfg: Config) -> str:
+    """The feature distillation the config asks for: cfg.kd, or "none" when cfg.ackd is False (--no-ackd)."""
+    if not cfg.ackd and cfg.kd not in ("ackd", "none"):
+        raise ValueError(f"ackd=False (--no-ackd) means kd='none', but kd={cfg.kd!r}; give one of the two")
+    return cfg.kd if cfg.ackd else "none"
+
+
 def build_distiller(
     cfg: Config,
     teacher: nn.Module,
@@ -237,7 +245,7 @@ def build_distiller(
         _taps(cfg.student_taps, student_name),
         paired=paired,
         gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
-        ackd=cfg.ackd,
+        kd=kd_of(cfg),
         mode=cfg.mode,
         residual=cfg.residual,
         ack_train=cfg.ack_train,

@@ -162,3 +162,46 @@ def test_a_crop_size_not_a_multiple_of_4_is_rejected_up_front(tmp_path):
     _aligned_folder(tmp_path, n=1, size=64)
     with pytest.raises(ValueError, match=r"--crop-size must be a positive multiple of 4.*got 62"):
         data.make_dataset(tmp_path, "aligned", load_size=64, crop_size=62)
+
+
+def test_demo_tile_set_splits_by_region(tmp_path):
+    root = data.build_tile_set(tmp_path, tile=24, test_tile=16, stride=40, short_side=96)
+    names = lambda phase: [p.stem for p in data.list_images(root / phase)]
+    for phase, size in (("train", 24), ("test", 16)):
+        assert {n.rsplit("_", 2)[0] for n in names(phase)} == set(data.TILE_PHOTOS)
+        assert Image.open(root / phase / f"{names(phase)[0]}.png").size == (2 * size, size)
+    for photo in data.TILE_PHOTOS:  # every test tile lies right of every training tile, with a gap
+        train_x = [int(n.rsplit("_", 1)[1]) for n in names("train") if n.rsplit("_", 2)[0] == photo]
+        test_x = [int(n.rsplit("_", 1)[1]) for n in names("test") if n.rsplit("_", 2)[0] == photo]
+        assert max(train_x) + 24 < min(test_x)
+    # a test tile is the photograph's tile beside the same tile of the whole photograph's sketch
+    name = names("test")[0]
+    photo_name, y, x = name.rsplit("_", 2)
+    photo = data._scaled_photo(photo_name, 96)
+    pair = np.asarray(Image.open(root / "test" / f"{name}.png"))
+    window = np.s_[int(y) : int(y) + 16, int(x) : int(x) + 16]
+    np.testing.assert_array_equal(pair[:, :16], photo[window])
+    np.testing.assert_array_equal(pair[:, 16:], data.photo_sketch(photo)[window])
+    stamp = (root / "meta.json").stat().st_mtime_ns
+    data.build_tile_set(tmp_path, tile=24, test_tile=16, stride=40, short_side=96)
+    assert (root / "meta.json").stat().st_mtime_ns == stamp  # cached, not rebuilt
+    with pytest.raises(ValueError, match="holdout"):
+        data.build_tile_set(tmp_path / "x", holdout=1.5)
+    with pytest.raises(ValueError, match="stride"):
+        data.build_tile_set(tmp_path / "x", stride=0)
+
+
+def test_photo_sketch_draws_dark_strokes_on_edges_and_leaves_flat_areas_white():
+    rng = np.random.default_rng(0)
+    photo = np.zeros((37, 53, 3), np.uint8)
+    photo[:, 26:] = rng.integers(150, 256, 3)  # one vertical edge between a black and a coloured half
+    sketch = data.photo_sketch(photo)
+    assert sketch.shape == photo.shape and sketch.dtype == np.uint8
+    assert (sketch[..., 0] == sketch[..., 2]).all()  # grey
+    assert sketch[:, :20].min() == 255 and sketch[:, 32:].min() == 255  # away from the edge: the white page
+    assert sketch[5:-5, 25:27].max() < 64 and sketch[5:-5, 24:28].max() < 192  # on the edge: a dark, soft stroke
+    assert data.photo_sketch(np.full((9, 11, 3), 77, np.uint8)).min() == 255  # no edge, no ink
+    with pytest.raises(ValueError, match="photo must be an H x W x 3 uint8 array"):
+        data.photo_sketch(photo[..., 0])
+    with pytest.raises(ValueError, match="photo"):
+        data.photo_sketch(photo.astype(np.float32))

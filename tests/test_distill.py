@@ -113,7 +113,7 @@ def test_ack_train_decides_whether_the_feature_loss_reaches_the_refiners(ack_tra
 
 
 def test_baseline_has_no_ackd_and_unpaired_reconstructs_the_teacher():
-    d, critic = _distiller(ackd=False)
+    d, critic = _distiller(kd="none")
     assert len(d.refiners) == len(d.connectors) == 0
     a, b = _batch()
     out = d(a, b, critic)
@@ -137,6 +137,56 @@ def test_teacher_stays_in_eval_and_bad_config_raises():
         Distiller(resnet_9blocks(ngf=8), mobile_resnet_9blocks(ngf=4), ("stem", "x"), TAPS[:2], True, "hinge")
     with pytest.raises(ValueError, match="ack_train"):
         _distiller(ack_train="both")
+    with pytest.raises(ValueError, match="kd"):
+        _distiller(kd="refined")
+
+
+def test_plain_kd_pulls_the_connected_student_taps_to_the_teachers_own():
+    # GAN Compression's distillation: the same connectors and taps as ACKD, no refiners, no teacher path.
+    d, critic = _distiller(kd="plain")
+    assert len(d.refiners) == 0 and [c.out_channels for c in d.connectors] == [32] * 3
+    a, b = _batch()
+    out = d(a, b, critic)
+    assert set(out.logs) == {"g_recon", "g_gan", "g_feat"}
+    with torch.no_grad():
+        _, t_feats = d.teacher(a, taps=TAPS)
+        _, s_feats = d.student(a, taps=TAPS)
+        expected = sum(
+            torch.nn.functional.mse_loss(phi(s_feats[n]).double(), t_feats[n].double())
+            for phi, n in zip(d.connectors, TAPS[1:], strict=True)
+        )
+    assert out.logs["g_feat"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert out.loss.item() == pytest.approx(
+        (100 * out.logs["g_recon"] + out.logs["g_gan"] + out.logs["g_feat"]).item(), rel=1e-6
+    )
+    out.logs["g_feat"].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in d.connectors.parameters())
+    assert all(p.grad is not None for p in d.student.stages.parameters())
+    assert not any(p.requires_grad for p in d.teacher.parameters())
+    # a few steps on a fixed batch lower the feature loss
+    opt = torch.optim.Adam([p for p in d.parameters() if p.requires_grad], lr=2e-3, betas=(0.5, 0.999))
+    history = []
+    for _ in range(10):
+        out = d(a, b, critic)
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        history.append(out.logs["g_feat"].item())
+    assert history[-1] < history[0]
+
+
+def test_kd_switch_from_the_config_and_the_no_ackd_alias():
+    from ackd_fast.train import Config, kd_of
+
+    assert kd_of(Config()) == "ackd" and kd_of(Config(kd="plain")) == "plain"
+    assert kd_of(Config(ackd=False)) == kd_of(Config(kd="none")) == kd_of(Config(ackd=False, kd="none")) == "none"
+    with pytest.raises(ValueError, match="no-ackd"):
+        kd_of(Config(ackd=False, kd="plain"))
+    from ackd_fast import cli
+
+    parse = cli.build_parser().parse_args
+    assert parse(["distill", "--teacher", "t.pt", "--kd", "plain"]).kd == "plain"
+    assert kd_of(cli._config(parse(["distill", "--teacher", "t.pt", "--no-ackd"]), "distill")) == "none"
 
 
 def test_unet_teacher_with_named_taps_of_other_shapes():

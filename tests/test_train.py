@@ -7,6 +7,7 @@ import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -254,15 +255,32 @@ def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_incep
     assert stats["mu"].shape == (2048,) and stats["features"].shape == (4, 2048) and stats["protocol"]["images"] == 4
 
 
-def test_demo_end_to_end_in_miniature(tmp_path):
+@pytest.mark.parametrize("sample_set", ["sketch", "edges"])
+def test_demo_end_to_end_in_miniature(tmp_path, sample_set):
     from ackd_fast.demo import DemoConfig, run_demo
 
-    result = run_demo(DemoConfig(out_dir=str(tmp_path), teacher_steps=2, student_steps=2, progress=False))
-    assert [r["model"] for r in result["rows"]] == ["teacher (resnet_9blocks)", "ACKD student", "baseline student"]
-    student = result["rows"][1]
-    assert student["params_M"] == pytest.approx(0.137, abs=1e-3) and student["GMACs@256"] == pytest.approx(1.41, 0.01)
+    dc = DemoConfig(out_dir=str(tmp_path), sample_set=sample_set, teacher_steps=2, student_steps=2, seeds=2,
+                    tile_stride=72, progress=False)  # fmt: skip
+    result = run_demo(dc)
+    models = [r["model"] for r in result["rows"]]
+    trivial = ["trivial: training targets' mean colour", "trivial: the input itself"]
+    assert models == [*trivial, "teacher (resnet_9blocks)", "ACKD student", "plain-KD student", "no-KD student"]
+    assert result["trivial"] == max(result["rows"][: len(trivial)], key=lambda r: r["PSNR"])
+    students = result["rows"][-3:]
+    for row in students:
+        assert row["seeds"] == 2 and len(row["PSNR_runs"]) == 2 and row["PSNR_mean"] == row["PSNR"]
+        assert row["PSNR_std"] == pytest.approx(np.std(row["PSNR_runs"], ddof=1))
+        assert row["SSIM_std"] >= 0 and row["train_s_mean"] > 0 and row["params_M"] == pytest.approx(0.137, abs=1e-3)
+        assert row["GMACs@256"] == pytest.approx(1.41, 0.01)
+    lead = result["leads"]["ackd_minus_plain"]
+    assert lead["PSNR_mean"] == pytest.approx(students[0]["PSNR_mean"] - students[1]["PSNR_mean"])
+    for kd in ("ackd", "plain", "none"):
+        for seed in (0, 1):
+            assert (tmp_path / kd / f"seed{seed}" / "ckpt.pt").is_file()
+    assert load_checkpoint(tmp_path / "plain" / "seed1" / "ckpt.pt")["config"]["kd"] == "plain"
     for name in ("grid.png", "losses.png", "results.json", "results.md"):
         assert (tmp_path / name).is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["seeds"] == [0, 1]
 
 
 # the scaler skips fp16 steps while it finds its scale, which the scheduler reports
