@@ -258,6 +258,16 @@ SAMPLE_TEST_PHOTOS = ("chelsea", "coffee")
 SAMPLE_SET_VERSION = 1
 
 
+def _is_built(root: Path, meta: dict) -> bool:
+    """Whether root holds a generated set built with exactly these settings (its meta.json, written last)."""
+    meta_file = root / "meta.json"
+    return meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta))
+
+
+def _mark_built(root: Path, meta: dict) -> None:
+    (root / "meta.json").write_text(json.dumps(meta, indent=1))
+
+
 def _photo(name: str) -> np.ndarray:
     import skimage.data
 
@@ -315,8 +325,7 @@ def build_sample_set(
         "train_photos": SAMPLE_TRAIN_PHOTOS,
         "test_photos": SAMPLE_TEST_PHOTOS,
     }
-    meta_file = root / "meta.json"
-    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+    if _is_built(root, meta):
         return root
     rng = np.random.default_rng(seed)
     for phase, photos, n in (
@@ -343,7 +352,7 @@ def build_sample_set(
             folder.mkdir(parents=True, exist_ok=True)
             for stem, photo, edges in pairs:
                 Image.fromarray(np.concatenate([edges, photo], axis=1)).save(folder / f"{stem}.png")
-    meta_file.write_text(json.dumps(meta, indent=1))
+    _mark_built(root, meta)
     return root
 
 
@@ -421,8 +430,7 @@ def build_tile_set(
         "short_side": short_side,
         "photos": TILE_PHOTOS,
     }
-    meta_file = root / "meta.json"
-    if meta_file.is_file() and json.loads(meta_file.read_text()) == json.loads(json.dumps(meta)):
+    if _is_built(root, meta):
         return root
     photos = {name: _scaled_photo(name, short_side) for name in TILE_PHOTOS}
     cut = {name: int(p.shape[1] * (1 - holdout)) for name, p in photos.items()}
@@ -448,5 +456,5 @@ def build_tile_set(
         for phase, y, x, size in windows:
             pair = np.concatenate([p[y : y + size, x : x + size], sketch[y : y + size, x : x + size]], axis=1)
             Image.fromarray(pair).save(root / phase / f"{name}_{y:04d}_{x:04d}.png")
-    meta_file.write_text(json.dumps(meta, indent=1))
+    _mark_built(root, meta)
     return root

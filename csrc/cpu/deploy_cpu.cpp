@@ -13,24 +13,10 @@
 #include <cmath>
 #include <vector>
 
+#include "vec_tail.h"
+
 namespace ackd_fast {
 namespace {
-
-template <typename T>
-using Vec = at::vec::Vectorized<T>;
-
-template <typename T>
-inline Vec<T> load(const T* p, int64_t n) {
-  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
-}
-
-template <typename T>
-inline void store(const Vec<T>& v, T* p, int64_t n) {
-  if (n == Vec<T>::size())
-    v.store(p);
-  else
-    v.store(p, n);
-}
 
 // Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial.
 template <typename T, typename F>

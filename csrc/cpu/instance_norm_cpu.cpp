@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "vec_tail.h"
 
 namespace ackd_fast {
 namespace {
@@ -42,22 +43,6 @@ void each_vector(const Plane<T>& p, F&& f) {
     for (; i + Vec::size() <= p.W; i += Vec::size()) f(h, i, Vec::size());
     if (i < p.W) f(h, i, p.W - i);
   }
-}
-
-template <typename T>
-using Vec = Vectorized<T>;
-
-template <typename T>
-inline Vec<T> load(const T* p, int64_t n) {
-  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
-}
-
-template <typename T>
-inline void store(const Vec<T>& v, T* p, int64_t n) {
-  if (n == Vec<T>::size())
-    v.store(p);
-  else
-    v.store(p, n);
 }
 
 // A running sum kept as a vector and reduced once at the end. Partial vectors are loaded zero-filled past their
