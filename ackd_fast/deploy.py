@@ -244,7 +244,7 @@ def _resolve(method: str, device: torch.device, dtype: torch.dtype) -> str:
 def deploy(
     generator: nn.Module, example_input: Tensor, *, method: str = "auto", verify: bool = True
 ) -> DeployedGenerator:
-    """The fastest way to run `generator` (in eval mode) on inputs like `example_input`.
+    """A compiled fast path for `generator` (in eval mode) on inputs like `example_input` (measured figures: README).
 
     generator: an nn.Module mapping (B, C, H, W) to images (ackd_fast's generators, or any other); it is copied,
         cast to the example's device and dtype, and left untouched.
