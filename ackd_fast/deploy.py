@@ -1,4 +1,4 @@
-"""The fastest way to run a trained generator: `deploy(generator, example_input)` returns a callable for inputs
+"""A compiled fast path for a trained generator: `deploy(generator, example_input)` returns a callable for inputs
 like the example (its device, dtype and shape; another shape compiles again) that computes what the generator
 computes in eval mode, within 1e-4 in fp32.
 
