@@ -277,7 +277,7 @@ def deploy(
     if method == "kernels":
         run, described = model, "eager"
     else:
-        options = {"freezing": True}  # weights become constants: folded, prepacked for oneDNN
+        options = {"freezing": True, "cpp_wrapper": True}  # weights become constants: folded, prepacked for oneDNN
         if cuda_graphs:
             options.update({"max_autotune": True, "triton.cudagraphs": True})
         run = torch.compile(model, dynamic=False)

@@ -18,11 +18,13 @@
 namespace ackd_fast {
 namespace {
 
-// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial.
+// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial. A full vector's count is
+// a compile-time constant (an integral_constant), so that a generic lambda's load/store need no test for it.
 template <typename T, typename F>
 inline void each_lane_block(int64_t n, F&& f) {
+  constexpr int64_t L = Vec<T>::size();
   int64_t k = 0;
-  for (; k + Vec<T>::size() <= n; k += Vec<T>::size()) f(k, Vec<T>::size());
+  for (; k + L <= n; k += L) f(k, std::integral_constant<int64_t, L>{});
   if (k < n) f(k, n - k);
 }
 
@@ -46,102 +48,144 @@ void for_row_chunks(int64_t H, int64_t chunks, F&& f) {
   });
 }
 
-// dst = depthwise 3x3 of reflect-padded src, weights k9 as [tap][C]; sums[chunk * C + c] = the chunk's sum of dst.
+// Per-channel statistics of a map gathered in one pass: each row chunk adds its partial sums of d = v - shift and d^2
+// into its own slots (sum[chunk * C + c], sq[...]) in a fixed order; finish() reduces the chunks in order. shift is a value of the channel (its
+// first pixel), so that the variance E[d^2] - E[d]^2 does not cancel the way E[v^2] - E[v]^2 does when |mean| >> std.
 template <typename T>
-void depthwise3x3(const T* src, const T* k9, T* dst, T* sums, const Map& m, int64_t chunks) {
+struct ChannelStats {
+  int64_t C;
+  std::vector<T> shift, sum, sq;
+  ChannelStats(int64_t chunks, int64_t C) : C(C), shift(C), sum(chunks * C), sq(chunks * C) {}
+
+  void clear(int64_t chunk) {
+    std::fill_n(sum.data() + chunk * C, C, T(0));
+    std::fill_n(sq.data() + chunk * C, C, T(0));
+  }
+  // adds partial sums of d and d^2 (n lanes at channel c) to the chunk's
+  void add_sums(int64_t chunk, int64_t c, const Vec<T>& d_sum, const Vec<T>& d_sq, int64_t n) {
+    T* s = sum.data() + chunk * C + c;
+    T* q = sq.data() + chunk * C + c;
+    store(load(s, n) + d_sum, s, n);
+    store(load(q, n) + d_sq, q, n);
+  }
+  // mean and rstd = 1 / sqrt(biased variance + eps), as F.instance_norm
+  void finish(int64_t chunks, int64_t pixels, double eps, std::vector<T>& mean, std::vector<T>& rstd) const {
+    for (int64_t c = 0; c < C; ++c) {
+      T s = 0, q = 0;
+      for (int64_t k = 0; k < chunks; ++k) s += sum[k * C + c], q += sq[k * C + c];
+      const T mean_d = s / static_cast<T>(pixels);
+      const T var = std::max(q / static_cast<T>(pixels) - mean_d * mean_d, T(0));
+      mean[c] = mean_d + shift[c];
+      rstd[c] = T(1) / std::sqrt(var + static_cast<T>(eps));
+    }
+  }
+};
+
+// How depthwise3x3 reads its input: as it is, or as relu(v * scale + offset) per channel (the previous instance
+// norm and ReLU applied on the fly, so that the normalized map is never written). at(c, n) gives the transform of
+// the n channels from c, its vectors loaded once per sweep.
+template <typename T>
+struct NormReluIn {
+  const T* scale;
+  const T* offset;
+  T operator()(T v, int64_t c) const { return std::max(v * scale[c] + offset[c], T(0)); }
+  template <typename N>
+  auto at(int64_t c, N n) const {
+    return [s = load(scale + c, n), o = load(offset + c, n)](const Vec<T>& v) {
+      return at::vec::clamp_min(at::vec::fmadd(v, s, o), Vec<T>(0));
+    };
+  }
+};
+template <typename T>
+struct PlainIn {
+  T operator()(T v, int64_t) const { return v; }
+  template <typename N>
+  auto at(int64_t, N) const {
+    return [](const Vec<T>& v) { return v; };
+  }
+};
+
+constexpr int64_t kPixelBlock = 16;  // pixels of a row that one sweep over a channel vector covers (fits in L1)
+
+// dst = depthwise 3x3 of reflect-padded in(src), weights k9 as [tap][C], and dst's statistics (shifted by dst's
+// first pixel, computed first). A sweep keeps one channel vector's 9 weights and its running sums in registers while
+// it walks kPixelBlock pixels of a row.
+template <typename T, typename In>
+void depthwise3x3(const T* src, const T* k9, In in, T* dst, ChannelStats<T>& stats, const Map& m, int64_t chunks) {
   const int64_t W = m.W, C = m.C;
+  for (int64_t c = 0; c < C; ++c) {  // dst's first pixel, the statistics' shift
+    T acc = 0;
+    for (int i = 0; i < 3; ++i)
+      for (int j = 0; j < 3; ++j)
+        acc += in(src[(reflect(i - 1, m.H) * W + reflect(j - 1, W)) * C + c], c) * k9[(i * 3 + j) * C + c];
+    stats.shift[c] = acc;
+  }
   for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
-    T* sum = sums + chunk * C;
-    std::fill(sum, sum + C, T(0));
+    stats.clear(chunk);
     for (int64_t h = h0; h < h1; ++h) {
       const T* rows[3] = {src + reflect(h - 1, m.H) * W * C, src + h * W * C, src + reflect(h + 1, m.H) * W * C};
-      for (int64_t w = 0; w < W; ++w) {
-        const int64_t cols[3] = {reflect(w - 1, W) * C, w * C, reflect(w + 1, W) * C};
-        T* out = dst + (h * W + w) * C;
-        each_lane_block<T>(C, [&](int64_t c, int64_t n) {
-          Vec<T> acc(T(0));
-          for (int i = 0; i < 3; ++i)
-            for (int j = 0; j < 3; ++j)
-              acc = at::vec::fmadd(load(rows[i] + cols[j] + c, n), load(k9 + (i * 3 + j) * C + c, n), acc);
-          store(acc, out + c, n);
-          store(load(sum + c, n) + acc, sum + c, n);
+      for (int64_t w0 = 0; w0 < W; w0 += kPixelBlock) {
+        const int64_t w1 = std::min(w0 + kPixelBlock, W);
+        each_lane_block<T>(C, [&](int64_t c, auto n) {
+          const auto in_c = in.at(c, n);
+          Vec<T> k[9];
+          for (int t = 0; t < 9; ++t) k[t] = load(k9 + t * C + c, n);
+          const auto shift = load(stats.shift.data() + c, n);
+          Vec<T> sum(T(0)), sq(T(0));
+          for (int64_t w = w0; w < w1; ++w) {
+            const int64_t cols[3] = {reflect(w - 1, W) * C + c, w * C + c, reflect(w + 1, W) * C + c};
+            Vec<T> part[3];  // one sum per kernel row: three short dependency chains instead of one of nine
+            for (int i = 0; i < 3; ++i) {
+              part[i] = in_c(load(rows[i] + cols[0], n)) * k[i * 3];
+              for (int j = 1; j < 3; ++j) part[i] = at::vec::fmadd(in_c(load(rows[i] + cols[j], n)), k[i * 3 + j], part[i]);
+            }
+            const auto acc = part[0] + part[1] + part[2];
+            store(acc, dst + (h * W + w) * C + c, n);
+            const auto d = acc - shift;
+            sum = sum + d;
+            sq = at::vec::fmadd(d, d, sq);
+          }
+          stats.add_sums(chunk, c, sum, sq, n);
         });
       }
     }
   });
 }
 
-// mean and rstd of v in one pass: sums of d = v - shift and of d^2, with shift = v's first pixel, a value of the
-// channel, so that the variance E[d^2] - E[d]^2 does not cancel the way E[v^2] - E[v]^2 does when |mean| >> std.
+// v's statistics, shifted by its first pixel.
 template <typename T>
-void channel_stats(const T* v, std::vector<T>& sums, std::vector<T>& sq_sums, int64_t chunks, const Map& m,
-                   double eps, std::vector<T>& mean, std::vector<T>& rstd) {
+void channel_stats(const T* v, ChannelStats<T>& stats, const Map& m, int64_t chunks) {
   const int64_t C = m.C;
+  std::copy_n(v, C, stats.shift.data());
   for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
-    T* sum = sums.data() + chunk * C;
-    T* sq = sq_sums.data() + chunk * C;
-    std::fill(sum, sum + C, T(0));
-    std::fill(sq, sq + C, T(0));
-    for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
-      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
-        const auto d = load(v + p * C + c, n) - load(v + c, n);
-        store(load(sum + c, n) + d, sum + c, n);
-        store(at::vec::fmadd(d, d, load(sq + c, n)), sq + c, n);
+    stats.clear(chunk);
+    const int64_t p1 = h1 * m.W;
+    for (int64_t p0 = h0 * m.W; p0 < p1; p0 += 4 * kPixelBlock) {
+      const int64_t pe = std::min(p0 + 4 * kPixelBlock, p1);
+      each_lane_block<T>(C, [&](int64_t c, auto n) {
+        const auto shift = load(stats.shift.data() + c, n);
+        Vec<T> sum(T(0)), sq(T(0));
+        for (int64_t p = p0; p < pe; ++p) {
+          const auto d = load(v + p * C + c, n) - shift;
+          sum = sum + d;
+          sq = at::vec::fmadd(d, d, sq);
+        }
+        stats.add_sums(chunk, c, sum, sq, n);
       });
+    }
   });
-  std::vector<T> mean_sq(C);
-  reduce_mean(sums, chunks, m, mean);
-  reduce_mean(sq_sums, chunks, m, mean_sq);
-  for (int64_t c = 0; c < C; ++c) {
-    const T var = std::max(mean_sq[c] - mean[c] * mean[c], T(0));
-    rstd[c] = T(1) / std::sqrt(var + static_cast<T>(eps));
-    mean[c] += v[c];
-  }
 }
 
-// mean = the chunks' sums reduced in order, over the map's pixels.
+// dst = v * scale + offset + residual per channel.
 template <typename T>
-void reduce_mean(const std::vector<T>& sums, int64_t chunks, const Map& m, std::vector<T>& mean) {
-  for (int64_t c = 0; c < m.C; ++c) {
-    T total = 0;
-    for (int64_t k = 0; k < chunks; ++k) total += sums[k * m.C + c];
-    mean[c] = total / static_cast<T>(m.pixels());
-  }
-}
-
-// rstd = 1 / sqrt(mean((v - mean)^2) + eps), the biased variance as F.instance_norm; a second pass over v for accuracy.
-template <typename T>
-void channel_rstd(const T* v, const std::vector<T>& mean, std::vector<T>& sums, int64_t chunks, const Map& m,
-                  double eps, std::vector<T>& rstd) {
+void normalize_add(const T* v, const std::vector<T>& scale, const std::vector<T>& offset, const T* residual, T* dst,
+                   int64_t chunks, const Map& m) {
   const int64_t C = m.C;
-  for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
-    T* sum = sums.data() + chunk * C;
-    std::fill(sum, sum + C, T(0));
-    for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
-      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
-        const auto d = load(v + p * C + c, n) - load(mean.data() + c, n);
-        store(at::vec::fmadd(d, d, load(sum + c, n)), sum + c, n);
-      });
-  });
-  std::vector<T> var(C);
-  reduce_mean(sums, chunks, m, var);
-  for (int64_t c = 0; c < C; ++c) rstd[c] = T(1) / std::sqrt(var[c] + static_cast<T>(eps));
-}
-
-// dst = (v - mean) * rstd, then ReLU (relu) or + residual (when given); dst may be v.
-template <typename T>
-void normalize(const T* v, const std::vector<T>& mean, const std::vector<T>& rstd, const T* residual, bool relu,
-               T* dst, int64_t chunks, const Map& m) {
-  const int64_t C = m.C;
-  std::vector<T> shift(C);
-  for (int64_t c = 0; c < C; ++c) shift[c] = -mean[c] * rstd[c];
   for_row_chunks(m.H, chunks, [&](int64_t, int64_t h0, int64_t h1) {
     for (int64_t p = h0 * m.W; p < h1 * m.W; ++p)
-      each_lane_block<T>(C, [&](int64_t c, int64_t n) {
-        auto y = at::vec::fmadd(load(v + p * C + c, n), load(rstd.data() + c, n), load(shift.data() + c, n));
-        if (relu) y = at::vec::clamp_min(y, Vec<T>(0));
-        if (residual) y = y + load(residual + p * C + c, n);
-        store(y, dst + p * C + c, n);
+      each_lane_block<T>(C, [&](int64_t c, auto n) {
+        const auto y = at::vec::fmadd(load(v + p * C + c, n), load(scale.data() + c, n), load(offset.data() + c, n));
+        store(y + load(residual + p * C + c, n), dst + p * C + c, n);
       });
   });
 }
@@ -193,7 +237,12 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
     // depthwise weights as [tap][C], so a vector of channels reads one tap's weights contiguously
     const auto k1 = dw1.reshape({C, 9}).t().contiguous(), k2 = dw2.reshape({C, 9}).t().contiguous();
     const auto w1 = pw1.reshape({C, C}), w2 = pw2.reshape({C, C});
-    std::vector<T> sums(chunks * C), sq_sums(chunks * C), mean(C), rstd(C);
+    ChannelStats<T> stats(chunks, C);
+    std::vector<T> mean(C), rstd(C), offset(C);
+    // offset = -mean * rstd: the norm as v * rstd + offset
+    auto norm_offset = [&] {
+      for (int64_t c = 0; c < C; ++c) offset[c] = -mean[c] * rstd[c];
+    };
     T* pp = p.mutable_data_ptr<T>();
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x.const_data_ptr<T>() + b * m.pixels() * C;
@@ -204,18 +253,19 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
         const auto scale = at::from_blob(rstd.data(), {1, C}, x.options());
         at::mm_out(p, a, (w * scale).t());
       };
-      depthwise3x3<T>(xb, k1.const_data_ptr<T>(), yb, sums.data(), m, chunks);
-      reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
+      depthwise3x3<T>(xb, k1.const_data_ptr<T>(), PlainIn<T>{}, yb, stats, m, chunks);
+      stats.finish(chunks, m.pixels(), eps, mean, rstd);
       pointwise(w1);
-      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
-      normalize<T>(pp, mean, rstd, nullptr, /*relu=*/true, pp, chunks, m);
-      depthwise3x3<T>(pp, k2.const_data_ptr<T>(), yb, sums.data(), m, chunks);
-      reduce_mean(sums, chunks, m, mean);
-      channel_rstd<T>(yb, mean, sums, chunks, m, eps, rstd);
+      channel_stats<T>(pp, stats, m, chunks);
+      stats.finish(chunks, m.pixels(), eps, mean, rstd);
+      norm_offset();
+      depthwise3x3<T>(pp, k2.const_data_ptr<T>(), NormReluIn<T>{rstd.data(), offset.data()}, yb, stats, m, chunks);
+      stats.finish(chunks, m.pixels(), eps, mean, rstd);
       pointwise(w2);
-      channel_stats<T>(pp, sums, sq_sums, chunks, m, eps, mean, rstd);
-      normalize<T>(pp, mean, rstd, xb, /*relu=*/false, yb, chunks, m);
+      channel_stats<T>(pp, stats, m, chunks);
+      stats.finish(chunks, m.pixels(), eps, mean, rstd);
+      norm_offset();
+      normalize_add<T>(pp, rstd, offset, xb, yb, chunks, m);
     }
   });
   return channels_last_in ? y : y.contiguous();

@@ -9,17 +9,19 @@ namespace ackd_fast {
 template <typename T>
 using Vec = at::vec::Vectorized<T>;
 
-template <typename T>
-inline Vec<T> load(const T* p, int64_t n) {
-  return n == Vec<T>::size() ? Vec<T>::loadu(p) : Vec<T>::loadu(p, n);
+// n: an int64_t, or a std::integral_constant (whose test the compiler drops)
+template <typename T, typename N>
+inline Vec<T> load(const T* p, N n) {
+  if (n == Vec<T>::size()) return Vec<T>::loadu(p);
+  return Vec<T>::loadu(p, static_cast<int64_t>(n));
 }
 
-template <typename T>
-inline void store(const Vec<T>& v, T* p, int64_t n) {
+template <typename T, typename N>
+inline void store(const Vec<T>& v, T* p, N n) {
   if (n == Vec<T>::size())
     v.store(p);
   else
-    v.store(p, n);
+    v.store(p, static_cast<int64_t>(n));
 }
 
 }  // namespace ackd_fast
