@@ -4,10 +4,13 @@ computes in eval mode, within 1e-4 in fp32.
 
 What runs (the callable's `.method` says it, and `deploy` checks it against the eager generator before returning):
 - CPU: the generator rewritten for inference, then inductor with weight freezing on channels_last maps. The
-  rewrite swaps each MobileResnetBlock for the fused C++ op `ackd_fast::mobile_block` (depthwise 3x3, instance-norm
-  statistics, pointwise GEMM with the norm folded into its weights, ReLU, residual, in a few passes over the
-  map), and the head's few-channel 7x7 conv (+ tanh) for `ackd_fast::narrow_conv2d`, which oneDNN runs at a few
-  GMAC/s. Both kernels are float32/float64; other dtypes run inductor alone (`method` says so).
+  rewrite swaps in C++ ops where inductor and oneDNN leave time: each MobileResnetBlock becomes
+  `ackd_fast::mobile_block` (depthwise 3x3 with its statistics in one sweep, pointwise GEMM with the norm folded
+  into its weights, norm and ReLU applied as the next depthwise reads, residual: 7 passes over the map); each
+  other plain instance norm (+ ReLU) becomes `ackd_fast::instance_norm_act_residual`, whose channels_last kernel
+  sums in registers over row chunks of the image (inductor's Welford reduction took 3-6x longer on these maps); the
+  head's reflection pad, few-channel 7x7 conv and tanh become `ackd_fast::narrow_conv2d`, which oneDNN runs at a
+  few GMAC/s. The kernels are float32/float64; other dtypes run inductor alone (`method` says so).
 - CUDA: inductor with freezing, max-autotune and CUDA graphs on channels_last maps; fp32 runs without TF32.
 
 `method=` picks a path by name instead of "auto"; a path that cannot run raises rather than falling back.
@@ -53,9 +56,9 @@ if ops.EXTENSION_LOADED and hasattr(torch.ops.ackd_fast, "mobile_block"):
         return torch.empty_like(x, memory_format=_output_format(x))
 
     @torch.library.register_fake("ackd_fast::narrow_conv2d")
-    def _narrow_conv2d_fake(x, weight, bias, act):
-        shape = (x.shape[0], weight.shape[0], x.shape[2] - weight.shape[2] + 1, x.shape[3] - weight.shape[3] + 1)
-        return x.new_empty(shape)
+    def _narrow_conv2d_fake(x, weight, bias, act, reflect_pad=0):
+        h, w = (x.shape[i] + 2 * reflect_pad - weight.shape[i] + 1 for i in (2, 3))
+        return x.new_empty((x.shape[0], weight.shape[0], h, w))
 
 
 def kernels_available() -> str | None:
@@ -85,17 +88,17 @@ class FusedMobileBlock(nn.Module):
 
 
 class NarrowConv2d(nn.Module):
-    """act(conv2d(x)) for a stride-1, unpadded conv with 1 to 4 output channels, by `ackd_fast::narrow_conv2d`."""
+    """act(conv2d(reflection_pad2d(x, pad), weight, bias)) for a stride-1, unpadded conv with 1 to 4 output channels,
+    by `ackd_fast::narrow_conv2d` (which pads and reads channels_last maps itself)."""
 
-    def __init__(self, conv: nn.Conv2d, act: str):
+    def __init__(self, conv: nn.Conv2d, act: str, pad: int = 0):
         super().__init__()
-        self.act = act
+        self.act, self.pad = act, pad
         self.register_buffer("weight", conv.weight.detach().clone())
         self.register_buffer("bias", None if conv.bias is None else conv.bias.detach().clone())
 
     def forward(self, x: Tensor) -> Tensor:
-        # rows of W contiguous, the kernel's own layout (see FusedMobileBlock.forward)
-        return torch.ops.ackd_fast.narrow_conv2d(x.contiguous(), self.weight, self.bias, self.act)
+        return torch.ops.ackd_fast.narrow_conv2d(x, self.weight, self.bias, self.act, self.pad)
 
 
 def _plain_norm_eps(m: nn.Module) -> float | None:
@@ -127,6 +130,13 @@ def _block_eps(block: MobileResnetBlock) -> float | None:
     return eps.pop()
 
 
+def _even_reflect_pad(m: nn.Module | None) -> int | None:
+    """p of a ReflectionPad2d that pads every side by p, else None."""
+    if type(m) is not nn.ReflectionPad2d or len(set(m.padding)) != 1:
+        return None
+    return m.padding[0]
+
+
 def _is_narrow_conv(m: nn.Module) -> bool:
     return (
         type(m) is nn.Conv2d
@@ -138,26 +148,53 @@ def _is_narrow_conv(m: nn.Module) -> bool:
     )
 
 
+class FusedInstanceNorm(nn.Module):
+    """A plain InstanceNorm2d (and the ReLU after it) as one `ackd_fast::instance_norm_act_residual` call: its CPU
+    kernel reads channels_last maps in row chunks on every thread, where inductor's instance norm walks each
+    channel block on one."""
+
+    def __init__(self, eps: float, act: str):
+        super().__init__()
+        self.eps, self.act = eps, act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.ops.ackd_fast.instance_norm_act_residual(x, None, None, None, self.act, self.eps)[0]
+
+
 def with_kernels(generator: nn.Module) -> tuple[nn.Module, dict[str, int]]:
-    """A copy of `generator` whose MobileResnetBlocks and few-channel output convs (+ tanh) run the inference
-    kernels, and how many of each it swapped ({"mobile_block": n, "narrow_conv2d": m}). A module whose layout the
-    kernels do not compute exactly is left as it is."""
+    """A copy of `generator` whose MobileResnetBlocks, plain instance norms (+ ReLU) and few-channel output convs
+    (with the reflection pad before and the tanh after) run the inference kernels, and how many of each it swapped ({"mobile_block": n, "instance_norm": k,
+    "narrow_conv2d": m}). A module whose layout the kernels do not compute exactly is left as it is."""
     model = copy.deepcopy(generator).eval()
-    counts = {"mobile_block": 0, "narrow_conv2d": 0}
+    counts = {"mobile_block": 0, "instance_norm": 0, "narrow_conv2d": 0}
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, MobileResnetBlock) and (eps := _block_eps(child)) is not None:
                 setattr(parent, name, FusedMobileBlock(child, eps))
                 counts["mobile_block"] += 1
-        if isinstance(parent, nn.Sequential):
-            children = list(parent)
-            for i, child in enumerate(children):
-                if _is_narrow_conv(child):
-                    tanh_next = i + 1 < len(children) and type(children[i + 1]) is nn.Tanh
-                    parent[i] = NarrowConv2d(child, "tanh" if tanh_next else "none")
-                    if tanh_next:
-                        parent[i + 1] = nn.Identity()
-                    counts["narrow_conv2d"] += 1
+    # the fused blocks' own norms and convs are gone from the tree by now: what is left is outside them
+    for parent in list(model.modules()):
+        if not isinstance(parent, nn.Sequential):
+            continue
+        children = list(parent)
+        for i, child in enumerate(children):
+            after = children[i + 1] if i + 1 < len(children) else None
+            if (eps := _plain_norm_eps(child)) is not None:
+                relu_next = type(after) is nn.ReLU
+                parent[i] = FusedInstanceNorm(eps, "relu" if relu_next else "none")
+                if relu_next:
+                    parent[i + 1] = nn.Identity()
+                counts["instance_norm"] += 1
+            elif _is_narrow_conv(child):
+                tanh_next = type(after) is nn.Tanh
+                before = children[i - 1] if i > 0 else None
+                pad = _even_reflect_pad(before)
+                parent[i] = NarrowConv2d(child, "tanh" if tanh_next else "none", pad or 0)
+                if pad is not None:
+                    parent[i - 1] = nn.Identity()
+                if tanh_next:
+                    parent[i + 1] = nn.Identity()
+                counts["narrow_conv2d"] += 1
     return model, counts
 
 
@@ -277,7 +314,7 @@ def deploy(
     if method == "kernels":
         run, described = model, "eager"
     else:
-        options = {"freezing": True, "cpp_wrapper": True}  # weights become constants: folded, prepacked for oneDNN
+        options = {"freezing": True}  # weights become constants: folded, prepacked for oneDNN
         if cuda_graphs:
             options.update({"max_autotune": True, "triton.cudagraphs": True})
         run = torch.compile(model, dynamic=False)
@@ -365,19 +402,27 @@ def build_path(path: str, model: nn.Module, example: Tensor) -> Callable[[Tensor
     return run
 
 
-def time_paths(runs: dict[str, Callable[[Tensor], Tensor]], x: Tensor, rounds: int) -> dict[str, float]:
-    """Median seconds of each callable on x, the callables alternated round by round so that the machine's load
-    falls on all of them alike."""
+def time_paths(runs: dict[str, Callable[[Tensor], Tensor]], x: Tensor, rounds: int, turn: int = 5,
+               settle: int = 2) -> dict[str, float]:  # fmt: skip
+    """Median seconds of `rounds` timed calls of each callable on x. The callables take turns of `settle` untimed
+    then `turn` timed back-to-back calls, so that the machine's load falls on all of them alike, while no call is
+    timed right after another path's: onnxruntime's and OpenMP's worker threads spin for a while after a call, and
+    on 2 cores a path timed inside that window (as a call-by-call alternation does) loses a core to them (measured:
+    the deploy path's 24 ms became 68 ms beside an onnxruntime session)."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in runs}
     with torch.no_grad():
-        for _ in range(rounds):
+        while any(len(ts) < rounds for ts in times.values()):
             for name, run in runs.items():
-                sync()
-                t = time.perf_counter()
-                run(x)
-                sync()
-                times[name].append(time.perf_counter() - t)
+                if len(times[name]) >= rounds:
+                    continue
+                for i in range(settle + min(turn, rounds - len(times[name]))):
+                    sync()
+                    t = time.perf_counter()
+                    run(x)
+                    sync()
+                    if i >= settle:
+                        times[name].append(time.perf_counter() - t)
     return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 

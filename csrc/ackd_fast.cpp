@@ -49,8 +49,9 @@ TORCH_LIBRARY(ackd_fast, m) {
   // pad(x))))))))))), without the convs' biases (each feeds an instance norm, which removes them); dw: (C, 1, 3, 3),
   // pw: (C, C, 1, 1).
   m.def("mobile_block(Tensor x, Tensor dw1, Tensor pw1, Tensor dw2, Tensor pw2, float eps) -> Tensor");
-  // act(conv2d(x, weight, bias)), stride 1, no padding, 1 to 4 output channels; act "tanh" | "none".
-  m.def("narrow_conv2d(Tensor x, Tensor weight, Tensor? bias, str act) -> Tensor");
+  // act(conv2d(reflection_pad2d(x, reflect_pad), weight, bias)), stride 1, 1 to 4 output channels; act "tanh" |
+  // "none"; x in any layout, the output contiguous.
+  m.def("narrow_conv2d(Tensor x, Tensor weight, Tensor? bias, str act, int reflect_pad=0) -> Tensor");
 }
 
 }  // namespace ackd_fast

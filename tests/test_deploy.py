@@ -101,10 +101,30 @@ def test_narrow_conv2d_matches_the_fp64_conv(out_channels, act, with_bias):
         torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("pad", [1, 3])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("channels", [5, 16])
+def test_narrow_conv2d_reflect_pad_any_layout(pad, kind, channels):
+    """The reflection pad inside the op, from NCHW, channels_last (8x8 transposes and their tails: 5 channels, 19
+    columns) and a strided view, against F.pad + F.conv2d in fp64."""
+    base = torch.randn(2, channels, 11, 38, dtype=torch.float64) * 3
+    x = {"contiguous": base[..., :19], "channels_last": base[..., :19].contiguous(memory_format=CL),
+         "sliced": base[:, :, ::2, ::2]}[kind]  # fmt: skip
+    weight = torch.randn(3, channels, 7, 7, dtype=torch.float64) * 0.2
+    bias = torch.randn(3, dtype=torch.float64)
+    expected = F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), weight, bias).tanh()
+    for dtype, tol in ((torch.float32, 1e-4), (torch.float64, 1e-10)):
+        y = torch.ops.ackd_fast.narrow_conv2d(x.to(dtype), weight.to(dtype), bias.to(dtype), "tanh", pad)
+        assert y.is_contiguous() and y.shape == expected.shape
+        torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
+
+
 def test_narrow_conv2d_opcheck():
     x, weight, bias = torch.randn(2, 4, 9, 40), torch.randn(3, 4, 3, 5), torch.randn(3)
     torch.library.opcheck(torch.ops.ackd_fast.narrow_conv2d.default, (x, weight, bias, "tanh"))
     torch.library.opcheck(torch.ops.ackd_fast.narrow_conv2d.default, (x, weight, None, "none"))
+    x_cl = x.contiguous(memory_format=CL)
+    torch.library.opcheck(torch.ops.ackd_fast.narrow_conv2d.default, (x_cl, weight, bias, "tanh", 2))
 
 
 @pytest.mark.parametrize(
@@ -123,28 +143,47 @@ def test_narrow_conv2d_bad_input(weight, bias, act, error, message):
         torch.ops.ackd_fast.narrow_conv2d(torch.randn(1, 4, 6, 6), weight, bias, act)
 
 
+@pytest.mark.parametrize("pad", [-1, 6])
+def test_narrow_conv2d_bad_pad(pad):
+    with pytest.raises(ValueError, match=r"reflect_pad must be in \[0, min\(H, W\)\)"):
+        torch.ops.ackd_fast.narrow_conv2d(torch.randn(1, 4, 6, 9), torch.randn(3, 4, 3, 3), None, "none", pad)
+
+
 # ----------------------------------------------------------------------------------------------------- deploy
 
-ARCHS = [("mobile_resnet_9blocks", 8, 9), ("resnet_9blocks", 8, 0)]  # name, ngf, mobile blocks to fuse
+# name, ngf, mobile blocks to fuse, instance norms outside them (stem 3 and head 2; a ResnetBlock's 2 each)
+ARCHS = [("mobile_resnet_9blocks", 8, 9, 5), ("resnet_9blocks", 8, 0, 5 + 9 * 2)]
 
 
-@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
-def test_with_kernels_swaps_blocks_and_head(name, ngf, blocks):
+@pytest.mark.parametrize("name, ngf, blocks, norms", ARCHS)
+def test_with_kernels_swaps_blocks_norms_and_head(name, ngf, blocks, norms):
     model, counts = with_kernels(build_generator(name, ngf))
-    assert counts == {"mobile_block": blocks, "narrow_conv2d": 1}
-    assert not any(isinstance(m, nn.Tanh) for m in model.modules())  # the head's tanh runs in narrow_conv2d
+    assert counts == {"mobile_block": blocks, "instance_norm": norms, "narrow_conv2d": 1}
+    # the head's reflection pad and tanh run in narrow_conv2d, every plain norm's ReLU in its norm
+    assert not any(isinstance(m, (nn.Tanh, nn.InstanceNorm2d)) for m in model.modules())
+    head = list(model.head)
+    assert type(head[-3]) is nn.Identity and head[-2].pad == 3
 
 
 def test_with_kernels_leaves_layouts_it_does_not_compute():
     g = build_generator("mobile_resnet_9blocks", 4)
-    g.stages["block3"][0].body[2] = nn.InstanceNorm2d(16, affine=True)  # an affine norm: not what the op computes
-    _, counts = with_kernels(g)
+    affine = nn.InstanceNorm2d(16, affine=True)  # not what the ops compute
+    with torch.no_grad():
+        affine.weight.uniform_(0.5, 2)
+        affine.bias.normal_()
+    g.stages["block3"][0].body[2] = affine
+    model, counts = with_kernels(g)
     assert counts["mobile_block"] == 8
+    assert model.stages["block3"][0].body[2] is not affine and torch.equal(model.stages["block3"][0].body[2].weight,
+                                                                           affine.weight)  # fmt: skip
+    x = torch.randn(2, 3, 20, 24) * 2
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), g.eval()(x), atol=1e-4, rtol=0)  # the unfused block's other norms fused
 
 
-@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
+@pytest.mark.parametrize("name, ngf, blocks, norms", ARCHS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernels_path_matches_eager(name, ngf, blocks, dtype):
+def test_kernels_path_matches_eager(name, ngf, blocks, norms, dtype):
     """method="kernels" (no compiling): the rewritten generator against the eager one on a fresh input."""
     g = randomize(build_generator(name, ngf), 0.3)
     example = torch.randn(2, 3, 20, 28, dtype=dtype) * 2
@@ -157,8 +196,8 @@ def test_kernels_path_matches_eager(name, ngf, blocks, dtype):
     torch.testing.assert_close(f(x), expected, atol=tol, rtol=0)
 
 
-@pytest.mark.parametrize("name, ngf, blocks", ARCHS)
-def test_deploy_matches_eager(name, ngf, blocks):
+@pytest.mark.parametrize("name, ngf, blocks, norms", ARCHS)
+def test_deploy_matches_eager(name, ngf, blocks, norms):
     """The default path (inductor with freezing + the kernels), compiled at a small size."""
     g = randomize(build_generator(name, ngf), 0.3)
     f = deploy(g, torch.randn(1, 3, 16, 16))
@@ -213,6 +252,17 @@ def test_deploy_bad_input():
 
 
 # ------------------------------------------------------------------------------------------------ bench-deploy
+
+
+def test_time_paths_takes_turns_and_times_after_settling():
+    from ackd_fast.deploy import time_paths
+
+    calls = []
+    runs = {name: (lambda x, name=name: calls.append(name)) for name in ("a", "b")}
+    medians = time_paths(runs, torch.zeros(1), rounds=7, turn=5, settle=2)
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+    # turns of 2 untimed + 5 timed, then 2 + the 2 left; a's turn, then b's
+    assert calls == ["a"] * 7 + ["b"] * 7 + ["a"] * 4 + ["b"] * 4
 
 
 def test_bench_deploy_cli_writes_tables(tmp_path, capsys):

@@ -239,6 +239,36 @@ def test_norm_channels_last_across_channel_blocks(act):
     check_norm((2, 75, 5, 3), torch.float32, "cpu", "channels_last", True, True, act)
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 67, 129), (2, 70, 40, 41), (1, 3, 300, 7)])
+def test_norm_channels_last_across_row_chunks(shape):
+    """Maps large enough that the CPU forward splits each (sample, channel block) into row chunks (16K elements and
+    up, at most 16): the chunks' partial sums must add up to the whole map's statistics. Forward only: the
+    backward's sums over these maps are checked elsewhere, with bounds scaled to their length."""
+    x, weight, bias, residual = norm_inputs(shape, torch.float64, "cpu", "channels_last", True, True)
+    want = reference.instance_norm_act_residual(x, weight, bias, residual, act="relu", eps=1e-5)
+    for dtype in (torch.float32, torch.float64):
+        args = [t.to(dtype) for t in (x, weight, bias, residual)]
+        y, mean, rstd = torch.ops.ackd_fast.instance_norm_act_residual(*args, "relu", 1e-5)
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        close(y, want, dtype)
+        close(mean, x.mean((2, 3)), dtype)
+        close(rstd, (x.var((2, 3), correction=0) + 1e-5).rsqrt(), dtype)
+
+
+def test_norm_forward_does_not_depend_on_the_thread_count():
+    x, weight, bias, residual = norm_inputs((2, 24, 61, 67), torch.float32, "cpu", "channels_last", True, True)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.ackd_fast.instance_norm_act_residual(x, weight, bias, residual, "relu", 1e-5))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results, strict=True):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------------------------ autocast
 
 

@@ -1,8 +1,8 @@
 // Inference kernels of ackd_fast.deploy on CPU, where oneDNN and inductor leave the student's time:
 //  - mobile_block: a whole MobileResnetBlock (reflect pad, depthwise 3x3, IN, pointwise, IN, ReLU, again, + x) in
 //    one op over channels_last maps, with the instance norms folded into the pointwise weights;
-//  - narrow_conv2d: a stride-1 valid convolution with 1 to 4 output channels (the generator's 7x7 head to RGB),
-//    which oneDNN runs at a few GMAC/s.
+//  - narrow_conv2d: a stride-1 convolution with 1 to 4 output channels after a reflection pad (the generator's
+//    7x7 head to RGB), which oneDNN runs at a few GMAC/s; it reads channels_last maps by 8x8 transposes.
 // Forward only (no autograd): deploy runs them under inference. Float and double.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -18,17 +18,7 @@
 namespace ackd_fast {
 namespace {
 
-// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial. A full vector's count is
-// a compile-time constant (an integral_constant), so that a generic lambda's load/store need no test for it.
-template <typename T, typename F>
-inline void each_lane_block(int64_t n, F&& f) {
-  constexpr int64_t L = Vec<T>::size();
-  int64_t k = 0;
-  for (; k + L <= n; k += L) f(k, std::integral_constant<int64_t, L>{});
-  if (k < n) f(k, n - k);
-}
-
-// ReflectionPad2d(1)'s source index of i in [-1, n].
+// Source index of i in [-pad, n + pad) under reflection padding (pad < n): ReflectionPad2d's.
 inline int64_t reflect(int64_t i, int64_t n) { return i < 0 ? -i : (i >= n ? 2 * n - 2 - i : i); }
 
 // ------------------------------------------------------------------------------------------------- mobile_block
@@ -332,39 +322,88 @@ void narrow_conv_rows(const at::Tensor& x, const at::Tensor& w, const T* bias, H
 
 constexpr int64_t kMaxNarrowOut = 4;
 
+// x reflect-padded by pad on every side, as a contiguous (B, C, H + 2 pad, W + 2 pad) tensor: the layout the conv's
+// vectors along W read. A channels_last x is transposed in blocks of 8 pixels x 8 channels.
+template <typename T>
+at::Tensor padded_planes(const at::Tensor& x, int64_t pad) {
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), Hp = H + 2 * pad, Wp = W + 2 * pad;
+  const bool pixels = x.stride(1) == 1 && C > 1;
+  const auto src = pixels || x.stride(3) == 1 ? x : x.contiguous();
+  auto out = at::empty({B, C, Hp, Wp}, x.options());
+  const T* sp = src.const_data_ptr<T>();
+  T* op = out.mutable_data_ptr<T>();
+  const int64_t sb = src.stride(0), sc = src.stride(1), sh = src.stride(2), sw = src.stride(3), plane = Hp * Wp;
+  at::parallel_for(0, B * Hp, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t row = begin; row < end; ++row) {
+      const int64_t b = row / Hp, hp = row % Hp;
+      const T* in = sp + b * sb + reflect(hp - pad, H) * sh;
+      T* dst = op + b * C * plane + hp * Wp + pad;  // channel 0's row, column pad
+      if (pixels) {
+        constexpr int64_t K = 8;
+        for (int64_t w = 0; w < W; w += K)
+          for (int64_t c = 0; c < C; c += K) {
+            const int64_t m = std::min(K, W - w), n = std::min(K, C - c);
+            if (m == K && n == K)
+              at::vec::transpose_mxn<T, K, K>(in + w * sw + c, sw, dst + c * plane + w, plane);
+            else
+              at::vec::transpose_mxn<T>(in + w * sw + c, sw, dst + c * plane + w, plane, m, n);
+          }
+      } else {
+        for (int64_t c = 0; c < C; ++c) std::copy_n(in + c * sc, W, dst + c * plane);
+      }
+      for (int64_t c = 0; c < C; ++c) {
+        T* r = dst + c * plane;
+        for (int64_t q = 1; q <= pad; ++q) {
+          r[-q] = r[q];
+          r[W - 1 + q] = r[W - 1 - q];
+        }
+      }
+    }
+  });
+  return out;
+}
+
 at::Tensor narrow_conv2d_cpu(const at::Tensor& x_in, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                             c10::string_view act_name) {
+                             c10::string_view act_name, int64_t pad) {
   constexpr const char* op = "narrow_conv2d";
   TORCH_CHECK_VALUE(x_in.dim() == 4 && x_in.numel() > 0, op, ": x must be a non-empty (B, C, H, W), got ",
                     x_in.sizes());
   TORCH_CHECK_TYPE(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kDouble, op,
                    ": x must be float32 or float64 on CPU, got ", x_in.scalar_type());
+  TORCH_CHECK_VALUE(pad >= 0 && pad < x_in.size(2) && pad < x_in.size(3), op,
+                    ": reflect_pad must be in [0, min(H, W)) for reflection padding, got ", pad, " for x of shape ",
+                    x_in.sizes());
+  const int64_t Hp = x_in.size(2) + 2 * pad, Wp = x_in.size(3) + 2 * pad;
   TORCH_CHECK_VALUE(weight.dim() == 4 && weight.size(1) == x_in.size(1) && weight.size(0) >= 1 &&
                         weight.size(0) <= kMaxNarrowOut,
                     op, ": weight must have shape (O, C, Kh, Kw) with 1 <= O <= ", kMaxNarrowOut, " and C = ",
                     x_in.size(1), " like x, got ", weight.sizes());
-  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1 && weight.size(2) <= x_in.size(2) &&
-                        weight.size(3) <= x_in.size(3),
-                    op, ": the kernel ", weight.sizes().slice(2), " must fit in x's H x W ", x_in.sizes().slice(2));
+  TORCH_CHECK_VALUE(weight.size(2) >= 1 && weight.size(3) >= 1 && weight.size(2) <= Hp && weight.size(3) <= Wp, op,
+                    ": the kernel ", weight.sizes().slice(2), " must fit in the padded x's ", Hp, " x ", Wp);
   TORCH_CHECK_TYPE(weight.scalar_type() == x_in.scalar_type(), op, ": weight has dtype ", weight.scalar_type(),
                    ", expected ", x_in.scalar_type(), " like x");
+  TORCH_CHECK_VALUE(weight.device() == x_in.device(), op, ": weight is on ", weight.device(), ", expected ",
+                    x_in.device());
   if (bias) {
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": bias has shape ", bias->sizes(),
                       ", expected (", weight.size(0), ",)");
     TORCH_CHECK_TYPE(bias->scalar_type() == x_in.scalar_type(), op, ": bias has dtype ", bias->scalar_type(),
                      ", expected ", x_in.scalar_type(), " like x");
+    TORCH_CHECK_VALUE(bias->device() == x_in.device(), op, ": bias is on ", bias->device(), ", expected ",
+                      x_in.device());
   }
   const std::string act_str(act_name);
   TORCH_CHECK_VALUE(act_str == "tanh" || act_str == "none", op, ": act must be one of 'tanh', 'none', got '",
                     act_str, "'");
   const HeadAct act = act_str == "tanh" ? HeadAct::Tanh : HeadAct::None;
-  const auto x = x_in.contiguous();
   const auto w = weight.contiguous();
   const auto bi = bias ? bias->contiguous() : at::Tensor();
   const int64_t O = w.size(0);
-  auto y = at::empty({x.size(0), O, x.size(2) - w.size(2) + 1, x.size(3) - w.size(3) + 1}, x.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "narrow_conv2d_cpu", [&] {
+  at::Tensor y;
+  AT_DISPATCH_FLOATING_TYPES(x_in.scalar_type(), "narrow_conv2d_cpu", [&] {
     using T = scalar_t;
+    const auto x = pad > 0 || !x_in.is_contiguous() ? padded_planes<T>(x_in, pad) : x_in;
+    y = at::empty({x.size(0), O, Hp - w.size(2) + 1, Wp - w.size(3) + 1}, x.options());
     const T* bp = bi.defined() ? bi.const_data_ptr<T>() : nullptr;
     switch (O) {
       case 1: return narrow_conv_rows<T, 1>(x, w, bp, act, y);

@@ -2,8 +2,8 @@
 //
 // Two layouts, each vectorised with at::vec along its unit-stride axis:
 //  - planes (NCHW): one task per (sample, channel) plane, vectors along W;
-//  - pixels (channels_last): one task per (sample, block of channels), vectors along C, per-channel sums kept
-//    in small arrays while the task walks the pixels.
+//  - pixels (channels_last): vectors along C; the forward's tasks are (sample, block of channels, rows), with
+//    per-channel sums in registers while a task walks its pixels; the backward's are (sample, block of channels).
 // x's layout picks the path (outputs take it too); an input whose unit stride lies elsewhere is copied into the
 // path's layout first. Statistics are two-pass (mean, then the mean squared deviation) for accuracy. fp16/bf16 are
 // computed in fp32, converted on entry and on exit (the statistics stay fp32, as on CUDA).
@@ -61,13 +61,6 @@ struct VecSum {
 
 constexpr int64_t kChannelBlock = 64;  // channels per task: per-channel sums stay in registers / L1
 
-// Calls f(k, count) over [0, n) in vectors of Vec<T>::size() lanes, the last one partial.
-template <typename T, typename F>
-inline void each_lane_block(int64_t n, F&& f) {
-  int64_t k = 0;
-  for (; k + Vec<T>::size() <= n; k += Vec<T>::size()) f(k, Vec<T>::size());
-  if (k < n) f(k, n - k);
-}
 
 // A (B, C, H, W) tensor with unit stride along C: the channel run of sample b at pixel p starts at pixel(b, p).
 template <typename T>
@@ -82,53 +75,113 @@ Pixels<T> pixels_of(const at::Tensor& t) {
   return {const_cast<T*>(t.const_data_ptr<T>()), t.stride(0), t.stride(2), t.stride(3), t.size(3)};
 }
 
+// The forward splits each (sample, channel block) into row chunks of at least kMinChunk elements, so that a single
+// image still runs on every thread. The count depends on the shape alone and partial sums are combined in chunk
+// order: results do not depend on the thread count.
+constexpr int64_t kMinChunk = 16384;
+constexpr int64_t kMaxChunks = 16;
+
+int64_t row_chunks(int64_t H, int64_t W, int64_t channels) {
+  return std::clamp<int64_t>(H * W * channels / kMinChunk, 1, std::min<int64_t>(H, kMaxChunks));
+}
+
+// sums[k] += the sum of f(x[pixel, c0 + k]) over the pixels of rows [h0, h1) of sample b, for k in [0, n). Channels
+// go in groups of up to 4 vectors whose sums stay in registers while the group walks the pixels (f(v, k, count)
+// transforms the vector of channels c0 + k).
+template <typename T, typename F>
+void add_channel_sums(const Pixels<T>& px, int64_t b, int64_t h0, int64_t h1, int64_t c0, int64_t n, F&& f,
+                      T* sums) {
+  constexpr int64_t L = Vec<T>::size();
+  auto group = [&](auto vectors, int64_t k, auto count) {
+    constexpr int64_t G = decltype(vectors)::value;
+    Vec<T> acc[G];
+    for (int64_t g = 0; g < G; ++g) acc[g] = Vec<T>(T(0));
+    for (int64_t h = h0; h < h1; ++h) {
+      const T* row = px.ptr + b * px.sb + h * px.sh + c0 + k;
+      for (int64_t w = 0; w < px.W; ++w)
+        for (int64_t g = 0; g < G; ++g) acc[g] = acc[g] + f(load(row + w * px.sw + g * L, count), k + g * L, count);
+    }
+    for (int64_t g = 0; g < G; ++g) store(load(sums + k + g * L, count) + acc[g], sums + k + g * L, count);
+  };
+  using Full = std::integral_constant<int64_t, L>;
+  int64_t k = 0;
+  for (; k + 4 * L <= n; k += 4 * L) group(std::integral_constant<int64_t, 4>{}, k, Full{});
+  for (; k + 2 * L <= n; k += 2 * L) group(std::integral_constant<int64_t, 2>{}, k, Full{});
+  for (; k + L <= n; k += L) group(std::integral_constant<int64_t, 1>{}, k, Full{});
+  if (k < n) group(std::integral_constant<int64_t, 1>{}, k, n - k);
+}
+
 template <typename T>
 void forward_pixels(const at::Tensor& x, const at::Tensor& res, const at::Tensor& w, const at::Tensor& bi,
                     at::Tensor& y, at::Tensor& mean, at::Tensor& rstd, Act act, double eps) {
-  const int64_t B = x.size(0), C = x.size(1), N = x.size(2) * x.size(3);
+  const int64_t B = x.size(0), C = x.size(1), H = x.size(2), N = H * x.size(3);
   const int64_t blocks = (C + kChannelBlock - 1) / kChannelBlock;
+  const int64_t chunks = row_chunks(H, x.size(3), std::min(C, kChannelBlock));
   const auto px = pixels_of<T>(x), py = pixels_of<T>(y);
   const Pixels<T> pr = res.defined() ? pixels_of<T>(res) : Pixels<T>{nullptr, 0, 0, 0, 1};
-  at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> mu(kChannelBlock), scale(kChannelBlock), shift(kChannelBlock);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / blocks, c0 = (task % blocks) * kChannelBlock, n = std::min(kChannelBlock, C - c0);
-      std::fill(mu.begin(), mu.end(), T(0));
-      std::fill(scale.begin(), scale.end(), T(0));  // the sum of squared deviations, then the scale
-      for (int64_t p = 0; p < N; ++p) {
-        const T* xp = px.pixel(b, p) + c0;
-        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
-          (load(xp + k, count) + load(mu.data() + k, count)).store(mu.data() + k, count);
-        });
+  // task = ((b * blocks) + block) * chunks + chunk; part[task * kChannelBlock + k]: that task's partial sums
+  std::vector<T> part(B * blocks * chunks * kChannelBlock);
+  auto for_tasks = [&](auto&& f) {
+    at::parallel_for(0, B * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t b = task / (blocks * chunks), c0 = (task / chunks % blocks) * kChannelBlock;
+        const int64_t chunk = task % chunks;
+        f(task, b, c0, std::min(kChannelBlock, C - c0), H * chunk / chunks, H * (chunk + 1) / chunks);
       }
-      for (int64_t k = 0; k < n; ++k) mu[k] /= N;
-      for (int64_t p = 0; p < N; ++p) {
-        const T* xp = px.pixel(b, p) + c0;
-        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
-          const auto d = load(xp + k, count) - load(mu.data() + k, count);
-          at::vec::fmadd(d, d, load(scale.data() + k, count)).store(scale.data() + k, count);
-        });
+    });
+  };
+  // per (b, c): the chunks' partial sums in order, over N
+  auto reduce = [&](T* out) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t c = 0; c < C; ++c) {
+        const int64_t first = (b * blocks + c / kChannelBlock) * chunks;
+        T total = 0;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) total += part[(first + chunk) * kChannelBlock + c % kChannelBlock];
+        out[b * C + c] = total / N;
       }
-      for (int64_t k = 0; k < n; ++k) {
-        const int64_t c = c0 + k;
-        const T r = T(1) / std::sqrt(scale[k] / N + static_cast<T>(eps));
-        mean.mutable_data_ptr<T>()[b * C + c] = mu[k];
-        rstd.mutable_data_ptr<T>()[b * C + c] = r;
-        scale[k] = r * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
-        shift[k] = (bi.defined() ? bi.const_data_ptr<T>()[c] : T(0)) - mu[k] * scale[k];
-      }
-      for (int64_t p = 0; p < N; ++p) {
-        const T* xp = px.pixel(b, p) + c0;
-        T* yp = py.pixel(b, p) + c0;
-        const T* rp = pr.ptr ? pr.pixel(b, p) + c0 : nullptr;
-        each_lane_block<T>(n, [&](int64_t k, int64_t count) {
-          auto v = at::vec::fmadd(load(xp + k, count), load(scale.data() + k, count), load(shift.data() + k, count));
+  };
+  T* mu = mean.mutable_data_ptr<T>();
+  T* rs = rstd.mutable_data_ptr<T>();
+  for_tasks([&](int64_t task, int64_t b, int64_t c0, int64_t n, int64_t h0, int64_t h1) {
+    T* sums = part.data() + task * kChannelBlock;
+    std::fill_n(sums, n, T(0));
+    add_channel_sums(px, b, h0, h1, c0, n, [](const Vec<T>& v, int64_t, auto) { return v; }, sums);
+  });
+  reduce(mu);
+  for_tasks([&](int64_t task, int64_t b, int64_t c0, int64_t n, int64_t h0, int64_t h1) {
+    T* sums = part.data() + task * kChannelBlock;
+    std::fill_n(sums, n, T(0));
+    const T* m = mu + b * C + c0;
+    add_channel_sums(px, b, h0, h1, c0, n, [m](const Vec<T>& v, int64_t k, auto count) {
+      const auto d = v - load(m + k, count);
+      return d * d;
+    }, sums);
+  });
+  reduce(rs);  // the variance, then rstd
+  // y = x * scale + shift per (b, c)
+  std::vector<T> scale(B * C), shift(B * C);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t i = b * C + c;
+      rs[i] = T(1) / std::sqrt(rs[i] + static_cast<T>(eps));
+      scale[i] = rs[i] * (w.defined() ? w.const_data_ptr<T>()[c] : T(1));
+      shift[i] = (bi.defined() ? bi.const_data_ptr<T>()[c] : T(0)) - mu[i] * scale[i];
+    }
+  for_tasks([&](int64_t, int64_t b, int64_t c0, int64_t n, int64_t h0, int64_t h1) {
+    const T* sc = scale.data() + b * C + c0;
+    const T* sh = shift.data() + b * C + c0;
+    for (int64_t h = h0; h < h1; ++h)
+      for (int64_t wi = 0; wi < px.W; ++wi) {
+        const T* xp = px.ptr + b * px.sb + h * px.sh + wi * px.sw + c0;
+        T* yp = py.ptr + b * py.sb + h * py.sh + wi * py.sw + c0;
+        const T* rp = pr.ptr ? pr.ptr + b * pr.sb + h * pr.sh + wi * pr.sw + c0 : nullptr;
+        each_lane_block<T>(n, [&](int64_t k, auto count) {
+          auto v = at::vec::fmadd(load(xp + k, count), load(sc + k, count), load(sh + k, count));
           if (act == Act::Relu) v = at::vec::clamp_min(v, Vec<T>(0));
           if (rp) v = v + load(rp + k, count);
           store(v, yp + k, count);
         });
       }
-    }
   });
 }
 
