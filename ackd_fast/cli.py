@@ -302,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", default=",".join(("eager", "compile", "onnxruntime", "deploy")),
                    help="comma-separated paths to time (default: %(default)s)")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=20, help="timed calls per path, in turns of 5 after 2 untimed (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=20,
+                   help="timed calls per path, in turns of 5 after 2 untimed calls (default: %(default)s)")  # fmt: skip
     p.add_argument("--out", default=".", help="folder for bench_deploy.md and .json (default: %(default)s)")
     p.set_defaults(func=cmd_bench_deploy)
 

@@ -163,8 +163,9 @@ class FusedInstanceNorm(nn.Module):
 
 def with_kernels(generator: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """A copy of `generator` whose MobileResnetBlocks, plain instance norms (+ ReLU) and few-channel output convs
-    (with the reflection pad before and the tanh after) run the inference kernels, and how many of each it swapped ({"mobile_block": n, "instance_norm": k,
-    "narrow_conv2d": m}). A module whose layout the kernels do not compute exactly is left as it is."""
+    (with the reflection pad before and the tanh after) run the inference kernels, and how many of each it swapped
+    ({"mobile_block": n, "instance_norm": k, "narrow_conv2d": m}). A module whose layout the kernels do not compute
+    exactly is left as it is."""
     model = copy.deepcopy(generator).eval()
     counts = {"mobile_block": 0, "instance_norm": 0, "narrow_conv2d": 0}
     for parent in list(model.modules()):
