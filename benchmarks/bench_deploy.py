@@ -1,8 +1,8 @@
 """Inference of a whole generator: ackd_fast.deploy against what a user would otherwise run.
 
 Paths (the same model and input; each is built once and warm before it is timed):
-  deploy       ackd_fast.deploy (CPU: inductor with freezing + the mobile_block and narrow_conv2d kernels; CUDA:
-               inductor with freezing, max-autotune and CUDA graphs)
+  deploy       ackd_fast.deploy (CPU: inductor with freezing + the mobile_block, instance_norm_act_residual and
+               narrow_conv2d kernels; CUDA: inductor with freezing, max-autotune and CUDA graphs)
   eager        the generator in eval mode
   compiled     torch.compile(generator), default options
   onnxruntime  torch.onnx.export(dynamo=True), then onnxruntime (CPU, fp32)
