@@ -54,6 +54,25 @@ def test_mobile_block_matches_the_fp64_module(shape, layout, dtype):
     torch.testing.assert_close(y.double(), expected, atol=tol, rtol=tol)
 
 
+def test_mobile_block_does_not_depend_on_the_thread_count():
+    """A map big enough for several row chunks (16K elements and up): the chunks, not the threads, fix the order of
+    the statistics' sums."""
+    block = randomize(MobileResnetBlock(24))
+    x = (torch.randn(2, 24, 45, 37) * 2 + 1).contiguous(memory_format=CL)
+    params = [p.detach() for p in block_params(block)]
+    threads = torch.get_num_threads()
+    try:
+        results = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            results.append(torch.ops.ackd_fast.mobile_block(x, *params, 1e-5))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(*results)
+    with torch.no_grad():
+        torch.testing.assert_close(results[0].double(), block.double()(x.double()), atol=1e-4, rtol=1e-4)
+
+
 def test_mobile_block_opcheck():
     block = randomize(MobileResnetBlock(6))
     x = torch.randn(2, 6, 5, 7).contiguous(memory_format=CL)

@@ -13,7 +13,7 @@
 #include <cmath>
 #include <vector>
 
-#include "vec_tail.h"
+#include "common.h"
 
 namespace ackd_fast {
 namespace {
@@ -29,8 +29,7 @@ struct Map {
   int64_t pixels() const { return H * W; }
 };
 
-// Rows [0, H) split into `chunks` fixed ranges, one task each: partial sums per chunk reduce in a fixed order, so
-// results do not depend on how the threads were scheduled.
+// Rows [0, H) split into `chunks` fixed ranges (row_chunks), one task each.
 template <typename F>
 void for_row_chunks(int64_t H, int64_t chunks, F&& f) {
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -38,9 +37,10 @@ void for_row_chunks(int64_t H, int64_t chunks, F&& f) {
   });
 }
 
-// Per-channel statistics of a map gathered in one pass: each row chunk adds its partial sums of d = v - shift and d^2
-// into its own slots (sum[chunk * C + c], sq[...]) in a fixed order; finish() reduces the chunks in order. shift is a value of the channel (its
-// first pixel), so that the variance E[d^2] - E[d]^2 does not cancel the way E[v^2] - E[v]^2 does when |mean| >> std.
+// Per-channel statistics of a map gathered in one pass: each row chunk adds its partial sums of d = v - shift and
+// d^2 into its own slots (sum[chunk * C + c], sq[...]) in a fixed order; finish() reduces the chunks in order. shift
+// is a value of the channel (its first pixel), so that the variance E[d^2] - E[d]^2 does not cancel the way
+// E[v^2] - E[v]^2 does when |mean| >> std.
 template <typename T>
 struct ChannelStats {
   int64_t C;
@@ -202,8 +202,6 @@ void check_block_args(const at::Tensor& x, const at::Tensor& dw1, const at::Tens
   }
 }
 
-constexpr int64_t kMinChunk = 16384;
-
 // The block's forward: x + IN(pw2(IN(dw2(pad(relu(IN(pw1(IN(dw1(pad(x))))))))))), without the convs' biases: every
 // conv feeds an instance norm, which subtracts any per-channel constant. For the same reason the first norm of each
 // separable conv needs only its rstd: pw(IN(a)) = (pw * rstd_a) a + a per-channel constant, so the norm is folded
@@ -215,9 +213,7 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
   const auto x = x_in.contiguous(at::MemoryFormat::ChannelsLast);
   const int64_t B = x.size(0), C = x.size(1);
   const Map m{x.size(2), x.size(3), C};
-  // a chunk per thread, but none under kMinChunk elements: a small map runs inline, without a parallel region
-  const int64_t most = std::min<int64_t>(m.H, at::get_num_threads());
-  const int64_t chunks = std::clamp<int64_t>(m.pixels() * C / kMinChunk, 1, std::max<int64_t>(most, 1));
+  const int64_t chunks = row_chunks(m.H, m.W, C);  // a small map runs as one chunk, without a parallel region
   auto y = at::empty_like(x, at::MemoryFormat::ChannelsLast);
   // The depthwise outputs go to the sample's slice of y (overwritten last), the pointwise outputs to p: one
   // workspace per call.

@@ -13,7 +13,7 @@
 #include <torch/library.h>
 
 #include "../checks.h"
-#include "vec_tail.h"
+#include "common.h"
 
 namespace ackd_fast {
 namespace {
@@ -73,16 +73,6 @@ struct Pixels {
 template <typename T>
 Pixels<T> pixels_of(const at::Tensor& t) {
   return {const_cast<T*>(t.const_data_ptr<T>()), t.stride(0), t.stride(2), t.stride(3), t.size(3)};
-}
-
-// The forward splits each (sample, channel block) into row chunks of at least kMinChunk elements, so that a single
-// image still runs on every thread. The count depends on the shape alone and partial sums are combined in chunk
-// order: results do not depend on the thread count.
-constexpr int64_t kMinChunk = 16384;
-constexpr int64_t kMaxChunks = 16;
-
-int64_t row_chunks(int64_t H, int64_t W, int64_t channels) {
-  return std::clamp<int64_t>(H * W * channels / kMinChunk, 1, std::min<int64_t>(H, kMaxChunks));
 }
 
 // sums[k] += the sum of f(x[pixel, c0 + k]) over the pixels of rows [h0, h1) of sample b, for k in [0, n). Channels

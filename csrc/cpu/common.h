@@ -1,9 +1,10 @@
-// at::vec helpers the CPU kernels share: a load or store of n lanes (the whole vector when n fills it, else the
-// partial tail), and a walk over n lanes in vectors.
+// What the CPU kernels share: at::vec loads and stores of n lanes (the whole vector when n fills it, else the
+// partial tail), a walk over n lanes in vectors, and how a map's rows split into chunks.
 #pragma once
 
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <type_traits>
 
 namespace ackd_fast {
@@ -34,6 +35,16 @@ inline void each_lane_block(int64_t n, F&& f) {
   int64_t k = 0;
   for (; k + L <= n; k += L) f(k, std::integral_constant<int64_t, L>{});
   if (k < n) f(k, n - k);
+}
+
+// A map of H rows of W pixels x `channels` is split into row chunks of at least kMinChunk elements (at most
+// kMaxChunks), one task each, so that a single image still runs on every thread. The count depends on the shape
+// alone and partial sums are combined in chunk order: results do not depend on the thread count.
+constexpr int64_t kMinChunk = 16384;
+constexpr int64_t kMaxChunks = 16;
+
+inline int64_t row_chunks(int64_t H, int64_t W, int64_t channels) {
+  return std::clamp<int64_t>(H * W * channels / kMinChunk, 1, std::min<int64_t>(H, kMaxChunks));
 }
 
 }  // namespace ackd_fast
