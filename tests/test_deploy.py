@@ -105,9 +105,11 @@ def test_mobile_block_bad_input(change, error, message):
 @pytest.mark.parametrize("out_channels", [1, 2, 3, 4])
 @pytest.mark.parametrize("act", ["tanh", "none"])
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_narrow_conv2d_matches_the_fp64_conv(out_channels, act, with_bias):
-    # W 45 - 7 + 1 = 39 output columns: one full vector block and a scalar tail; channels_last input is accepted
-    x = (torch.randn(2, 5, 11, 45, dtype=torch.float64) * 3).contiguous(memory_format=CL)
+@pytest.mark.parametrize("width", [45, 57, 9])
+def test_narrow_conv2d_matches_the_fp64_conv(out_channels, act, with_bias, width):
+    # output columns W - 6: 39 = a block of 3-4 vectors and a partial vector; 51 adds single vectors; 3 is only a
+    # partial one (in float64 lanes too); channels_last input is accepted
+    x = (torch.randn(2, 5, 11, width, dtype=torch.float64) * 3).contiguous(memory_format=CL)
     weight = torch.randn(out_channels, 5, 7, 7, dtype=torch.float64) * 0.2
     bias = torch.randn(out_channels, dtype=torch.float64) if with_bias else None
     expected = F.conv2d(x, weight, bias)

@@ -262,30 +262,33 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
 enum class HeadAct { None, Tanh };
 
 // Output rows of y = act(conv(x, w) + bias) for kOut output channels, x and y contiguous (B, C, H, W). Vectors run
-// along W: a block of kVecs vectors of output pixels keeps kOut x kVecs accumulators in registers while it walks
-// every (channel, tap) once, loading kVecs input vectors and broadcasting kOut weights per tap.
+// along W: a block of V vectors of output pixels keeps kOut x V accumulators in registers while it walks every
+// (channel, tap) once, loading V input vectors and broadcasting kOut weights per tap. A row goes in blocks of kVecs
+// vectors, then of one, then one partial vector for its last pixels.
 template <typename T, int kOut>
 void narrow_conv_rows(const at::Tensor& x, const at::Tensor& w, const T* bias, HeadAct act, at::Tensor& y) {
-  constexpr int kVecs = kOut <= 3 ? 4 : 3;
+  constexpr int kVecs = kOut <= 3 ? 4 : 3;  // kOut x kVecs accumulators + kOut weights + 1 input fit in 16 registers
   constexpr int64_t L = Vec<T>::size();
+  using Full = std::integral_constant<int64_t, L>;
   const int64_t B = x.size(0), Ci = x.size(1), Hi = x.size(2), Wi = x.size(3);
   const int64_t Kh = w.size(2), Kw = w.size(3), Ho = y.size(2), Wo = y.size(3);
   const T* xp = x.const_data_ptr<T>();
   const T* wp = w.const_data_ptr<T>();
   T* yp = y.mutable_data_ptr<T>();
   const int64_t taps = Ci * Kh * Kw;  // weight of output o at tap t: wp[o * taps + t]
-  auto finish = [&](T v) { return act == HeadAct::Tanh ? std::tanh(v) : v; };
   at::parallel_for(0, B * Ho, 1, [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const int64_t b = row / Ho, h = row % Ho;
       const T* xb = xp + b * Ci * Hi * Wi;
       T* yrow[kOut];
       for (int o = 0; o < kOut; ++o) yrow[o] = yp + ((b * kOut + o) * Ho + h) * Wo;
-      int64_t w0 = 0;
-      for (; w0 + kVecs * L <= Wo; w0 += kVecs * L) {
-        Vec<T> acc[kOut][kVecs];
+      // V vectors of output pixels from w0, each of `lanes` lanes: L (a compile-time constant) in full blocks, fewer
+      // in the one-vector block at a row's end (whose loads read only its lanes)
+      auto block = [&](auto vectors, int64_t w0, auto lanes) {
+        constexpr int V = decltype(vectors)::value;
+        Vec<T> acc[kOut][V];
         for (int o = 0; o < kOut; ++o)
-          for (int v = 0; v < kVecs; ++v) acc[o][v] = Vec<T>(bias ? bias[o] : T(0));
+          for (int v = 0; v < V; ++v) acc[o][v] = Vec<T>(bias ? bias[o] : T(0));
         for (int64_t c = 0; c < Ci; ++c)
           for (int64_t i = 0; i < Kh; ++i) {
             const T* in = xb + (c * Hi + h + i) * Wi + w0;
@@ -293,25 +296,20 @@ void narrow_conv_rows(const at::Tensor& x, const at::Tensor& w, const T* bias, H
             for (int64_t j = 0; j < Kw; ++j) {
               Vec<T> wv[kOut];
               for (int o = 0; o < kOut; ++o) wv[o] = Vec<T>(wt[o * taps + j]);
-              for (int v = 0; v < kVecs; ++v) {
-                const auto xv = Vec<T>::loadu(in + j + v * L);
+              for (int v = 0; v < V; ++v) {
+                const auto xv = load(in + j + v * L, lanes);
                 for (int o = 0; o < kOut; ++o) acc[o][v] = at::vec::fmadd(xv, wv[o], acc[o][v]);
               }
             }
           }
         for (int o = 0; o < kOut; ++o)
-          for (int v = 0; v < kVecs; ++v)
-            (act == HeadAct::Tanh ? acc[o][v].tanh() : acc[o][v]).store(yrow[o] + w0 + v * L);
-      }
-      for (; w0 < Wo; ++w0)  // the row's last pixels, fewer than a block
-        for (int o = 0; o < kOut; ++o) {
-          T acc = bias ? bias[o] : T(0);
-          for (int64_t c = 0; c < Ci; ++c)
-            for (int64_t i = 0; i < Kh; ++i)
-              for (int64_t j = 0; j < Kw; ++j)
-                acc += xb[(c * Hi + h + i) * Wi + w0 + j] * wp[o * taps + (c * Kh + i) * Kw + j];
-          yrow[o][w0] = finish(acc);
-        }
+          for (int v = 0; v < V; ++v)
+            store(act == HeadAct::Tanh ? acc[o][v].tanh() : acc[o][v], yrow[o] + w0 + v * L, lanes);
+      };
+      int64_t w0 = 0;
+      for (; w0 + kVecs * L <= Wo; w0 += kVecs * L) block(std::integral_constant<int, kVecs>{}, w0, Full{});
+      for (; w0 + L <= Wo; w0 += L) block(std::integral_constant<int, 1>{}, w0, Full{});
+      if (w0 < Wo) block(std::integral_constant<int, 1>{}, w0, Wo - w0);
     }
   });
 }
