@@ -78,7 +78,6 @@ template <typename T>
 struct NormReluIn {
   const T* scale;
   const T* offset;
-  T operator()(T v, int64_t c) const { return std::max(v * scale[c] + offset[c], T(0)); }
   template <typename N>
   auto at(int64_t c, N n) const {
     return [s = load(scale + c, n), o = load(offset + c, n)](const Vec<T>& v) {
@@ -88,7 +87,6 @@ struct NormReluIn {
 };
 template <typename T>
 struct PlainIn {
-  T operator()(T v, int64_t) const { return v; }
   template <typename N>
   auto at(int64_t, N) const {
     return [](const Vec<T>& v) { return v; };
@@ -103,13 +101,16 @@ constexpr int64_t kPixelBlock = 16;  // pixels of a row that one sweep over a ch
 template <typename T, typename In>
 void depthwise3x3(const T* src, const T* k9, In in, T* dst, ChannelStats<T>& stats, const Map& m, int64_t chunks) {
   const int64_t W = m.W, C = m.C;
-  for (int64_t c = 0; c < C; ++c) {  // dst's first pixel, the statistics' shift
-    T acc = 0;
+  each_lane_block<T>(C, [&](int64_t c, auto n) {  // dst's first pixel, the statistics' shift
+    const auto in_c = in.at(c, n);
+    Vec<T> acc(T(0));
     for (int i = 0; i < 3; ++i)
-      for (int j = 0; j < 3; ++j)
-        acc += in(src[(reflect(i - 1, m.H) * W + reflect(j - 1, W)) * C + c], c) * k9[(i * 3 + j) * C + c];
-    stats.shift[c] = acc;
-  }
+      for (int j = 0; j < 3; ++j) {
+        const T* p = src + (reflect(i - 1, m.H) * W + reflect(j - 1, W)) * C + c;
+        acc = at::vec::fmadd(in_c(load(p, n)), load(k9 + (i * 3 + j) * C + c, n), acc);
+      }
+    store(acc, stats.shift.data() + c, n);
+  });
   for_row_chunks(m.H, chunks, [&](int64_t chunk, int64_t h0, int64_t h1) {
     stats.clear(chunk);
     for (int64_t h = h0; h < h1; ++h) {
@@ -127,7 +128,8 @@ void depthwise3x3(const T* src, const T* k9, In in, T* dst, ChannelStats<T>& sta
             Vec<T> part[3];  // one sum per kernel row: three short dependency chains instead of one of nine
             for (int i = 0; i < 3; ++i) {
               part[i] = in_c(load(rows[i] + cols[0], n)) * k[i * 3];
-              for (int j = 1; j < 3; ++j) part[i] = at::vec::fmadd(in_c(load(rows[i] + cols[j], n)), k[i * 3 + j], part[i]);
+              for (int j = 1; j < 3; ++j)
+                part[i] = at::vec::fmadd(in_c(load(rows[i] + cols[j], n)), k[i * 3 + j], part[i]);
             }
             const auto acc = part[0] + part[1] + part[2];
             store(acc, dst + (h * W + w) * C + c, n);

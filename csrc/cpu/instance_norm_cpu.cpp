@@ -124,9 +124,9 @@ void forward_pixels(const at::Tensor& x, const at::Tensor& res, const at::Tensor
   auto reduce = [&](T* out) {
     for (int64_t b = 0; b < B; ++b)
       for (int64_t c = 0; c < C; ++c) {
-        const int64_t first = (b * blocks + c / kChannelBlock) * chunks;
+        const T* first = part.data() + (b * blocks + c / kChannelBlock) * chunks * kChannelBlock + c % kChannelBlock;
         T total = 0;
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) total += part[(first + chunk) * kChannelBlock + c % kChannelBlock];
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) total += first[chunk * kChannelBlock];
         out[b * C + c] = total / N;
       }
   };
