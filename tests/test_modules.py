@@ -408,7 +408,7 @@ def check_module_under_autocast(cls, backend, device_type, dtype, attention_back
     exact_module = slow.to(torch.float64)
     exact_leaves = [t.detach().double().requires_grad_() for t in (deep, *sources)]
     exact = exact_module(exact_leaves[0], exact_leaves[1:])
-    grad = torch.randn_like(exact)
+    grad = torch.randn_like(exact).to(dtype).double()  # the incoming gradient every path can represent
     leaves_fast, leaves_slow = [deep, *sources, *fast.parameters()], [deep, *sources, *slow.parameters()]
     got_grads = torch.autograd.grad(got, leaves_fast, grad.to(got.dtype))
     exact_grads = torch.autograd.grad(exact, [*exact_leaves, *exact_module.parameters()], grad)
