@@ -47,4 +47,7 @@ inline int64_t row_chunks(int64_t H, int64_t W, int64_t channels) {
   return std::clamp<int64_t>(H * W * channels / kMinChunk, 1, std::min<int64_t>(H, kMaxChunks));
 }
 
+// Chunk k of `chunks` over H rows holds rows [chunk_start(H, chunks, k), chunk_start(H, chunks, k + 1)).
+inline int64_t chunk_start(int64_t H, int64_t chunks, int64_t k) { return H * k / chunks; }
+
 }  // namespace ackd_fast

@@ -33,7 +33,7 @@ struct Map {
 template <typename F>
 void for_row_chunks(int64_t H, int64_t chunks, F&& f) {
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t k = begin; k < end; ++k) f(k, H * k / chunks, H * (k + 1) / chunks);
+    for (int64_t k = begin; k < end; ++k) f(k, chunk_start(H, chunks, k), chunk_start(H, chunks, k + 1));
   });
 }
 

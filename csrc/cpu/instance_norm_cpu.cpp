@@ -67,7 +67,8 @@ template <typename T>
 struct Pixels {
   T* ptr;
   int64_t sb, sh, sw, W;
-  T* pixel(int64_t b, int64_t p) const { return ptr + b * sb + (p / W) * sh + (p % W) * sw; }
+  T* at(int64_t b, int64_t h, int64_t w) const { return ptr + b * sb + h * sh + w * sw; }
+  T* pixel(int64_t b, int64_t p) const { return at(b, p / W, p % W); }
 };
 
 template <typename T>
@@ -87,7 +88,7 @@ void add_channel_sums(const Pixels<T>& px, int64_t b, int64_t h0, int64_t h1, in
     Vec<T> acc[G];
     for (int64_t g = 0; g < G; ++g) acc[g] = Vec<T>(T(0));
     for (int64_t h = h0; h < h1; ++h) {
-      const T* row = px.ptr + b * px.sb + h * px.sh + c0 + k;
+      const T* row = px.at(b, h, 0) + c0 + k;
       for (int64_t w = 0; w < px.W; ++w)
         for (int64_t g = 0; g < G; ++g) acc[g] = acc[g] + f(load(row + w * px.sw + g * L, count), k + g * L, count);
     }
@@ -115,8 +116,8 @@ void forward_pixels(const at::Tensor& x, const at::Tensor& res, const at::Tensor
     at::parallel_for(0, B * blocks * chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t task = begin; task < end; ++task) {
         const int64_t b = task / (blocks * chunks), c0 = (task / chunks % blocks) * kChannelBlock;
-        const int64_t chunk = task % chunks;
-        f(task, b, c0, std::min(kChannelBlock, C - c0), H * chunk / chunks, H * (chunk + 1) / chunks);
+        const int64_t chunk = task % chunks, h0 = chunk_start(H, chunks, chunk), h1 = chunk_start(H, chunks, chunk + 1);
+        f(task, b, c0, std::min(kChannelBlock, C - c0), h0, h1);
       }
     });
   };
@@ -162,9 +163,9 @@ void forward_pixels(const at::Tensor& x, const at::Tensor& res, const at::Tensor
     const T* sh = shift.data() + b * C + c0;
     for (int64_t h = h0; h < h1; ++h)
       for (int64_t wi = 0; wi < px.W; ++wi) {
-        const T* xp = px.ptr + b * px.sb + h * px.sh + wi * px.sw + c0;
-        T* yp = py.ptr + b * py.sb + h * py.sh + wi * py.sw + c0;
-        const T* rp = pr.ptr ? pr.ptr + b * pr.sb + h * pr.sh + wi * pr.sw + c0 : nullptr;
+        const T* xp = px.at(b, h, wi) + c0;
+        T* yp = py.at(b, h, wi) + c0;
+        const T* rp = pr.ptr ? pr.at(b, h, wi) + c0 : nullptr;
         each_lane_block<T>(n, [&](int64_t k, auto count) {
           auto v = at::vec::fmadd(load(xp + k, count), load(sc + k, count), load(sh + k, count));
           if (act == Act::Relu) v = at::vec::clamp_min(v, Vec<T>(0));
