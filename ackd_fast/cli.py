@@ -42,20 +42,29 @@ HELP = {
     "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
     "a source",
     "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
-    "ackd": "ACKD feature distillation; --no-ackd trains the baseline student (reconstruction + GAN only), the alias "
-    "of --kd none",
     "kd": "feature distillation: ackd (refiners over the teacher's taps), plain (GAN Compression's: the student's "
-    "taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none (the baseline)",
-    "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both (ACK-F after ACK-A)",
-    "residual": "ACK-F's residual connection; --no-residual is the paper's ablation 'w/o ACK-F residual' (ACK-A keeps "
-    "its own; ACK-F then accumulates the map it refines with the sources)",
+    "taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none (the baseline; "
+    "--no-ackd is its alias)",
+    "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both",
+    "composition": "with --mode both: parallel (T* = ACK-A(F) + ConvBlock(acc(sources))) or chained "
+    "(T* = F + ConvBlock(ACK-A branch))",
+    "residual": "ACK-F's deep-stage residual (the F + of T*); --no-residual is the paper's ablation 'w/o ACK-F "
+    "residual'",
+    "refiner_init": "how the refiners start: default (PyTorch's), identity (T* == F at step 0) or normal "
+    "(GAN Compression's normal(0, 0.02))",
     "ack_train": "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
-    "features detached; joint: the feature loss also trains the refiners",
+    "features detached; joint: the feature loss also trains the refiners; masked: the teacher path decodes T* "
+    "refined from a masked deep map, so the sources are needed",
+    "mask_ratio": "--ack-train masked: the share of the deep map's pixels zeroed",
+    "loss_preset": "per-task loss weights from GAN Compression's scripts: edges2shoes, map2sat, cityscapes, "
+    "horse2zebra, sample; auto = by the data folder's name (any other folder: sample's)",
+    "diag_every": "steps between the refiners' diagnostics in log.jsonl (ACKD); 0 = none",
     "kv_stride": "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
     "heads": "ACK-A attention heads (must divide the teacher's tap channels)",
-    "lambda_recon": "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired)",
-    "lambda_gan": "weight of the student's GAN loss",
-    "lambda_feat": "weight of the ACKD feature MSE",
+    "lambda_recon": "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired); "
+    "default: the preset's",
+    "lambda_gan": "weight of the student's GAN loss; default: the preset's",
+    "lambda_feat": "weight of the feature MSE (ACKD and plain KD); default: the preset's",
     "steps": "training steps (the learning-rate schedule spans them)",
     "decay_steps": "the last DECAY_STEPS steps decay the learning rate linearly to 0; -1 = steps // 2",
     "lr": "Adam learning rate (generator and discriminator)",
@@ -81,14 +90,16 @@ HELP = {
     "select_on": "none, or val: hold out --val-size training samples, evaluate on them every --eval-every steps and "
     "keep the best generator in OUT_DIR/best.pt (the peers select on the test split)",
     "val_size": "samples held out for --select-on val; 0 = a tenth of the training samples, at least 1 and at most 200",
+    "eval_split": "the split --eval-every scores (test, val); empty = test, else val",
     "inception_weights": "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub "
     "cache (training never downloads)",
 }
 # Flags that only one command takes. Distill's discriminator comes from the teacher's run or --teacher-d, so its
 # architecture flags are the teacher's alone; distill's --model/--generator/--ngf check (or stand in for) what a
 # bare teacher file implies.
-DISTILL_ONLY = {"teacher", "teacher_d", "recipe", "student_ngf", "taps", "student_taps", "ackd", "mode", "residual",
-                "kd", "ack_train", "kv_stride", "heads", "lambda_recon", "lambda_gan", "lambda_feat"}  # fmt: skip
+DISTILL_ONLY = {"teacher", "teacher_d", "recipe", "student_ngf", "taps", "student_taps", "mode", "composition",
+                "residual", "refiner_init", "kd", "ack_train", "mask_ratio", "kv_stride", "heads", "loss_preset",
+                "lambda_recon", "lambda_gan", "lambda_feat", "diag_every"}  # fmt: skip
 TEACHER_ONLY = {"discriminator", "ndf", "n_layers_d"}
 
 
@@ -101,8 +112,11 @@ def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str], defaults:
         if f.type in (bool, "bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
         else:
-            kind = {"int": int, "float": float, "str": str}[f.type if isinstance(f.type, str) else f.type.__name__]
+            type_name = f.type if isinstance(f.type, str) else f.type.__name__
+            kind = {"int": int, "float": float, "str": str, "float | None": float}[type_name]
             parser.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} (default: %(default)s)")
+        if f.name == "kd":
+            parser.add_argument("--no-ackd", dest="kd", action="store_const", const="none", help="alias of --kd none")
 
 
 def _config(args: argparse.Namespace, job: str) -> Config:
@@ -165,6 +179,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from ackd_fast.demo import DemoConfig, run_demo
 
     run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)}))
+
+
+def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
+    from ackd_fast.study import StudyConfig, run_study
+
+    sc = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
+    result = run_study(sc, argv)
+    print(f"\n{result['verdict']}\nreport: {sc.out_dir}/results.md, results.json, study.png")
 
 
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
@@ -252,9 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: %(default)s)")
     p.add_argument("--latency-runs", type=int, default=20, help="timed forwards per latency figure; 0 = no latency")
     p.add_argument("--latency-batch", type=int, default=8, help="throughput batch size (default: %(default)s)")
-    p.add_argument(
-        "--latency-size", type=int, default=0, help="square input size for latency; 0 = the evaluation size"
-    )
+    p.add_argument("--latency-size", type=int, default=0, help="square input size for latency; 0 = the evaluation size")
     p.add_argument("--latency-dtypes", default="fp32,bf16", help="comma-separated (default: %(default)s)")
     p.add_argument(
         "--task",
@@ -341,12 +361,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="progress bars")
     p.set_defaults(func=cmd_demo)
+
+    from ackd_fast.study import ARMS, DEFAULT_ARMS, PRESETS, StudyConfig
+
+    p = commands.add_parser(
+        "study", help="the method study: one teacher, then ACKD variants, plain KD and no KD over paired seeds; "
+        "paired differences with 95 %% intervals (resumable)",
+    )  # fmt: skip
+    s = StudyConfig()
+    p.add_argument("--out-dir", default=s.out_dir, help="study folder (default: %(default)s)")
+    p.add_argument("--preset", default=s.preset, help=f"scale: {', '.join(PRESETS)} (default: %(default)s)")
+    p.add_argument("--arms", default=s.arms, help=f"comma-separated among {', '.join(ARMS)}; default: "
+                   f"{','.join(DEFAULT_ARMS)}")  # fmt: skip
+    p.add_argument("--main-seeds", type=int, default=0, help="seeds of ackd, plain, none; 0 = the preset's")
+    p.add_argument("--other-seeds", type=int, default=0, help="seeds of the other arms; 0 = the preset's")
+    p.add_argument("--teacher-steps", type=int, default=0, help="0 = the preset's")
+    p.add_argument("--student-steps", type=int, default=0, help="0 = the preset's")
+    p.add_argument("--report", action="store_true", help="only rewrite the report from the finished runs")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=s.progress, help="progress bars")
+    p.set_defaults(func=cmd_study)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    args.func(args)
+    if args.func is cmd_study:
+        args.func(args, argv[1:])
+    else:
+        args.func(args)
 
 
 if __name__ == "__main__":

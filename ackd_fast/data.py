@@ -405,17 +405,22 @@ def build_tile_set(
     stride: int = 16,
     holdout: float = 0.25,
     short_side: int = 288,
+    val: float = 0.0,
 ) -> Path:
     """Writes the demo's photo -> sketch tile set under `root` (once: a matching `meta.json` means it is there) and
     returns `root`: `train/` and `test/` hold A|B images (aligned layout), A a tile of a photograph of TILE_PHOTOS
     scaled to `short_side`, B the same tile of the photograph's sketch (`photo_sketch`, drawn from the whole
     photograph). Training tiles (`tile` px, every `stride` px) lie in the left 1 - `holdout` of each photograph, test
-    tiles (`test_tile` px, not overlapping) in the rest, a gap of `test_tile // 8` px between them."""
+    tiles (`test_tile` px, not overlapping) in the rest, a gap of `test_tile // 8` px between them. With `val` > 0
+    the band of that fraction of the width just left of the test region gives `val/` tiles (as the test tiles, gaps
+    on both sides), for choices that must not look at the test split; training keeps the rest."""
     for name, value in (("tile", tile), ("test_tile", test_tile), ("stride", stride), ("short_side", short_side)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not 0 < holdout < 1:
         raise ValueError(f"holdout must be a fraction in (0, 1), got {holdout!r}")
+    if not 0 <= val < 1 - holdout:
+        raise ValueError(f"val must be a fraction in [0, 1 - holdout), got {val!r}")
     if max(tile, test_tile) > short_side:
         raise ValueError(f"tile={tile} and test_tile={test_tile} must be <= short_side={short_side}")
     root = Path(root)
@@ -429,29 +434,37 @@ def build_tile_set(
         "holdout": holdout,
         "short_side": short_side,
         "photos": TILE_PHOTOS,
-    }
+    } | ({"val": val} if val else {})
     if _is_built(root, meta):
         return root
     photos = {name: _scaled_photo(name, short_side) for name in TILE_PHOTOS}
+    gap = test_tile // 8
     cut = {name: int(p.shape[1] * (1 - holdout)) for name, p in photos.items()}
+    val_cut = {name: int(p.shape[1] * (1 - holdout - val)) for name, p in photos.items()}
     for name, p in photos.items():
-        if p.shape[1] - cut[name] - test_tile // 8 < test_tile or cut[name] < tile:
+        if p.shape[1] - cut[name] - gap < test_tile or val_cut[name] < tile:
             raise ValueError(f"photograph {name} ({p.shape[1]} px wide) holds no {test_tile} px test tile at "
                              f"holdout={holdout}; raise holdout or short_side")  # fmt: skip
-    for phase in ("train", "test"):
+        if val and cut[name] - val_cut[name] - 2 * gap < test_tile:
+            raise ValueError(f"photograph {name} ({p.shape[1]} px wide) holds no {test_tile} px val tile at "
+                             f"val={val}; raise val or short_side")  # fmt: skip
+    for phase in ("train", "test", "val") if val else ("train", "test"):
         (root / phase).mkdir(parents=True, exist_ok=True)
     for name, p in photos.items():
         sketch = photo_sketch(p)
         height, width = p.shape[:2]
+        train_end = val_cut[name] - gap if val else cut[name]
         windows = [
             ("train", y, x, tile)
             for y in range(0, height - tile + 1, stride)
-            for x in range(0, cut[name] - tile + 1, stride)
+            for x in range(0, train_end - tile + 1, stride)
         ]
+        bands = [("test", cut[name] + gap, width)] + ([("val", val_cut[name] + gap, cut[name] - gap)] if val else [])
         windows += [
-            ("test", y, x, test_tile)
+            (phase, y, x, test_tile)
+            for phase, start, stop in bands
             for y in range(0, height - test_tile + 1, test_tile)
-            for x in range(cut[name] + test_tile // 8, width - test_tile + 1, test_tile)
+            for x in range(start, stop - test_tile + 1, test_tile)
         ]
         for phase, y, x, size in windows:
             pair = np.concatenate([p[y : y + size, x : x + size], sketch[y : y + size, x : x + size]], axis=1)

@@ -31,6 +31,7 @@ from ackd_fast import metrics
 from ackd_fast.evaluation import evaluate_generator
 from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.peers import load_generator
+from ackd_fast.plots import read_log
 from ackd_fast.report import format_table
 from ackd_fast.train import Config, save_grid, train
 
@@ -139,7 +140,7 @@ def _loss_plot(path: Path, runs: dict[str, tuple[Path, str]]) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     for label, (log, key) in runs.items():
-        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        rows = [r for r in read_log(log) if key in r]  # loss records (not diagnostics or evaluations)
         axes[0].plot([r["step"] for r in rows], [r[key] for r in rows], label=f"{label} ({key})")
         if "g_feat" in rows[0]:
             axes[1].plot([r["step"] for r in rows], [r["g_feat"] for r in rows], label=f"{label} feature MSE")

@@ -1,27 +1,38 @@
 """ACKD distillation (DESIGN.md section 1): a frozen teacher, ACK refiners over its taps, 1x1 connectors from the
 student's taps, and the student's losses, as one nn.Module whose forward is the generator side of a step.
 
-Taps F_0 .. F_{K-1} come from the config by name (default: stem, block3, block6, block9). For each deep stage
-k >= 1, `ACKRefiner` turns F_k and its sources S_k = {F_0 .. F_{k-1}} into T*_k; the student's tap k, through its
-connector phi_k, is pulled towards T*_k by an MSE.
+Taps F_0 .. F_{K-1} come from the config by name (default: GAN Compression's four, stem, block3, block6, block9).
+For each deep stage k >= 1, `ACKRefiner` turns F_k and its sources S_k = {F_0 .. F_{k-1}} into T*_k. Every student
+tap k, through its 1x1 connector phi_k, is pulled towards its target by an MSE: T*_k for k >= 1 and F_0 itself for
+the first tap, which has no sources to refine it (GAN Compression distils all four taps; so do ACKD and plain KD
+here, so that the refiners are the only difference between them).
 
 How the refiners learn (`ack_train`):
   "teacher-path" (default): T*_k replaces F_k inside the frozen teacher's forward; the rest of the teacher decodes it
       and an L1 to the teacher's own output (plus the ground truth when paired) trains the refiner. The student's
       feature loss sees T*_k detached, so it cannot pull the knowledge towards what the student already knows.
   "joint": the same teacher-path loss, and the feature loss's gradient reaches the refiners too (no detach).
+  "masked": the teacher path decodes T*_k refined from a masked deep map (each pixel of F_k zeroed with probability
+      `mask_ratio`, as masked generative distillation masks features), so the refiner must rebuild the missing
+      pixels from the sources: the shallow stages become necessary. The student learns from T*_k of the whole
+      F_k (detached), as in "teacher-path".
 Student losses: lambda_recon * L1 to the ground truth when paired (to the teacher's output when unpaired),
 lambda_gan * GAN loss under a discriminator initialised from the teacher's, lambda_feat * sum_k MSE.
 
 `kd` picks the feature distillation (the ablation of the refiners):
   "ackd": as above.
-  "plain": GAN Compression's distillation: the connector's output phi_k(S_k) is pulled by the same MSE towards the
-      teacher's own tap F_k, on the same taps k >= 1 with the same weight; no refiners, no teacher path.
+  "plain": GAN Compression's distillation: phi_k(S_k) is pulled by the same MSE towards the teacher's own tap F_k,
+      on the same taps with the same weight; no refiners, no teacher path.
   "none": no refiners, connectors or feature loss: the baseline student (reconstruction + GAN only).
+
+`diagnostics` measures what the refiners do (per tap: how far T*_k is from F_k, each source's share of the
+attention mass, the attention entropy, the fusion weights, and how much the teacher's output moves when the sources
+are zeroed); the loop logs it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -30,26 +41,27 @@ from torch import Tensor, nn
 
 from ackd_fast import checks
 from ackd_fast.losses import Critic, Step
-from ackd_fast.models import TappedGenerator
-from ackd_fast.modules import REFINER_MODES, ACKRefiner
+from ackd_fast.models import TappedGenerator, init_weights
+from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES, ACKRefiner
 
-ACK_TRAIN = ("teacher-path", "joint")
+ACK_TRAIN = ("teacher-path", "joint", "masked")
 KD_MODES = ("ackd", "plain", "none")
-RECIPES = ("compress", "self")
 
 
 class Distiller(nn.Module):
     """Args:
     teacher, student: generators with named taps; the teacher is frozen here (eval, no grad).
-    teacher_taps, student_taps: K tap names each (K >= 2), in forward order; tap 0 is only ever a source.
+    teacher_taps, student_taps: K tap names each (K >= 2), in forward order; tap 0 is distilled as it is and is a
+        source of every refiner.
     paired: whether the data has ground truth (pix2pix) or not (CycleGAN: reconstruct the teacher's output).
     gan_mode: the GAN loss of the critic.
     kd: "ackd", "plain" (GAN Compression's feature MSE to the teacher's taps) or "none" (the baseline); module
         docstring.
-    mode, kv_stride, heads, backend: passed to every ACKRefiner (kd="ackd" only).
-    residual: ACK-F's residual, passed to every ACKRefiner; False is the paper's ablation "w/o ACK-F residual" (ACK-A
-        keeps its own, and ACK-F accumulates the map it refines with the sources, so ACK-A still trains).
-    ack_train: "teacher-path" or "joint" (module docstring).
+    mode, composition, residual, kv_stride, heads, backend: passed to every ACKRefiner (kd="ackd" only);
+        residual=False is the paper's ablation "w/o ACK-F residual" (ACKRefiner says what each composition does).
+    refiner_init: how the refiners start (modules.REFINER_INITS); the connectors start as the peers' (normal(0,
+        0.02)).
+    ack_train: "teacher-path", "joint" or "masked" (module docstring); mask_ratio: the masked share of F_k's pixels.
     """
 
     def __init__(
@@ -62,8 +74,11 @@ class Distiller(nn.Module):
         gan_mode: str,
         kd: str = "ackd",
         mode: str = "both",
+        composition: str = "parallel",
         residual: bool = True,
+        refiner_init: str = "default",
         ack_train: str = "teacher-path",
+        mask_ratio: float = 0.5,
         kv_stride: int = 1,
         heads: int = 4,
         backend: str = "auto",
@@ -86,45 +101,76 @@ class Distiller(nn.Module):
         self.paired, self.gan_mode = bool(paired), gan_mode
         self.kd = checks.one_of("kd", kd, KD_MODES)
         self.mode = checks.one_of("mode", mode, REFINER_MODES)
+        checks.one_of("composition", composition, COMPOSITIONS)
+        checks.one_of("refiner_init", refiner_init, REFINER_INITS)
         self.ack_train = checks.one_of("ack_train", ack_train, ACK_TRAIN)
+        if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0 < mask_ratio < 1:
+            raise ValueError(f"mask_ratio must be a fraction in (0, 1), got {mask_ratio!r}")
+        self.mask_ratio = float(mask_ratio)
         self.lambda_recon, self.lambda_gan, self.lambda_feat = lambda_recon, lambda_gan, lambda_feat
         self.refiners = nn.ModuleList()
         self.connectors = nn.ModuleList()
         if self.kd != "none":
             t_ch, s_ch = teacher.tap_channels(), student.tap_channels()
             channels = [t_ch[n] for n in self.teacher_taps]
-            for k in range(1, len(channels)):
-                if self.kd == "ackd":
+            for k in range(len(channels)):
+                if self.kd == "ackd" and k >= 1:
                     self.refiners.append(
                         ACKRefiner(
                             channels[k],
                             channels[:k],
                             mode=mode,
+                            composition=composition,
                             residual=residual,
+                            init=refiner_init,
                             backend=backend,
                             **({"kv_stride": kv_stride, "heads": heads} if mode != "fusion" else {}),
                         )
                     )
-                self.connectors.append(nn.Conv2d(s_ch[self.student_taps[k]], channels[k], 1))
+                self.connectors.append(init_weights(nn.Conv2d(s_ch[self.student_taps[k]], channels[k], 1)))
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
         self.teacher.eval()  # frozen whatever the loop asks
         return self
 
-    def refine(self, feats: list[Tensor]) -> list[Tensor]:
+    def refine(self, feats: Sequence[Tensor]) -> list[Tensor]:
         """T*_k for k = 1 .. K-1 from the teacher's taps F_0 .. F_{K-1}."""
         return [r(feats[k], feats[:k]) for k, r in enumerate(self.refiners, start=1)]
 
-    def _feature_loss(self, s_feats: dict[str, Tensor], targets: list[Tensor]) -> Tensor:
-        """sum_k MSE(phi_k(student tap k), target k) over the taps k >= 1."""
+    def mask(self, x: Tensor) -> Tensor:
+        """x with each pixel (all its channels) zeroed with probability mask_ratio ("masked" training)."""
+        keep = torch.rand(x.shape[0], 1, *x.shape[-2:], device=x.device) >= self.mask_ratio
+        return x * keep.to(x.dtype)
+
+    def _feature_loss(self, s_feats: dict[str, Tensor], targets: Sequence[Tensor]) -> Tensor:
+        """sum_k MSE(phi_k(student tap k), target k) over every tap."""
         feat = targets[0].new_zeros((), dtype=torch.float32)
-        for phi, name, target in zip(self.connectors, self.student_taps[1:], targets, strict=True):
+        for phi, name, target in zip(self.connectors, self.student_taps, targets, strict=True):
             s_map = phi(s_feats[name])
             if s_map.shape[-2:] != target.shape[-2:]:  # taps of different generators may differ in resolution
                 s_map = F.interpolate(s_map, size=target.shape[-2:], mode="bilinear", align_corners=False)
             feat = feat + F.mse_loss(s_map.float(), target.float())
         return feat
+
+    def _teacher_path(self, a: Tensor, b: Tensor, t_out: Tensor, feats: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+        """(the refiners' loss, the student's targets T*_k) for the ack_train mode (module docstring)."""
+        if self.ack_train == "masked":
+            decoded_from = [r(self.mask(feats[k]), feats[:k]) for k, r in enumerate(self.refiners, start=1)]
+            with torch.no_grad():
+                targets = self.refine(feats)
+        else:
+            decoded_from = self.refine(feats)
+            targets = [t.detach() if self.ack_train == "teacher-path" else t for t in decoded_from]
+        # Each T*_k decoded by the rest of the frozen teacher must still give the teacher's output (and the ground
+        # truth when there is one); only the refiners receive this gradient.
+        path = t_out.new_zeros((), dtype=torch.float32)
+        for name, t_star in zip(self.teacher_taps[1:], decoded_from, strict=True):
+            decoded = self.teacher(a, replace={name: t_star}).float()
+            path = path + F.l1_loss(decoded, t_out.float())
+            if self.paired:
+                path = path + F.l1_loss(decoded, b.float())
+        return path, targets
 
     def forward(self, a: Tensor, b: Tensor, critic: Critic) -> Step:
         with torch.no_grad():
@@ -138,25 +184,49 @@ class Distiller(nn.Module):
         gan = critic.adversarial(0, torch.cat([a, fake], 1) if self.paired else fake)
         loss = self.lambda_recon * recon + self.lambda_gan * gan
         logs = {"g_recon": recon, "g_gan": gan}
+        feats = [t_feats[n] for n in self.teacher_taps]
         if self.kd == "ackd":
-            feats = [t_feats[n] for n in self.teacher_taps]
-            refined = self.refine(feats)
-            # Teacher path: each T*_k decoded by the rest of the frozen teacher must still give the teacher's
-            # output (and the ground truth when there is one); only the refiners receive this gradient.
-            path = fake.new_zeros((), dtype=torch.float32)
-            for name, t_star in zip(self.teacher_taps[1:], refined, strict=True):
-                decoded = self.teacher(a, replace={name: t_star}).float()
-                path = path + F.l1_loss(decoded, t_out.float())
-                if self.paired:
-                    path = path + F.l1_loss(decoded, b.float())
-            targets = [t.detach() if self.ack_train == "teacher-path" else t for t in refined]
-            feat = self._feature_loss(s_feats, targets)
+            path, refined = self._teacher_path(a, b, t_out, feats)
+            feat = self._feature_loss(s_feats, [feats[0], *refined])
             loss = loss + self.lambda_feat * feat + path
             logs |= {"g_feat": feat, "ack_path": path}
         elif self.kd == "plain":
-            feat = self._feature_loss(s_feats, [t_feats[n] for n in self.teacher_taps[1:]])
+            feat = self._feature_loss(s_feats, feats)
             loss = loss + self.lambda_feat * feat
             logs |= {"g_feat": feat}
         real_pair = torch.cat([a, b], 1) if self.paired else b
         fake_pair = torch.cat([a, fake], 1) if self.paired else fake
         return Step(loss, logs, [(real_pair, fake_pair)], fake, {"teacher": t_out})
+
+    @torch.no_grad()
+    def diagnostics(self, a: Tensor) -> dict[str, float]:
+        """What the refiners do on the images `a`, per tap k >= 1 (kd="ackd"; {} otherwise), keys "tap{k}/...":
+        rel_dev ||T*_k - F_k|| / ||F_k||; share{j}, the attention mass on source j (mean over queries and heads);
+        entropy, the attention's entropy over all keys as a share of its maximum log(N_kv); w{j}, ACK-F's
+        accumulation weights; src_effect, mean |decode(T*_k) - decode(T*_k with every source zeroed)| of the
+        teacher's output (images in [-1, 1])."""
+        if self.kd != "ackd":
+            return {}
+        _, t_feats = self.teacher(a, taps=self.teacher_taps)
+        feats = [t_feats[n].float() for n in self.teacher_taps]
+        out: dict[str, float] = {}
+        for k, (name, refiner) in enumerate(zip(self.teacher_taps[1:], self.refiners, strict=True), start=1):
+            deep, sources = feats[k], feats[:k]
+            t_star = refiner(deep, sources)
+            key = f"tap{k}"
+            out[f"{key}/rel_dev"] = ((t_star - deep).norm() / deep.norm().clamp_min(1e-12)).item()
+            if refiner.attention is not None:
+                probs, counts = refiner.attention.attention_probs(deep, sources)
+                mass = probs.split(counts, dim=-1)
+                for j, m in enumerate(mass):
+                    out[f"{key}/share{j}"] = m.sum(-1).mean().item()
+                entropy = -(probs * probs.clamp_min(1e-30).log()).sum(-1).mean()
+                out[f"{key}/entropy"] = (entropy / math.log(probs.shape[-1])).item() if probs.shape[-1] > 1 else 0.0
+            if refiner.fusion is not None:
+                for j, w in enumerate(refiner.fusion.weights.tolist()):
+                    out[f"{key}/w{j}"] = w
+            zeroed = refiner(deep, [torch.zeros_like(x) for x in sources])
+            with_sources = self.teacher(a, replace={name: t_star.to(a.dtype)})
+            without = self.teacher(a, replace={name: zeroed.to(a.dtype)})
+            out[f"{key}/src_effect"] = (with_sources - without).abs().mean().item()
+        return out

@@ -17,9 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast import checks, ops, reference
+from ackd_fast.models.base import INIT_GAIN
 from ackd_fast.ops import check_backend, compute_dtype, resolve_backend
 
 REFINER_MODES = ("attention", "fusion", "both")
+COMPOSITIONS = ("parallel", "chained")  # how mode="both" composes ACK-A and ACK-F (ACKRefiner)
+REFINER_INITS = ("default", "identity", "normal")  # how a refiner starts (ACKRefiner)
 
 
 def _projection(conv: nn.Conv2d | None) -> reference.Projection | None:
@@ -92,6 +95,15 @@ class ACKAttention(nn.Module):
             residual=self.residual,
             attention=attention,
         )
+
+    def attention_probs(self, deep: Tensor, sources: Sequence[Tensor]) -> tuple[Tensor, list[int]]:
+        """The attention matrix itself, for diagnostics (it is N_q x N_kv per head: small maps only): probabilities
+        (B, heads, N_q, N_kv) over the keys of all sources in order, and each source's key count."""
+        deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
+        pooled = [reference.pool_tokens(a, self.kv_stride) for a in sources]
+        q = reference.conv1x1(deep, _projection(self.to_q))
+        keys = [reference.conv1x1(a, _projection(c)) for a, c in zip(pooled, self.to_k, strict=True)]
+        return reference.attention_probs(q, keys, self.heads), [k.shape[-2] * k.shape[-1] for k in keys]
 
     def extra_repr(self) -> str:
         return (
@@ -170,12 +182,24 @@ class ACKFusion(nn.Module):
 
 
 class ACKRefiner(nn.Module):
-    """The refined knowledge T*_k of one deep stage: ACK-F(ACK-A(deep, sources), sources) for mode="both",
-    or either module alone ("attention", "fusion").
+    """The refined knowledge T*_k of one deep stage F_k = `deep` from its sources S_k (DESIGN.md section 1).
 
-    `residual` is ACK-F's (the paper's ablation; ACK-A keeps its own, as ACKAttention(residual=False) would not).
-    Without it ACK-F would discard the map it refines, and with it ACK-A in "both": it accumulates that map as one
-    more source instead, so that ConvBlock(acc) still reads it (at most 3 sources then).
+    mode="both" composes ACK-A and ACK-F as `composition` says:
+        "parallel" (default): T*_k = ACK-A(F_k, S_k) + ConvBlock(acc(S_k)), ACK-A with its own residual
+            (F_k + Wo O), i.e. ACK-F(ACK-A(deep, sources), sources).
+        "chained": T*_k = F_k + ConvBlock(Wo O), the supplement's reading: ACK-A's branch (the correlation of the
+            deep-stage and the accumulated knowledge) is what ACK-F's conv block turns into the complement of F_k.
+    mode="attention" or "fusion" runs that module alone (composition does not apply).
+
+    `residual` is ACK-F's deep-stage residual, the `F_k +` of the formulas (the paper's ablation "w/o ACK-F
+    residual"). Chained without it: T*_k = ConvBlock(Wo O). Parallel without it: ACK-F would discard the map it
+    refines, so it accumulates ACK-A's output as one more source instead (at most 3 sources then), ACK-A keeping
+    its own residual.
+
+    `init` is how the refiner starts (REFINER_INITS): "default", PyTorch's per-layer init; "identity", the layers
+    that end each residual branch zeroed (ACK-A's output projection, ACK-F's last norm scale and shift), so
+    T*_k == F_k exactly at step 0 wherever the deep residual is kept; "normal", GAN Compression's normal(0, 0.02)
+    convolutions with norm scales ~ normal(1, 0.02).
 
     Keyword arguments go to the module that takes them: heads, head_dim, kv_stride to ACKAttention;
     resize, eps to ACKFusion; backend to both.
@@ -191,10 +215,15 @@ class ACKRefiner(nn.Module):
         mode: str = "both",
         residual: bool = True,
         backend: str = "auto",
+        composition: str = "parallel",
+        init: str = "default",
         **kw,
     ):
         super().__init__()
         self.mode = checks.one_of("mode", mode, REFINER_MODES)
+        self.composition = checks.one_of("composition", composition, COMPOSITIONS)
+        self.residual = bool(residual)
+        init = checks.one_of("init", init, REFINER_INITS)
         unknown = set(kw) - set(self._ATTENTION_KW) - set(self._FUSION_KW)
         if unknown:
             raise TypeError(
@@ -202,7 +231,8 @@ class ACKRefiner(nn.Module):
                 f"it takes {list(self._ATTENTION_KW + self._FUSION_KW)}"
             )
         source_channels = checks.channel_list("source_channels", source_channels)
-        if not residual and (mode == "attention" or len(source_channels) == checks.MAX_SOURCES):
+        self.chained = mode == "both" and composition == "chained"
+        if not residual and not self.chained and (mode == "attention" or len(source_channels) == checks.MAX_SOURCES):
             raise ValueError(
                 "residual=False (ACK-F's residual; ACK-F then accumulates the deep map too) needs mode 'fusion' or "
                 f"'both' and at most {checks.MAX_SOURCES - 1} sources, got mode={mode!r} and "
@@ -210,9 +240,12 @@ class ACKRefiner(nn.Module):
             )
         attn_kw = {k: v for k, v in kw.items() if k in self._ATTENTION_KW}
         fusion_kw = {k: v for k, v in kw.items() if k in self._FUSION_KW}
-        fusion_sources = [*source_channels] if residual else [*source_channels, deep_channels]
+        if self.chained:  # ConvBlock reads ACK-A's branch alone
+            fusion_sources = [deep_channels]
+        else:
+            fusion_sources = [*source_channels] if residual else [*source_channels, deep_channels]
         self.attention = (
-            ACKAttention(deep_channels, source_channels, backend=backend, **attn_kw)
+            ACKAttention(deep_channels, source_channels, residual=not self.chained, backend=backend, **attn_kw)
             if mode in ("attention", "both")
             else None
         )
@@ -221,10 +254,41 @@ class ACKRefiner(nn.Module):
             if mode in ("fusion", "both")
             else None
         )
+        self.reset_parameters(init)
+
+    @torch.no_grad()
+    def reset_parameters(self, init: str = "default") -> None:
+        """Re-initialises the refiner as `init` says (class docstring); "default" leaves the layers as built."""
+        init = checks.one_of("init", init, REFINER_INITS)
+        if init == "normal":
+            for m in self.modules():
+                if isinstance(m, nn.Conv2d):
+                    nn.init.normal_(m.weight, 0.0, INIT_GAIN)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+            if self.fusion is not None:
+                for w, b in ((self.fusion.norm1_weight, self.fusion.norm1_bias),
+                             (self.fusion.norm2_weight, self.fusion.norm2_bias)):  # fmt: skip
+                    nn.init.normal_(w, 1.0, INIT_GAIN)
+                    nn.init.zeros_(b)
+        elif init == "identity":
+            # Zero the last layer of each residual branch: ACK-A's output (unless ConvBlock follows it, whose
+            # zeroed last norm already silences the branch) and ACK-F's last norm.
+            if self.attention is not None and not self.chained:
+                nn.init.zeros_(self.attention.to_out.weight)
+                nn.init.zeros_(self.attention.to_out.bias)
+            if self.fusion is not None:
+                nn.init.zeros_(self.fusion.norm2_weight)
+                nn.init.zeros_(self.fusion.norm2_bias)
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
+        if self.chained:
+            return self.fusion(deep, [self.attention(deep, sources)])
         if self.attention is not None:
             deep = self.attention(deep, sources)
         if self.fusion is not None:
             deep = self.fusion(deep, sources if self.fusion.residual else [*sources, deep])
         return deep
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, composition={self.composition!r}, residual={self.residual}"

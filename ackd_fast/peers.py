@@ -148,7 +148,7 @@ def _try(state: dict[str, Tensor], name: str, layout: str, ngf: int | None) -> _
         ngf = int(state[first].shape[0])
     fit.ngf = ngf
     with torch.device("meta"):
-        expected = build_generator(name, ngf).state_dict()
+        expected = build_generator(name, ngf, init="default").state_dict()
     ours = {}
     for our_key, peer_key in mapping.items():
         if peer_key not in state:
@@ -227,6 +227,7 @@ class GeneratorFile:
     step: int | None = None
     selection: dict | None = None
     info: dict = field(default_factory=dict)  # an exported generator's sidecar
+    discriminators: dict | None = None  # a run checkpoint's discriminator states (its "d" entry), read in the same go
 
     @property
     def direction(self) -> str | None:
@@ -244,7 +245,7 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
     written, and a file that fits no known generator raises a ValueError naming the file."""
     path = Path(path)
     obj = load_tensors(path)
-    config, step, selection, info = None, None, None, {}
+    config, step, selection, info, discriminators = None, None, None, {}, None
     if isinstance(obj, dict) and "generator" in obj and isinstance(obj["generator"], dict):  # a run checkpoint
         spec = obj["generator"]
         if spec.get("name") not in GENERATORS or not isinstance(spec.get("ngf"), int) or "state" not in spec:
@@ -257,6 +258,7 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
         name, ngf, source = spec["name"], spec["ngf"], "run checkpoint"
         state = _tensor_dict(path, spec["state"], "generator")
         config, step, selection = obj.get("config"), obj.get("step"), obj.get("selection")
+        discriminators = obj.get("d") if isinstance(obj.get("d"), dict) else None
         layouts: tuple[str, ...] | None = (OURS,)
     elif isinstance(obj, dict) and {"config", "step"} & set(obj):
         raise ValueError(f"{path} is a checkpoint without a generator (it holds {sorted(obj)})")
@@ -276,10 +278,10 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
                 config = info.get("config")
                 source = "exported generator"
     fit = _match(path, state, name, ngf, layouts)
-    generator = build_generator(fit.name, fit.ngf)
+    generator = build_generator(fit.name, fit.ngf, init="default")  # the file overwrites every weight
     generator.load_state_dict(fit.state, strict=True)
     source = source or f"{LAYOUT_NAMES[fit.layout]} layout"
-    return GeneratorFile(generator.eval(), fit.name, fit.ngf, source, config, step, selection, info)
+    return GeneratorFile(generator.eval(), fit.name, fit.ngf, source, config, step, selection, info, discriminators)
 
 
 def load_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None) -> TappedGenerator:

@@ -42,6 +42,17 @@ def pool_tokens(x: Tensor, stride: int) -> Tensor:
 # --------------------------------------------------------------------------------------------------- ACK-A
 
 
+def attention_probs(q: Tensor, keys: Sequence[Tensor], heads: int, scale: float | None = None) -> Tensor:
+    """softmax(Q [K_0 .. K_{k-1}]^T * scale) per head: (B, heads, Nq, sum_j N_j), the keys of the sources in order.
+    q: (B, heads*d, Hq, Wq); keys[j]: (B, heads*d, H_j, W_j); scale defaults to 1/sqrt(d)."""
+    b, c = q.shape[:2]
+    d = c // heads
+    scale = 1.0 / math.sqrt(d) if scale is None else scale
+    q_tok = q.reshape(b, heads, d, -1).transpose(-1, -2)  # (B, h, Nq, d)
+    k_all = torch.cat([k.reshape(b, heads, d, -1) for k in keys], dim=-1)  # (B, h, d, Nkv)
+    return torch.softmax((q_tok @ k_all) * scale, dim=-1)
+
+
 def ack_attention(
     q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int, scale: float | None = None
 ) -> Tensor:
@@ -52,11 +63,8 @@ def ack_attention(
     """
     b, c, hq, wq = q.shape
     d = c // heads
-    scale = 1.0 / math.sqrt(d) if scale is None else scale
-    q_tok = q.reshape(b, heads, d, hq * wq).transpose(-1, -2)  # (B, h, Nq, d)
-    k_all = torch.cat([k.reshape(b, heads, d, -1) for k in keys], dim=-1)  # (B, h, d, Nkv)
+    p = attention_probs(q, keys, heads, scale)
     v_all = torch.cat([v.reshape(b, heads, d, -1) for v in values], dim=-1).transpose(-1, -2)  # (B, h, Nkv, d)
-    p = torch.softmax((q_tok @ k_all) * scale, dim=-1)
     out = p @ v_all  # (B, h, Nq, d)
     return out.transpose(-1, -2).reshape(b, c, hq, wq)
 

@@ -218,7 +218,7 @@ def describe_run(config: dict) -> str:
     """A row label from a run's config: what was trained and how."""
     if config.get("job") == "teacher":
         return f"teacher {config['generator']} ngf {config['ngf']}"
-    kd = config.get("kd", "ackd") if config.get("ackd", True) else "none"
+    kd = config.get("kd", "ackd") if config.get("ackd", True) else "none"  # "ackd": the field of older runs
     ackd = kd == "ackd"
     student = "self-distilled" if config.get("recipe") == "self" else f"student ngf {config.get('student_ngf')}"
     label = f"{ {'ackd': 'ACKD', 'plain': 'plain-KD', 'none': 'baseline'}.get(kd, kd)} {student}"

@@ -16,13 +16,12 @@ peer's bare generator file (`peers.read_generator`).
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,280 +33,21 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from ackd_fast import data as data_lib
 from ackd_fast import losses
+from ackd_fast.assembly import (
+    CUDA_GRAPH_MODES,
+    Config,
+    build_dataset,
+    build_optimizers,
+    build_task,
+    check_config,
+    compile_task,
+    read_teacher,
+    resolve_teacher,
+)
 from ackd_fast.checkpoint import BEST, CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ackd_fast.distill import Distiller
 from ackd_fast.evaluation import PeriodicEvaluation
-from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
-from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
-from ackd_fast.peers import GeneratorFile, load_discriminator, read_generator
-
-OBJECTIVES = ("pix2pix", "cyclegan")
-AMP_MODES = ("auto", "none", "bf16", "fp16")
-SELECT_ON = ("none", "val")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's
-CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that capture CUDA graphs
-
-
-@dataclass
-class Config:
-    # what to train
-    job: str = "teacher"  # "teacher" or "distill"
-    model: str = "pix2pix"  # teacher objective, "pix2pix" or "cyclegan" (distill: the teacher checkpoint's)
-    out_dir: str = "runs/train"
-    # data
-    dataroot: str = "sample"  # a folder, or "sample": the built-in edges->photo set, built under out_dir/data
-    dataset_mode: str = "auto"  # "aligned", "unaligned", or "auto": aligned when paired (pix2pix)
-    direction: str = "AtoB"
-    load_size: int = 286
-    crop_size: int = 256
-    flip: bool = True
-    batch_size: int = 0  # per process; 0: 4 when paired, 1 when unpaired (the peers' defaults)
-    workers: int = 2
-    # teacher models (distill from a bare generator file: its architecture, "auto" / 0 = what its tensors imply)
-    generator: str = "resnet_9blocks"
-    ngf: int = 64
-    discriminator: str = "n_layers"
-    ndf: int = 64
-    n_layers_d: int = 3
-    # distillation
-    teacher: str = ""  # teacher: a train-teacher checkpoint, an exported generator, or a peer's generator file
-    teacher_d: str = ""  # the student's starting discriminator (a peer's latest_net_D.pth); "": the teacher run's
-    recipe: str = "compress"  # "compress": mobile_resnet_9blocks at student_ngf; "self": the teacher's architecture
-    student_ngf: int = 16
-    taps: str = ""  # comma-separated teacher taps; "" = the generator's default (stem,block3,block6,block9)
-    student_taps: str = ""  # comma-separated student taps; "" = its default
-    ackd: bool = True  # False: the baseline student (no refiners, connectors or feature loss); the alias of kd="none"
-    kd: str = "ackd"  # feature distillation: "ackd", "plain" (GAN Compression's, no refiners) or "none"
-    mode: str = "both"
-    residual: bool = True
-    ack_train: str = "teacher-path"
-    kv_stride: int = 1
-    heads: int = 4
-    lambda_recon: float = 100.0
-    lambda_gan: float = 1.0
-    lambda_feat: float = 1.0
-    # optimisation
-    steps: int = 1000
-    decay_steps: int = -1  # the last decay_steps steps decay the lr linearly to 0; -1: steps // 2
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    # system
-    device: str = "auto"
-    amp: str = "auto"  # "auto": bf16 on a CUDA device that has it, none on CPU
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" captures each step in CUDA graphs
-    channels_last: bool = True  # on CUDA only
-    tf32: bool = True
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 200
-    ckpt_every: int = 200
-    resume: bool = False
-    stop_at: int = 0  # stop (with a checkpoint) after this step although `steps` sets the schedule; 0: run to the end
-    progress: bool = True
-    # evaluation
-    eval_every: int = 0  # steps between evaluations (PSNR/SSIM; FID/KID when Inception weights are there); 0: none
-    select_on: str = "none"  # "val": hold out val_size training samples and keep the best step on them (best.pt)
-    val_size: int = 0  # with select_on="val"; 0: a tenth of the training samples, at least 1 and at most 200
-    inception_weights: str = ""  # pytorch-fid's pt_inception file; "": the torch hub cache (training never downloads)
-
-
-def config_from_dict(d: dict) -> Config:
-    known = {f.name for f in fields(Config)}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ValueError(f"unknown config keys {unknown}")
-    return Config(**d)
-
-
-# ----------------------------------------------------------------------------------------- models
-
-
-def _taps(spec: str, generator_name: str) -> tuple[str, ...]:
-    if spec:
-        return tuple(t.strip() for t in spec.split(",") if t.strip())
-    if generator_name not in DEFAULT_TAPS:
-        raise ValueError(f"generator {generator_name!r} has no default taps; name them with --taps / --student-taps")
-    return DEFAULT_TAPS[generator_name]
-
-
-def build_task(cfg: Config) -> tuple[nn.Module, Critic, nn.Module, dict]:
-    """(objective, critic, generator to evaluate, generator spec) for the job. Distillation reads the teacher's
-    architecture and weights, and its discriminator's, from cfg.teacher."""
-    if cfg.job == "teacher":
-        if cfg.model not in OBJECTIVES:
-            raise ValueError(f"model must be one of {OBJECTIVES}, got {cfg.model!r}")
-        g = build_generator(cfg.generator, cfg.ngf)
-        if cfg.model == "pix2pix":
-            objective: nn.Module = Pix2Pix(g)
-            discs = [build_discriminator(cfg.discriminator, 6, cfg.ndf, cfg.n_layers_d)]
-        else:
-            objective = CycleGAN(g, build_generator(cfg.generator, cfg.ngf))
-            discs = [build_discriminator(cfg.discriminator, 3, cfg.ndf, cfg.n_layers_d) for _ in range(2)]
-        return objective, Critic(discs, objective.gan_mode), g, {"name": cfg.generator, "ngf": cfg.ngf}
-    if cfg.job != "distill":
-        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
-    if not cfg.teacher:
-        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    tfile = read_teacher(cfg)
-    if cfg.recipe == "compress":
-        spec = {"name": "mobile_resnet_9blocks", "ngf": cfg.student_ngf}
-    elif cfg.recipe == "self":
-        spec = {"name": tfile.name, "ngf": tfile.ngf}
-    else:
-        raise ValueError(f"recipe must be 'compress' or 'self', got {cfg.recipe!r}")
-    student = build_generator(spec["name"], spec["ngf"])
-    paired = (tfile.objective or cfg.model) == "pix2pix"
-    gan_mode = Pix2Pix.gan_mode if paired else CycleGAN.gan_mode
-    disc = teacher_discriminator(cfg, tfile, paired)
-    distiller = build_distiller(cfg, tfile.generator, tfile.name, student, spec["name"], paired)
-    return distiller, Critic([disc], gan_mode), student, spec
-
-
-def read_teacher(cfg: Config) -> GeneratorFile:
-    """The teacher generator of a distill config: cfg.teacher read by `peers.read_generator`. A bare generator file
-    must be the cfg.generator / cfg.ngf architecture ("auto" / 0: whatever its tensors imply); a run checkpoint or an
-    exported generator says its own."""
-    tfile = read_generator(cfg.teacher)
-    if tfile.config is None and not tfile.info:
-        name = None if cfg.generator in ("", "auto") else cfg.generator
-        if (name or tfile.name) != tfile.name or (cfg.ngf or tfile.ngf) != tfile.ngf:
-            raise ValueError(
-                f"teacher {cfg.teacher} is a {tfile.name} ngf {tfile.ngf} generator ({tfile.source}), not the "
-                f"{cfg.generator} ngf {cfg.ngf} that generator/ngf ask for (--generator auto --ngf 0: what the file "
-                "implies)"
-            )
-    return tfile
-
-
-def teacher_discriminator(cfg: Config, tfile: GeneratorFile, paired: bool) -> nn.Module:
-    """The student's starting discriminator: cfg.teacher_d when given (a peer's latest_net_D.pth), else the teacher
-    run's (its first one: the judge of domain B), else a fresh one (cfg.discriminator, ndf, n_layers_d)."""
-    channels = 6 if paired else 3
-    if cfg.teacher_d:
-        disc = load_discriminator(cfg.teacher_d)
-        got = disc.model[0].in_channels
-        if got != channels:
-            raise ValueError(
-                f"--teacher-d {cfg.teacher_d} takes {got}-channel input; a {'paired' if paired else 'unpaired'} "
-                f"objective's discriminator takes {channels} (pix2pix: input and output; cyclegan: one image)"
-            )
-        return disc
-    if tfile.source == "run checkpoint":
-        tcfg = config_from_dict(tfile.config)
-        disc = build_discriminator(tcfg.discriminator, channels, tcfg.ndf, tcfg.n_layers_d)
-        d_state = load_checkpoint(cfg.teacher)["d"]
-        disc.load_state_dict({k.split(".", 2)[2]: v for k, v in d_state.items() if k.startswith("discriminators.0.")})
-        return disc
-    return build_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.n_layers_d)
-
-
-def resolve_teacher(cfg: Config) -> tuple[Config, str]:
-    """A distill config with the objective and direction the teacher file carries (its run's config or export
-    sidecar; a bare generator keeps cfg's), and a line saying where they and the discriminator come from. Reads the
-    teacher, so a bad file raises before anything is written."""
-    tfile = read_teacher(cfg)
-    model, direction = tfile.objective or cfg.model, tfile.direction or cfg.direction
-    origin = "the teacher's file" if tfile.objective else "the flags"
-    if cfg.teacher_d:
-        disc = f"starts from --teacher-d {cfg.teacher_d}"
-    elif tfile.source == "run checkpoint":
-        disc = "starts from the teacher run's"
-    else:
-        disc = f"starts fresh ({cfg.discriminator}, ndf {cfg.ndf}; --teacher-d PATH loads one)"
-    note = (f"teacher {cfg.teacher}: {tfile.name} ngf {tfile.ngf} ({tfile.source}); objective {model}, direction "
-            f"{direction} from {origin}; the discriminator {disc}")  # fmt: skip
-    return replace(cfg, model=model, direction=direction), note
-
-
-def kd_of(cfg: Config) -> str:
-    """The feature distillation the config asks for: cfg.kd, or "none" when cfg.ackd is False (--no-ackd)."""
-    if not cfg.ackd and cfg.kd not in ("ackd", "none"):
-        raise ValueError(f"ackd=False (--no-ackd) means kd='none', but kd={cfg.kd!r}; give one of the two")
-    return cfg.kd if cfg.ackd else "none"
-
-
-def build_distiller(
-    cfg: Config,
-    teacher: nn.Module,
-    teacher_name: str,
-    student: nn.Module,
-    student_name: str,
-    paired: bool,
-    backend: str = "auto",
-) -> Distiller:
-    """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner."""
-    return Distiller(
-        teacher,
-        student,
-        _taps(cfg.taps, teacher_name),
-        _taps(cfg.student_taps, student_name),
-        paired=paired,
-        gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
-        kd=kd_of(cfg),
-        mode=cfg.mode,
-        residual=cfg.residual,
-        ack_train=cfg.ack_train,
-        kv_stride=cfg.kv_stride,
-        heads=cfg.heads,
-        lambda_recon=cfg.lambda_recon,
-        lambda_gan=cfg.lambda_gan,
-        lambda_feat=cfg.lambda_feat,
-        backend=backend,
-    )
-
-
-def compile_task(objective: nn.Module, critic: Critic, **options) -> None:
-    """What --compile compiles, in place: the objective's child modules and every discriminator (`options` go to
-    torch.compile; the loop passes mode=--compile-mode). A ModuleList (the refiners, the connectors) is never called
-    itself, so its members are compiled one by one."""
-    modules = [*critic.discriminators]
-    for m in objective.children():
-        modules += list(m) if isinstance(m, nn.ModuleList) else [m]
-    for m in modules:
-        m.compile(**options)
-
-
-def _paired(cfg: Config) -> bool:
-    if cfg.job == "distill":
-        return (read_teacher(cfg).objective or cfg.model) == "pix2pix"
-    return cfg.model == "pix2pix"
-
-
-def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
-    paired = _paired(cfg)
-    mode = cfg.dataset_mode if cfg.dataset_mode != "auto" else ("aligned" if paired else "unaligned")
-    root = cfg.dataroot
-    if root == "sample":
-        root = data_lib.build_sample_set(Path(cfg.out_dir) / "data", unpaired=mode == "unaligned", seed=cfg.seed)
-    return data_lib.make_dataset(
-        root, mode, phase, train, cfg.direction, cfg.load_size, cfg.crop_size, cfg.seed, cfg.flip
-    )
-
-
-# ----------------------------------------------------------------------------------------- set-up
-
-
-def check_config(cfg: Config) -> None:
-    """The checks that need no file: a bad value fails before any process group, model or data is built."""
-    if cfg.job not in ("teacher", "distill"):
-        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
-    if cfg.job == "distill" and not cfg.teacher:
-        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    if cfg.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
-    if cfg.compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {cfg.compile_mode!r}")
-    for name in ("log_every", "sample_every", "ckpt_every", "eval_every"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(cfg, name)}")
-    if cfg.select_on not in SELECT_ON:
-        raise ValueError(f"select_on must be one of {SELECT_ON}, got {cfg.select_on!r}")
-    if cfg.select_on == "val" and cfg.eval_every <= 0:
-        raise ValueError(f"select_on='val' needs eval_every > 0 (steps between evaluations), got {cfg.eval_every}")
-    if cfg.stop_at > 0 and cfg.ckpt_every == 0:
-        raise ValueError("stop_at > 0 stops with a checkpoint to resume from, and ckpt_every=0 writes none")
+from ackd_fast.losses import Critic
+from ackd_fast.plots import plot_run
 
 
 @dataclass
@@ -374,7 +114,9 @@ def build_datasets(cfg: Config, rt: Runtime) -> tuple:
         return dataset, eval_set, "val"
     if cfg.eval_every > 0:
         root = Path(dataset.root)
-        split = data_lib.evaluation_phase(root, "aligned" if dataset.paired else "unaligned", cfg.direction)
+        split = cfg.eval_split or data_lib.evaluation_phase(
+            root, "aligned" if dataset.paired else "unaligned", cfg.direction
+        )
         if rt.master:
             print(f"evaluating every {cfg.eval_every} steps on the {split} split of {root}")
         return dataset, build_dataset(cfg, split, train=False), split
@@ -398,23 +140,6 @@ def training_batches(
 
 
 # ----------------------------------------------------------------------------------------- optimisation
-
-
-def lr_factor(step: int, hold: int, decay: int) -> float:
-    """Constant for `hold` steps, then linear to 0 over the last `decay` steps (the peers' rule)."""
-    return 1.0 if step < hold else max(0.0, 1.0 - (step - hold + 1) / (decay + 1))
-
-
-def build_optimizers(cfg: Config, objective: nn.Module, critic: Critic) -> tuple:
-    """(g_opt, d_opt, g_sched, d_sched): Adam for the objective's trainable parameters and for the critic."""
-    g_params = [p for p in objective.parameters() if p.requires_grad]
-    g_opt = torch.optim.Adam(g_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
-    schedule = functools.partial(lr_factor, hold=cfg.steps - decay, decay=decay)
-    g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, schedule)
-    d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, schedule)
-    return g_opt, d_opt, g_sched, d_sched
 
 
 def wrap_ddp(module: nn.Module, rt: Runtime) -> nn.Module:
@@ -561,9 +286,10 @@ def train(cfg: Config) -> dict:
     logged losses, averaged over their interval and the ranks}."""
     # --- set-up: processes, device, precision, seed
     check_config(cfg)
-    teacher_note = ""
-    if cfg.job == "distill":  # before anything is written: a bad teacher file raises here
-        cfg, teacher_note = resolve_teacher(cfg)
+    teacher, teacher_note = None, ""
+    if cfg.job == "distill":  # read once, before anything is written: a bad teacher file raises here
+        teacher = read_teacher(cfg)
+        cfg, teacher_note = resolve_teacher(cfg, teacher)
     rt = setup_runtime(cfg)
     out_dir = Path(cfg.out_dir)
     if rt.master:
@@ -583,7 +309,7 @@ def train(cfg: Config) -> dict:
         )
 
     # --- models, optimizers, schedules
-    objective, critic, generator, spec = build_task(cfg)
+    objective, critic, generator, spec = build_task(cfg, teacher)
     objective.to(rt.device, memory_format=rt.memory_format)
     critic.to(rt.device, memory_format=rt.memory_format)
     if cfg.compile:
@@ -630,6 +356,10 @@ def train(cfg: Config) -> dict:
             logs, images_per_s = meter.average(rt.world)  # on every rank: an all_reduce
             log.write({"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s})
             log.show(logs, images_per_s)
+        if rt.master and cfg.job == "distill" and due(step, cfg.diag_every, end):
+            diag = objective.diagnostics(a[:1])  # the refiners, on this batch's first image
+            if diag:
+                log.write({"step": step, "diag": diag})
         if rt.master and due(step, cfg.sample_every, end):  # input / (teacher, when distilling) / output / target
             columns = [a, *out.extra.values(), out.fake, b]
             save_grid(out_dir / "samples" / f"step_{step:07d}.png", columns, rows=min(4, a.shape[0]))
@@ -644,6 +374,8 @@ def train(cfg: Config) -> dict:
         log.advance()
 
     log.close()
+    if rt.master and cfg.log_every > 0:
+        plot_run(out_dir / "log.jsonl", out_dir / "losses.png")
     if rt.ddp:
         dist.barrier()
         dist.destroy_process_group()

@@ -13,6 +13,7 @@ TAPS = ("stem", "block3", "block6", "block9")
 
 
 def _distiller(paired=True, **kw):
+    torch.manual_seed(0)  # the same networks whatever ran before
     teacher, student = resnet_9blocks(ngf=8), mobile_resnet_9blocks(ngf=4)
     d = Distiller(teacher, student, TAPS, TAPS, paired=paired, gan_mode="hinge" if paired else "lsgan", **kw)
     critic = Critic([NLayerDiscriminator(6 if paired else 3, ndf=8)], d.gan_mode)
@@ -31,7 +32,7 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
     opt = torch.optim.Adam([p for p in d.parameters() if p.requires_grad], lr=2e-3, betas=(0.5, 0.999))
     a, b = _batch()
     history = []
-    for _ in range(12):
+    for _ in range(20):  # the refined targets move while the refiners learn: the feature loss first rises
         out = d(a, b, critic)
         opt.zero_grad()
         out.loss.backward()
@@ -48,11 +49,14 @@ def test_a_few_steps_on_a_fixed_batch_lower_the_loss():
 
 def test_refiners_and_connectors_follow_the_taps():
     d, _ = _distiller()
-    assert len(d.refiners) == len(d.connectors) == 3
+    # GAN Compression's four taps are all distilled; the first has no sources, so no refiner
+    assert len(d.refiners) == 3 and len(d.connectors) == 4
     for k, r in enumerate(d.refiners, start=1):
         assert isinstance(r, ACKRefiner)
         assert r.attention.source_channels == [32] * k and r.fusion.source_channels == [32] * k
-    assert [c.in_channels for c in d.connectors] == [16] * 3 and [c.out_channels for c in d.connectors] == [32] * 3
+    assert [c.in_channels for c in d.connectors] == [16] * 4 and [c.out_channels for c in d.connectors] == [32] * 4
+    for c in d.connectors:  # the peers' init: normal(0, 0.02) weights, zero biases
+        assert c.weight.std().item() == pytest.approx(0.02, rel=0.3) and not c.bias.any()
 
 
 @pytest.mark.parametrize("mode", ["attention", "fusion", "both"])
@@ -144,7 +148,7 @@ def test_teacher_stays_in_eval_and_bad_config_raises():
 def test_plain_kd_pulls_the_connected_student_taps_to_the_teachers_own():
     # GAN Compression's distillation: the same connectors and taps as ACKD, no refiners, no teacher path.
     d, critic = _distiller(kd="plain")
-    assert len(d.refiners) == 0 and [c.out_channels for c in d.connectors] == [32] * 3
+    assert len(d.refiners) == 0 and [c.out_channels for c in d.connectors] == [32] * 4
     a, b = _batch()
     out = d(a, b, critic)
     assert set(out.logs) == {"g_recon", "g_gan", "g_feat"}
@@ -153,7 +157,7 @@ def test_plain_kd_pulls_the_connected_student_taps_to_the_teachers_own():
         _, s_feats = d.student(a, taps=TAPS)
         expected = sum(
             torch.nn.functional.mse_loss(phi(s_feats[n]).double(), t_feats[n].double())
-            for phi, n in zip(d.connectors, TAPS[1:], strict=True)
+            for phi, n in zip(d.connectors, TAPS, strict=True)
         )
     assert out.logs["g_feat"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert out.loss.item() == pytest.approx(
@@ -176,17 +180,12 @@ def test_plain_kd_pulls_the_connected_student_taps_to_the_teachers_own():
 
 
 def test_kd_switch_from_the_config_and_the_no_ackd_alias():
-    from ackd_fast.train import Config, kd_of
-
-    assert kd_of(Config()) == "ackd" and kd_of(Config(kd="plain")) == "plain"
-    assert kd_of(Config(ackd=False)) == kd_of(Config(kd="none")) == kd_of(Config(ackd=False, kd="none")) == "none"
-    with pytest.raises(ValueError, match="no-ackd"):
-        kd_of(Config(ackd=False, kd="plain"))
     from ackd_fast import cli
 
     parse = cli.build_parser().parse_args
+    assert parse(["distill", "--teacher", "t.pt"]).kd == "ackd"
     assert parse(["distill", "--teacher", "t.pt", "--kd", "plain"]).kd == "plain"
-    assert kd_of(cli._config(parse(["distill", "--teacher", "t.pt", "--no-ackd"]), "distill")) == "none"
+    assert cli._config(parse(["distill", "--teacher", "t.pt", "--no-ackd"]), "distill").kd == "none"
 
 
 def test_unet_teacher_with_named_taps_of_other_shapes():

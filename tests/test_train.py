@@ -103,9 +103,12 @@ def test_resume_equals_an_uninterrupted_run_bit_for_bit(tmp_path, paired_root, t
     full, cut = load_checkpoint(tmp_path / "full" / "ckpt.pt"), load_checkpoint(tmp_path / "cut" / "ckpt.pt")
     for key in ("step", "g", "d", "g_opt", "d_opt", "g_sched", "d_sched"):
         _states_equal(full[key], cut[key], key)
-    assert [json.loads(x)["g_loss"] for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()] == [
-        json.loads(x)["g_loss"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
-    ]
+
+    def losses(run: str) -> list:
+        records = map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
+        return [r["g_loss"] for r in records if "g_loss" in r]
+
+    assert losses("full") == losses("cut")
 
 
 def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypatch):
@@ -128,10 +131,35 @@ def test_interrupted_checkpoint_write_leaves_the_previous_one(tmp_path, monkeypa
 
 def test_torchrun_two_cpu_processes_run_two_ddp_steps(tmp_path, paired_root):
     torchrun = Path(sys.executable).with_name("torchrun")
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "ackd_fast.cli", "train-teacher",
-           "--dataroot", paired_root, "--out-dir", str(tmp_path), "--load-size", str(SIZE), "--crop-size", str(CROP),
-           "--ngf", "4", "--ndf", "8", "--batch-size", "2", "--workers", "0", "--steps", "2", "--device", "cpu",
-           "--no-progress"]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "ackd_fast.cli",
+        "train-teacher",
+        "--dataroot",
+        paired_root,
+        "--out-dir",
+        str(tmp_path),
+        "--load-size",
+        str(SIZE),
+        "--crop-size",
+        str(CROP),
+        "--ngf",
+        "4",
+        "--ndf",
+        "8",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -212,8 +240,7 @@ def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, ra
     assert (out / "fid_vs_macs.png").is_file() and (out / "fid_reference.npz").is_file()
 
 
-def test_select_on_val_keeps_the_best_generator_and_evaluate_reports_both(tmp_path, paired_root, monkeypatch,
-                                                                           capsys):
+def test_select_on_val_keeps_the_best_generator_and_evaluate_reports_both(tmp_path, paired_root, monkeypatch, capsys):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))  # no Inception weights: PSNR selects
     run = tmp_path / "run"
     train(_cfg(run, paired_root, job="teacher", steps=3, eval_every=1, select_on="val", val_size=3))
@@ -249,8 +276,17 @@ def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_incep
     from ackd_fast.metrics import load_stats
 
     folder = Path(paired_root) / "test"
-    cli.main(["fid-stats", str(folder), str(tmp_path / "ref.npz"), "--size", "32",
-              "--inception-weights", str(random_inception_file)])
+    cli.main(
+        [
+            "fid-stats",
+            str(folder),
+            str(tmp_path / "ref.npz"),
+            "--size",
+            "32",
+            "--inception-weights",
+            str(random_inception_file),
+        ]
+    )
     stats = load_stats(tmp_path / "ref.npz")
     assert stats["mu"].shape == (2048,) and stats["features"].shape == (4, 2048) and stats["protocol"]["images"] == 4
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ackd_fast.models.base import TappedGenerator
+from ackd_fast.models.base import INITS, TappedGenerator, init_weights
 from ackd_fast.models.discriminator import MultiscaleDiscriminator, NLayerDiscriminator
 from ackd_fast.models.mobile_resnet import MobileResnetGenerator, mobile_resnet_9blocks
 from ackd_fast.models.resnet import ResnetGenerator, resnet_9blocks
@@ -26,17 +26,22 @@ DEFAULT_TAPS = {
 }
 
 
-def build_generator(name: str, ngf: int, in_channels: int = 3, out_channels: int = 3) -> TappedGenerator:
+def build_generator(
+    name: str, ngf: int, in_channels: int = 3, out_channels: int = 3, init: str = "normal"
+) -> TappedGenerator:
+    """The generator `name` at width `ngf`, initialised as `init` says (INITS; "normal": the peers' normal(0, 0.02))."""
     if name not in GENERATORS:
         raise ValueError(f"generator must be one of {tuple(GENERATORS)}, got {name!r}")
-    return GENERATORS[name](ngf=ngf, in_channels=in_channels, out_channels=out_channels)
+    return init_weights(GENERATORS[name](ngf=ngf, in_channels=in_channels, out_channels=out_channels), init)
 
 
-def build_discriminator(name: str, in_channels: int, ndf: int = 64, n_layers: int = 3) -> nn.Module:
+def build_discriminator(
+    name: str, in_channels: int, ndf: int = 64, n_layers: int = 3, init: str = "normal"
+) -> nn.Module:
     if name == "n_layers":
-        return NLayerDiscriminator(in_channels, ndf, n_layers)
+        return init_weights(NLayerDiscriminator(in_channels, ndf, n_layers), init)
     if name == "multi_scale":
-        return MultiscaleDiscriminator(in_channels, ndf, n_layers)
+        return init_weights(MultiscaleDiscriminator(in_channels, ndf, n_layers), init)
     raise ValueError(f"discriminator must be one of {DISCRIMINATORS}, got {name!r}")
 
 
@@ -44,6 +49,7 @@ __all__ = [
     "DEFAULT_TAPS",
     "DISCRIMINATORS",
     "GENERATORS",
+    "INITS",
     "MobileResnetGenerator",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
@@ -52,6 +58,7 @@ __all__ = [
     "UnetGenerator",
     "build_discriminator",
     "build_generator",
+    "init_weights",
     "mobile_resnet_9blocks",
     "resnet_9blocks",
     "unet_256",

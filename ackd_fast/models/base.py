@@ -9,7 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+import torch
 from torch import Tensor, nn
+
+# How a network we create starts: "normal" is GAN Compression's and pix2pix's init_net (every conv and linear weight
+# ~ normal(0, 0.02), biases 0, BatchNorm scales ~ normal(1, 0.02)); "default" keeps PyTorch's per-layer init.
+INITS = ("normal", "default")
+INIT_GAIN = 0.02
+
+
+@torch.no_grad()
+def init_weights(module: nn.Module, init: str = "normal", gain: float = INIT_GAIN) -> nn.Module:
+    """Re-initialises `module`'s layers in place as `init` says (INITS) and returns it."""
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    if init == "default":
+        return module
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, gain)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d) and m.affine:
+            nn.init.normal_(m.weight, 1.0, gain)
+            nn.init.zeros_(m.bias)
+    return module
 
 
 class TappedGenerator(nn.Module):
