@@ -3,7 +3,8 @@
 Environment switches (read at build time):
   ACKD_FAST_CPU_ONLY=1   build the CPU kernels only, even where CUDA could be built
   FORCE_CUDA=1           build the CUDA kernels too, and fail if they cannot be built
-  TORCH_CUDA_ARCH_LIST   CUDA targets; defaults to "8.0;9.0" (Ampere, Hopper) when no GPU is visible
+  TORCH_CUDA_ARCH_LIST   CUDA targets; defaults to "8.0;9.0+PTX" (Ampere, Hopper, and PTX that newer GPUs
+                         compile at load) when no GPU is visible
   MAX_JOBS               parallel compile jobs for ninja (defaults to the number of cores)
   ACKD_FAST_CPU_BASELINE=1  no AVX2/FMA for the CPU kernels (they are used when the building machine has them)
   CUDA_HOME              the CUDA toolkit; found from nvcc when unset
@@ -98,7 +99,8 @@ def extensions():
         print("ackd_fast: building CPU kernels only", flush=True)
         return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     if not torch.cuda.is_available():
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # +PTX: a GPU newer than sm_90 JIT-compiles the PTX instead of failing with "no kernel image"
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
     print(
         f"ackd_fast: building CPU and CUDA kernels for {os.environ.get('TORCH_CUDA_ARCH_LIST', 'the visible GPU')}"
         f" with {CUDA_HOME}",

@@ -11,7 +11,7 @@ import argparse
 import json
 from dataclasses import MISSING, fields
 
-from ackd_fast.train import Config
+from ackd_fast.assembly import Config
 
 # One line per flag; the flag is the Config field with "-" for "_".
 HELP = {

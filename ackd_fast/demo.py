@@ -28,12 +28,13 @@ import torch.nn.functional as F
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
+from ackd_fast.assembly import Config
 from ackd_fast.evaluation import evaluate_generator
 from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.peers import load_generator
 from ackd_fast.plots import read_log
 from ackd_fast.report import format_table
-from ackd_fast.train import Config, save_grid, train
+from ackd_fast.train import save_grid, train
 
 SAMPLE_SETS = ("sketch", "edges")
 STUDENTS = {"ackd": "ACKD student", "plain": "plain-KD student", "none": "no-KD student"}

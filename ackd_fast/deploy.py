@@ -203,7 +203,7 @@ def with_kernels(generator: nn.Module) -> tuple[nn.Module, dict[str, int]]:
 
 
 @contextlib.contextmanager
-def _ieee_fp32(device: torch.device):
+def ieee_fp32(device: torch.device):
     """fp32 convolutions and matmuls in full precision on CUDA (cuDNN's default for convolutions is TF32)."""
     if device.type != "cuda":
         yield
@@ -251,7 +251,7 @@ class DeployedGenerator:
             x = x.contiguous(memory_format=torch.channels_last)
         # inductor's settings for the compiles a call may start (the first; another shape): torch.compile's
         # `options=` does not reach freezing, which is read when the graph is compiled
-        with torch.no_grad(), _ieee_fp32(self.device), torch._inductor.config.patch(self._inductor_config):
+        with torch.no_grad(), ieee_fp32(self.device), torch._inductor.config.patch(self._inductor_config):
             if self._cuda_graphs:
                 torch.compiler.cudagraph_mark_step_begin()
                 return self._run(x).clone()  # CUDA graphs reuse their output buffer on the next call
@@ -327,7 +327,7 @@ def deploy(
     deployed = DeployedGenerator(run, description, fused, example_input, channels_last=True,
                                  cuda_graphs=cuda_graphs and method != "kernels", inductor_config=options)  # fmt: skip
 
-    with torch.no_grad(), _ieee_fp32(device):
+    with torch.no_grad(), ieee_fp32(device):
         y = deployed(example_input)  # compiles
         deployed(example_input)  # CUDA graphs record on a later call
         deployed.setup_seconds = time.perf_counter() - t0
@@ -412,7 +412,8 @@ def time_paths(runs: dict[str, Callable[[Tensor], Tensor]], x: Tensor, rounds: i
     the deploy path's 24 ms became 68 ms beside an onnxruntime session)."""
     sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
     times: dict[str, list[float]] = {name: [] for name in runs}
-    with torch.no_grad():
+    # every path in full fp32 on CUDA, as deploy runs (cuDNN's default would give the others TF32 convolutions)
+    with torch.no_grad(), ieee_fp32(x.device):
         while any(len(ts) < rounds for ts in times.values()):
             for name, run in runs.items():
                 if len(times[name]) >= rounds:

@@ -16,6 +16,7 @@ peer's bare generator file (`peers.read_generator`).
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import os
 import random
@@ -67,20 +68,34 @@ class Runtime:
         return self.rank == 0
 
 
+# How long a rank waits in a collective: rank 0 evaluates and writes checkpoints alone while the others wait in the
+# next step's all-reduce, and an evaluation with FID can take far longer than NCCL's 10-minute default.
+COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+
+
+def auto_amp(device_type: str, capability: tuple[int, int] | None) -> str:
+    """amp="auto": bf16 on a CUDA device that computes it natively (sm_80 and later; torch.cuda.is_bf16_supported
+    also counts emulation), else none."""
+    return "bf16" if device_type == "cuda" and capability is not None and tuple(capability) >= (8, 0) else "none"
+
+
 def setup_runtime(cfg: Config) -> Runtime:
-    """Joins the process group under torchrun (NCCL on CUDA, gloo on CPU), picks the device and the precision."""
+    """Picks the device, joins the process group under torchrun (NCCL on CUDA, bound to this rank's GPU; gloo on
+    CPU) and picks the precision."""
     ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    if ddp:
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
     if use_cuda:
-        torch.cuda.set_device(device)
-        if cfg.tf32:
-            torch.backends.cuda.matmul.allow_tf32 = True
-            torch.backends.cudnn.allow_tf32 = True
-    amp = cfg.amp if cfg.amp != "auto" else ("bf16" if use_cuda and torch.cuda.is_bf16_supported() else "none")
+        torch.cuda.set_device(device)  # before the process group, so NCCL binds this rank's GPU
+    if ddp:
+        options = {"device_id": device} if use_cuda else {}
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT, **options)
+    rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+    if use_cuda and cfg.tf32:  # the fp32_precision API only: mixing in the legacy allow_tf32 makes torch raise
+        torch.backends.cuda.matmul.fp32_precision = "tf32"
+        torch.backends.cudnn.conv.fp32_precision = "tf32"
+    capability = torch.cuda.get_device_capability(device) if use_cuda else None
+    amp = cfg.amp if cfg.amp != "auto" else auto_amp(device.type, capability)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")

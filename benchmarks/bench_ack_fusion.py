@@ -42,19 +42,32 @@ COMPILE_BACKEND = "aot_eager" if SMOKE else "inductor"
 
 pytestmark = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason=f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
 
+LABEL = {"nchw": "", "channels_last": "-channels_last"}
+# Memory layouts: NCHW everywhere, and on CUDA also channels_last in bf16, what training runs there.
 CASES = [
-    pytest.param(shape, device, dtype, id=f"{shape}-{device}-{str(dtype).removeprefix('torch.')}")
+    pytest.param(shape, device, dtype, layout, id=f"{shape}-{device}-{str(dtype)[6:]}{LABEL[layout]}")
     for shape in SHAPES
     for device in DEVICES
     for dtype in DTYPES[device]
+    for layout in ("nchw", "channels_last")
+    if layout == "nchw" or (device == "cuda" and dtype == torch.bfloat16)
 ]
 
 
-def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: str, dtype, path: str, **work) -> None:
+def in_layout(x: torch.Tensor, layout: str) -> torch.Tensor:
+    """x (a leaf) in the case's memory layout, still a leaf."""
+    if layout != "channels_last":
+        return x
+    return x.detach().to(memory_format=torch.channels_last).requires_grad_(x.requires_grad)
+
+
+def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: str, dtype, layout: str, path: str,
+            **work) -> None:  # fmt: skip
     """Times call() (under no_grad) or call() plus a backward into `leaves`, after a warm-up call that also
     compiles; records the path, the work of one call (`bytes=` or `flops=`) and on CUDA the peak memory beyond the
     inputs in extra_info."""
-    benchmark.group = f"{name} {shape} {device} {str(dtype).removeprefix('torch.')} {'fwd+bwd' if backward else 'fwd'}"
+    direction = "fwd+bwd" if backward else "fwd"
+    benchmark.group = f"{name} {shape} {device} {str(dtype).removeprefix('torch.')}{LABEL[layout]} {direction}"
     benchmark.extra_info.update(path=path, ackd_fast=path == "extension", **work)
 
     grad = []  # the output's gradient, made once: a fresh buffer per step would time its page faults too
@@ -94,24 +107,25 @@ def op_for(path: str, extension_op, reference_op):
 # ------------------------------------------------------------------------------------------ ack_accumulate
 
 
-def accumulate_inputs(shape, device, dtype):
+def accumulate_inputs(shape, device, dtype, layout="nchw"):
     b, c, size, sizes = SHAPES[shape]
-    sources = [torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True) for s in sizes]
+    sources = [in_layout(torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True), layout) for s in sizes]
     weights = torch.full((len(sizes),), 1 / len(sizes), device=device, requires_grad=True)
     return sources, weights, size
 
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
-def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
-    sources, weights, size = accumulate_inputs(shape, device, dtype)
+@pytest.mark.parametrize(("shape", "device", "dtype", "layout"), CASES)
+def test_ack_accumulate(benchmark, shape, device, dtype, layout, path, backward):
+    sources, weights, size = accumulate_inputs(shape, device, dtype, layout)
     fn = op_for(path, ops.ack_accumulate, reference.ack_accumulate)
     call = lambda: fn(sources, weights.to(dtype), size, "bilinear")
     out = sources[0].new_empty(sources[0].shape[:2] + tuple(size))
     # forward: sources in, sum out; backward: its gradient and the sources in (the weights' gradients), theirs out
     moved = nbytes(*sources, out) + (nbytes(out, *sources, *sources) if backward else 0)
-    measure(benchmark, "ack_accumulate", call, [*sources, weights], backward, shape, device, dtype, path, bytes=moved)
+    leaves = [*sources, weights]
+    measure(benchmark, "ack_accumulate", call, leaves, backward, shape, device, dtype, layout, path, bytes=moved)
 
 
 # ------------------------------------------------------------------------------- instance_norm_act_residual
@@ -119,11 +133,11 @@ def test_ack_accumulate(benchmark, shape, device, dtype, path, backward):
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
-def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backward):
+@pytest.mark.parametrize(("shape", "device", "dtype", "layout"), CASES)
+def test_instance_norm_act_residual(benchmark, shape, device, dtype, layout, path, backward):
     """The ConvBlock's last norm: affine instance norm, then the residual (and a ReLU, as the first norm has)."""
     b, c, size, _ = SHAPES[shape]
-    x = torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True)
+    x = in_layout(torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True), layout)
     residual = torch.randn_like(x, requires_grad=True)
     weight = torch.ones(c, device=device, dtype=dtype, requires_grad=True)
     bias = torch.zeros(c, device=device, dtype=dtype, requires_grad=True)
@@ -132,7 +146,8 @@ def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backw
     # forward: x and the residual in, the result out; backward: its gradient and x in, theirs out
     moved = 3 * nbytes(x) + (4 * nbytes(x) if backward else 0)
     leaves = [x, weight, bias, residual]
-    measure(benchmark, "instance_norm_act_residual", call, leaves, backward, shape, device, dtype, path, bytes=moved)
+    measure(benchmark, "instance_norm_act_residual", call, leaves, backward, shape, device, dtype, layout, path,
+            bytes=moved)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------ ACKFusion
@@ -140,16 +155,17 @@ def test_instance_norm_act_residual(benchmark, shape, device, dtype, path, backw
 
 @pytest.mark.parametrize("backward", [False, True], ids=["forward", "forward+backward"])
 @pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize(("shape", "device", "dtype"), CASES)
-def test_ack_fusion_module(benchmark, shape, device, dtype, path, backward):
+@pytest.mark.parametrize(("shape", "device", "dtype", "layout"), CASES)
+def test_ack_fusion_module(benchmark, shape, device, dtype, layout, path, backward):
     b, c, size, sizes = SHAPES[shape]
-    deep = torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True)
-    sources = [torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True) for s in sizes]
+    deep = in_layout(torch.randn(b, c, *size, device=device, dtype=dtype, requires_grad=True), layout)
+    sources = [in_layout(torch.randn(b, c, *s, device=device, dtype=dtype, requires_grad=True), layout) for s in sizes]
     module = ACKFusion(c, [c] * len(sizes), backend="extension" if path == "extension" else "reference")
-    module = module.to(device, dtype)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.preserve_format
+    module = module.to(device, dtype, memory_format=memory_format)
     module = op_for(path, module, module)  # the module picks its backend; "compiled" compiles it
     call = lambda: module(deep, sources)
     leaves = [deep, *sources, *module.parameters()]
     # two 3x3 convolutions C -> C on the target grid; a backward costs twice its forward (input and weight grads)
     flops = 2 * (2 * b * c * c * 9 * size[0] * size[1]) * (3 if backward else 1)
-    measure(benchmark, "ACKFusion", call, leaves, backward, shape, device, dtype, path, flops=flops)
+    measure(benchmark, "ACKFusion", call, leaves, backward, shape, device, dtype, layout, path, flops=flops)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from ackd_fast import metrics
-from ackd_fast.deploy import build_path, deploy
+from ackd_fast.deploy import build_path, deploy, ieee_fp32
 from ackd_fast.models import build_generator
 
 SMOKE = os.environ.get("ACKD_BENCH_SMOKE") == "1"
@@ -83,7 +83,8 @@ def test_generator_inference(benchmark, role, batch, dtype, path):
     )  # fmt: skip
 
     def step():
-        with torch.no_grad():
+        # every path in full fp32 on CUDA, as deploy runs (cuDNN's default would give the others TF32 convolutions)
+        with torch.no_grad(), ieee_fp32(x.device):
             fn(x)
         if DEVICE == "cuda":
             torch.cuda.synchronize()

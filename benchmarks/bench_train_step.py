@@ -31,9 +31,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from ackd_fast import ops
+from ackd_fast.assembly import Config, build_distiller, compile_task
 from ackd_fast.losses import Critic, Pix2Pix
 from ackd_fast.models import build_discriminator, build_generator
-from ackd_fast.train import Config, build_distiller, compile_task, train_step
+from ackd_fast.train import train_step
 
 SMOKE = os.environ.get("ACKD_BENCH_SMOKE") == "1"
 GPU = torch.cuda.is_available()

@@ -231,6 +231,7 @@ def phases_table(path: Path) -> list[str]:
     for row in path.read_text().splitlines():
         name, code, seconds, last = row.split("\t", 3)
         code = code if code == "0" else f"**{code}**" + (" (time cap)" if code == "124" else "")
+        code = "partial (time cap; results so far kept)" if code == "**partial**" else code
         lines.append(f"| {name} | {code} | {seconds} | {last.replace('|', '/')} |")
     return lines
 

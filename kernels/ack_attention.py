@@ -153,15 +153,15 @@ def _load_key_block(
 
 @triton.autotune(
     configs=configs.autotune_configs("forward"),
-    key=["q_tokens", "kv_tokens", "BLOCK_D"],
+    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "KV_FLAT"],
     prune_configs_by={"early_config_prune": configs.prune("forward", "Q")},
 )
-@triton.jit(do_not_specialize=["heads"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
 def _forward_kernel(
     Out, LSE, Q, K, V,
     q_strides, k_strides, v_strides,  # q: (batch, channel, row, column)
     q_tokens, q_width, kv_tokens, kv_widths,
-    heads, head_dim, qk_scale,
+    heads, head_dim, qk_scale, tune_bucket,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -203,12 +203,12 @@ def _forward_kernel(
 
 @triton.autotune(
     configs=configs.autotune_configs("preprocess"),
-    key=["q_tokens", "BLOCK_D"],
+    key=["tune_bucket", "BLOCK_D", "DO_FLAT"],
     prune_configs_by={"early_config_prune": configs.prune("preprocess", "DO")},
 )
-@triton.jit(do_not_specialize=["heads"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
 def _delta_kernel(
-    Delta, Out, DO, do_strides, q_tokens, q_width, heads, head_dim,
+    Delta, Out, DO, do_strides, q_tokens, q_width, heads, head_dim, tune_bucket,
     DO_FLAT: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):  # fmt: skip
     pid_m = tl.program_id(0)
@@ -229,14 +229,14 @@ def _delta_kernel(
 
 @triton.autotune(
     configs=configs.autotune_configs("dkdv"),
-    key=["q_tokens", "kv_tokens", "BLOCK_D"],
+    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "DO_FLAT", "KV_FLAT"],
     prune_configs_by={"early_config_prune": configs.prune("dkdv", "Q")},
 )
-@triton.jit(do_not_specialize=["heads"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
 def _dkdv_kernel(
     DK, DV, Q, K, V, DO, LSE, Delta,  # DK, DV: the sources' gradients, NCHW contiguous
     q_strides, k_strides, v_strides, do_strides,
-    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale,
+    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale, tune_bucket,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr, PRECISION: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -288,14 +288,14 @@ def _dkdv_kernel(
 
 @triton.autotune(
     configs=configs.autotune_configs("dq"),
-    key=["q_tokens", "kv_tokens", "BLOCK_D"],
+    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "DO_FLAT", "KV_FLAT"],
     prune_configs_by={"early_config_prune": configs.prune("dq", "Q")},
 )
-@triton.jit(do_not_specialize=["heads"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
 def _dq_kernel(
     DQ, Q, K, V, DO, LSE, Delta,  # DQ: NCHW contiguous
     q_strides, k_strides, v_strides, do_strides,
-    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale,
+    q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale, tune_bucket,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr,
     PRECISION: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
@@ -359,12 +359,60 @@ def _map_strides(x: Tensor) -> tuple[tuple[int, int, int, int], bool]:
     return (sb, sc, sh, sw), height == 1 or sh == width * sw
 
 
+def fp32_matmul_precision() -> str:
+    """"tf32" or "ieee": what torch's fp32 CUDA matmuls use, read from the fp32_precision API (cuda.matmul's
+    setting, "none" inheriting torch.backends.fp32_precision, whose "none" is full fp32). The legacy setters
+    (set_float32_matmul_precision, allow_tf32) update it too; the legacy getter raises once anything has used the
+    new setters, so it is never called."""
+    precision = torch.backends.cuda.matmul.fp32_precision
+    if precision == "none":
+        precision = torch.backends.fp32_precision
+    return "tf32" if precision == "tf32" else "ieee"
+
+
 def _precision(dtype: torch.dtype) -> str:
-    """tl.dot's input precision: fp32 follows torch.get_float32_matmul_precision() (tf32 unless "highest");
-    the interpreter computes in full fp32 anyway."""
-    if dtype == torch.float32 and not INTERPRET and torch.get_float32_matmul_precision() != "highest":
+    """tl.dot's input precision: fp32 follows torch's fp32 matmul precision (`fp32_matmul_precision`); the
+    interpreter computes in full fp32 anyway."""
+    if dtype == torch.float32 and not INTERPRET and fp32_matmul_precision() == "tf32":
         return "tf32"
     return "ieee"
+
+
+# Launch limits the kernels rely on: batch x heads runs on grid dimension 1 (at most 65,535 blocks), and within one
+# sample the kernels index in int32 (only the batch term is int64).
+MAX_GRID_Y = 65_535
+MAX_SAMPLE_SPAN = 2**31 - 1
+
+
+def _check_limits(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int) -> None:
+    """ValueError naming the argument when a launch would pass the grid's limit or index past int32 in a sample."""
+    batch = q.shape[0]
+    if batch * heads > MAX_GRID_Y:
+        raise ValueError(
+            f"q: batch x heads = {batch} x {heads} = {batch * heads} exceeds the kernels' grid limit of {MAX_GRID_Y}; "
+            "split the batch"
+        )
+    maps = [("q", q), *((f"keys[{j}]", k) for j, k in enumerate(keys))]
+    maps += [(f"values[{j}]", v) for j, v in enumerate(values)]
+    for name, x in maps:
+        span = sum((size - 1) * abs(stride) for size, stride in zip(x.shape[1:], x.stride()[1:], strict=True))
+        dense = x.shape[1] * x.shape[2] * x.shape[3]  # the outputs and gradients are NCHW contiguous
+        if max(span, dense) > MAX_SAMPLE_SPAN:
+            raise ValueError(
+                f"{name}: one sample of shape {tuple(x.shape[1:])} with strides {x.stride()[1:]} spans "
+                f"{max(span, dense)} elements, more than the kernels' int32 indexing takes ({MAX_SAMPLE_SPAN}); "
+                "pass a contiguous map of fewer channels or tokens per sample"
+            )
+
+
+def _tune_bucket(q_tokens: int, kv_tokens: int, batch_heads: int) -> int:
+    """The autotune key's size class: the next powers of two of the query tokens, all key tokens and batch x heads
+    in one int, so a new image size retunes only when it changes class."""
+
+    def log2_ceil(n: int) -> int:
+        return max(0, n - 1).bit_length()
+
+    return (log2_ceil(q_tokens) * 64 + log2_ceil(kv_tokens)) * 64 + log2_ceil(batch_heads)
 
 
 def _check_device(q: Tensor) -> None:
@@ -441,10 +489,11 @@ def forward_launches(
     head_dim = channels // heads
     q_tokens = q_height * q_width
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    _check_limits(q, keys, values, heads)
     out = _check_buffer("out", out, q.shape, q)
     lse = _check_buffer("lse", lse, (batch * heads, q_tokens), q, torch.float32)
     q_strides, q_flat = _map_strides(q)
-    sources, _ = _source_args(keys, values)
+    sources, kv_tokens = _source_args(keys, values)
 
     def grid(meta):
         return (triton.cdiv(q_tokens, meta["BLOCK_M"]), batch * heads)
@@ -452,6 +501,7 @@ def forward_launches(
     args = {
         "Out": out, "LSE": lse, "Q": q, **sources, "q_strides": q_strides, "q_tokens": q_tokens, "q_width": q_width,
         "heads": heads, "head_dim": head_dim, "qk_scale": scale * LOG2E,
+        "tune_bucket": _tune_bucket(q_tokens, sum(kv_tokens), batch * heads),
         "Q_FLAT": q_flat, "PRECISION": _precision(q.dtype), "BLOCK_D": configs.block_d(head_dim),
     }  # fmt: skip
     return (out, lse), [Launch("forward", grid, args)]
@@ -496,6 +546,7 @@ def backward_launches(
     head_dim = channels // heads
     q_tokens = q_height * q_width
     scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    _check_limits(q, keys, values, heads)
     _check_buffer("out", out, q.shape, q)
     _check_buffer("lse", lse, (batch * heads, q_tokens), q, torch.float32)
     if grad_out.shape != q.shape or grad_out.dtype != q.dtype or grad_out.device != q.device:
@@ -513,15 +564,17 @@ def backward_launches(
     do_strides, do_flat = _map_strides(grad_out)
     sources, kv_tokens = _source_args(keys, values)
     delta = torch.empty_like(lse)
+    bucket = _tune_bucket(q_tokens, sum(kv_tokens), batch * heads)
     common = {
         "Q": q, "DO": grad_out, "LSE": lse, "Delta": delta, **sources,
         "q_strides": q_strides, "do_strides": do_strides, "q_tokens": q_tokens, "q_width": q_width,
-        "heads": heads, "head_dim": head_dim, "sm_scale": scale, "qk_scale": scale * LOG2E,
+        "heads": heads, "head_dim": head_dim, "sm_scale": scale, "qk_scale": scale * LOG2E, "tune_bucket": bucket,
         "Q_FLAT": q_flat, "DO_FLAT": do_flat, "PRECISION": _precision(q.dtype), "BLOCK_D": configs.block_d(head_dim),
     }  # fmt: skip
     delta_args = {
         "Delta": delta, "Out": out, "DO": grad_out, "do_strides": do_strides, "q_tokens": q_tokens,
-        "q_width": q_width, "heads": heads, "head_dim": head_dim, "DO_FLAT": do_flat, "BLOCK_D": common["BLOCK_D"],
+        "q_width": q_width, "heads": heads, "head_dim": head_dim, "tune_bucket": bucket, "DO_FLAT": do_flat,
+        "BLOCK_D": common["BLOCK_D"],
     }  # fmt: skip
     dkdv_args = {**common, "DK": _slots(dkeys), "DV": _slots(dvalues)}
     dq_args = {**common, "DQ": dq}

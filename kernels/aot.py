@@ -4,7 +4,7 @@ What compiles is what a launch would run. `ack_attention.forward_launches` and `
 launches from example maps on the meta device, and Triton's own binder specialises their arguments for the
 target exactly as a launch does (dtypes, 16-byte alignment of pointers and ints, unit strides as constants).
 The examples span what a launch can pass: fp16, bf16 and fp32 (as tf32 and as full fp32: `_precision`
-follows torch's matmul precision), head dims 16, 32, 64, 128 (every padded BLOCK_D), 1 to 4 sources,
+follows torch's fp32 matmul precision), head dims 16, 32, 64, 128 (every padded BLOCK_D), 1 to 4 sources,
 contiguous and channels_last maps; each with every autotune config `configs.gpu_candidates` lets through,
 for sm_80 and sm_90. Cases that specialise to the same kernel compile once: the number of sources never
 changes it (the kernels take MAX_SOURCES slots), the layout does (its unit stride moves from the token to the
@@ -40,12 +40,12 @@ from ackd_fast.kernels import ack_attention, configs
 # Dynamic shared memory a block may use (bytes): sm_80 (A100) 163 KB, sm_90 (H100) 227 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 ARCHS = (80, 90)
-# name: (dtype, torch.get_float32_matmul_precision(), the tl.dot precision the launchers pick under it).
+# name: (dtype, torch.backends.cuda.matmul.fp32_precision, the tl.dot precision the launchers pick under it).
 DTYPES = {
-    "fp16": (torch.float16, "highest", "ieee"),
-    "bf16": (torch.bfloat16, "highest", "ieee"),
-    "tf32": (torch.float32, "high", "tf32"),
-    "fp32": (torch.float32, "highest", "ieee"),
+    "fp16": (torch.float16, "ieee", "ieee"),
+    "bf16": (torch.bfloat16, "ieee", "ieee"),
+    "tf32": (torch.float32, "tf32", "tf32"),
+    "fp32": (torch.float32, "ieee", "ieee"),
 }
 HEAD_DIMS = configs.BLOCK_D_SIZES  # one head dim per padded width: each pads to itself
 LAYOUTS = ("contiguous", "channels_last")
@@ -96,13 +96,13 @@ def _jit_fn(kernel: str) -> triton.JITFunction:
 
 @contextlib.contextmanager
 def _matmul_precision(dtype: str):
-    """torch's fp32 matmul precision set as the DTYPES entry says (the launchers read it)."""
-    saved = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(DTYPES[dtype][1])
+    """torch's fp32 matmul precision set as the DTYPES entry says (the launchers read it), with the new API."""
+    saved = torch.backends.cuda.matmul.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = DTYPES[dtype][1]
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(saved)
+        torch.backends.cuda.matmul.fp32_precision = saved
 
 
 @functools.cache

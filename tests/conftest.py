@@ -53,3 +53,16 @@ def random_inception_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("inception") / "random_inception.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture
+def ieee_fp32():
+    """Full fp32 CUDA matmuls and convolutions (no TF32) for the test, restored after (with the fp32_precision API:
+    monkeypatch cannot restore its attributes, and the legacy allow_tf32 must not be mixed in)."""
+    knobs = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [k.fp32_precision for k in knobs]
+    for k in knobs:
+        k.fp32_precision = "ieee"
+    yield
+    for k, value in zip(knobs, saved, strict=True):
+        k.fp32_precision = value

@@ -116,7 +116,9 @@ def test_scale_and_large_logits(device):
 
 def _highest_fp32_precision(monkeypatch):
     """Full fp32 matmuls (no tf32) on a GPU, as the exact-arithmetic tests need."""
-    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    from ackd_fast.kernels import ack_attention as kernels
+
+    monkeypatch.setattr(kernels, "fp32_matmul_precision", lambda: "ieee")
 
 
 def test_large_logits_keep_full_precision(device, monkeypatch):
@@ -293,13 +295,27 @@ def test_triton_on_cpu_without_interpreter_raises(monkeypatch):
 
 
 def test_fp32_precision_follows_torch(monkeypatch):
+    """The new fp32_precision API (what PyTorch recommends) and the legacy setters both reach the kernels, and
+    the legacy getter, which raises once the new API was used, is never called."""
     from ackd_fast.kernels import ack_attention as kernels
 
     monkeypatch.setattr(kernels, "INTERPRET", False)
-    for setting, want in (("highest", "ieee"), ("high", "tf32"), ("medium", "tf32")):
-        monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda s=setting: s)
-        assert kernels._precision(torch.float32) == want
-    assert kernels._precision(torch.float16) == kernels._precision(torch.bfloat16) == "ieee"
+    matmul = torch.backends.cuda.matmul
+    saved = (matmul.fp32_precision, torch.backends.fp32_precision)
+    try:
+        for setting, want in (("ieee", "ieee"), ("tf32", "tf32")):
+            matmul.fp32_precision = setting
+            assert kernels._precision(torch.float32) == want
+        matmul.fp32_precision = "none"
+        for setting, want in (("tf32", "tf32"), ("ieee", "ieee"), ("none", "ieee")):
+            torch.backends.fp32_precision = setting
+            assert kernels._precision(torch.float32) == want
+        for setting, want in (("highest", "ieee"), ("high", "tf32")):  # the legacy setter, after the new API
+            torch.set_float32_matmul_precision(setting)
+            assert kernels._precision(torch.float32) == want
+        assert kernels._precision(torch.float16) == kernels._precision(torch.bfloat16) == "ieee"
+    finally:
+        matmul.fp32_precision, torch.backends.fp32_precision = saved
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from ackd_fast import cli
+from ackd_fast.assembly import Config
 from ackd_fast.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from ackd_fast.data import build_sample_set
 from ackd_fast.peers import load_generator, read_generator
-from ackd_fast.train import Config, train
+from ackd_fast.train import train
 
 SIZE, CROP = 36, 32
 
@@ -90,7 +91,7 @@ def test_a_pickle_that_runs_code_is_refused_by_distill_evaluate_and_resume(tmp_p
     run.mkdir()
     os.replace(path, run / "ckpt.pt")
     cfg = Config(job="teacher", out_dir=str(run), dataroot=root, load_size=SIZE, crop_size=CROP, ngf=4, ndf=8,
-                 batch_size=2, workers=0, steps=2, progress=False, resume=True)  # fmt: skip
+                 batch_size=2, workers=0, steps=2, progress=False, resume=True, device="cpu")  # fmt: skip
     with pytest.raises(ValueError, match=r"refused to load .*ckpt\.pt"):
         train(cfg)
     assert not marker.exists()

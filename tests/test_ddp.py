@@ -11,8 +11,9 @@ import torch.multiprocessing as mp
 
 from ackd_fast import data
 from ackd_fast import train as train_lib
+from ackd_fast.assembly import Config
 from ackd_fast.checkpoint import load_checkpoint
-from ackd_fast.train import Config, train
+from ackd_fast.train import train
 
 SIZE, CROP, STEPS, WORLD = 36, 32, 3, 2
 

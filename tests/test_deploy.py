@@ -233,17 +233,28 @@ def test_deploy_matches_eager(name, ngf, blocks, norms):
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 0.1)])
-def test_deploy_cuda_matches_eager(dtype, tol):
-    g = randomize(build_generator("mobile_resnet_9blocks", 4), 0.3).cuda()
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_deploy_cuda_matches_eager(dtype):
+    """Against the fp64 forward (on CUDA fp64 has no TF32): fp32 within 1e-4 (deploy runs without TF32); bf16 within
+    twice the eager bf16 forward's own error, since both round differently through nine blocks."""
+    import copy
+
+    g = randomize(build_generator("mobile_resnet_9blocks", 4), 0.3).cuda().eval()
     f = deploy(g, torch.randn(2, 3, 32, 32, device="cuda", dtype=dtype))
     assert "cudagraphs" in f.method and "mobile_block" not in f.method
     x = torch.randn(2, 3, 32, 32, device="cuda", dtype=dtype) * 3
     y1 = f(x)
     f(torch.randn_like(x))  # a later call must not overwrite an earlier output (CUDA graphs reuse buffers)
     with torch.no_grad():
-        expected = g.float().eval()(x.float())
-    torch.testing.assert_close(y1.float(), expected, atol=tol, rtol=0)
+        exact = copy.deepcopy(g).double()(x.double())
+        eager = copy.deepcopy(g).to(dtype)(x)
+    error = (y1.double() - exact).abs()
+    if dtype == torch.float32:
+        assert error.max().item() < 1e-4
+    else:
+        eager_error = (eager.double() - exact).abs()
+        assert error.max().item() <= 2 * eager_error.max().item() + 1e-2
+        assert error.mean().item() <= 2 * eager_error.mean().item() + 1e-3
 
 
 def test_deploy_bad_input():

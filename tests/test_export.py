@@ -10,10 +10,10 @@ import torch
 from peer_layouts import resnet_shapes, unet_shapes
 
 from ackd_fast import cli, export
+from ackd_fast.assembly import Config
 from ackd_fast.checkpoint import save_checkpoint
 from ackd_fast.models import build_generator
 from ackd_fast.peers import load_generator, read_generator
-from ackd_fast.train import Config
 
 
 @pytest.fixture

@@ -479,9 +479,10 @@ def test_refiner_under_autocast_compiles_without_graph_breaks():
 
 def _distillation_step(backend, amp_dtype, device="cpu"):
     """One train_step of a U-Net teacher (taps of 4, 8 and 16 channels at 16, 8 and 4 pixels) under autocast."""
+    from ackd_fast.assembly import Config, build_distiller
     from ackd_fast.losses import Critic
     from ackd_fast.models import NLayerDiscriminator, UnetGenerator, mobile_resnet_9blocks
-    from ackd_fast.train import Config, build_distiller, train_step
+    from ackd_fast.train import train_step
 
     torch.manual_seed(0)
     teacher, student = UnetGenerator(num_downs=4, ngf=4), mobile_resnet_9blocks(ngf=4)

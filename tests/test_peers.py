@@ -233,7 +233,7 @@ def test_miniature_distill_from_a_peer_teacher_and_discriminator(tmp_path, gen, 
     assert (config["model"], config["direction"], config["generator"], config["ngf"]) == ("pix2pix", "AtoB", "auto", 0)
 
     # the student's discriminator started as the peer's
-    from ackd_fast.train import Config, build_task
+    from ackd_fast.assembly import Config, build_task
 
     cfg = Config(job="distill", teacher=str(teacher), teacher_d=str(disc), generator="auto", ngf=0, student_ngf=4)
     _, critic, _, _ = build_task(cfg)
@@ -262,7 +262,7 @@ def test_distill_flags_for_a_bare_teacher_are_checked_before_anything_is_written
                   "--out-dir", str(out)])  # fmt: skip
     d3 = _save(random_state(discriminator_shapes(3, 8), gen), tmp_path / "d3.pth")
     with pytest.raises(ValueError, match=r"--teacher-d .*d3\.pth takes 3-channel input"):
-        from ackd_fast.train import Config, build_task
+        from ackd_fast.assembly import Config, build_task
 
         build_task(Config(job="distill", teacher=str(teacher), teacher_d=str(d3), generator="auto", ngf=0))
     random_file = _save({"w": torch.zeros(2)}, tmp_path / "random.pth")

@@ -26,7 +26,7 @@ def ack_attention(
     """Multi-head cross-attention of q over the tokens of all key/value sources under one softmax (Triton).
 
     q: (B, heads*d, Hq, Wq); keys[j], values[j]: (B, heads*d, H_j, W_j), 1 to 4 sources, any strides;
-    fp16, bf16 or fp32 (fp32 matmuls follow torch.get_float32_matmul_precision()); d <= 128. Returns
+    fp16, bf16 or fp32 (fp32 follows torch.backends.cuda.matmul.fp32_precision: tf32 or ieee); d <= 128. Returns
     (B, heads*d, Hq, Wq), NCHW contiguous; `scale` defaults to 1/sqrt(d). Differentiable in q, keys, values.
     Runs on CUDA, and on CPU under the Triton interpreter (TRITON_INTERPRET=1) for tests;
     `ackd_fast.reference.ack_attention` is the same computation in plain PyTorch.

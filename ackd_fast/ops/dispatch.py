@@ -39,14 +39,49 @@ TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # (backend, device type) pairs that "auto" passes over although they can run: the Triton interpreter on CPU
 # is for testing the kernels, far too slow for users.
 AUTO_SKIPS = {("triton", "cpu")}
+# The Triton kernels' tl.dot needs the tensor-core mma of sm_80 (Ampere) and later; older GPUs emulate bf16 and
+# would run them on the FMA units, slower than PyTorch's fused attention.
+TRITON_MIN_CAPABILITY = (8, 0)
+_CUDA_CAPABILITIES: dict[int, tuple[int, int] | None] = {}  # by device index, asked once (compiled code reads it)
 
 
-def extension_cuda_version() -> int | None:
-    """CUDA runtime version `ackd_fast._C` was compiled with (e.g. 13000), or None for a CPU-only build."""
+def cuda_capability(device: torch.device) -> tuple[int, int] | None:
+    """The compute capability of a CUDA device (its index, else device 0 when none is given: the modules pass
+    their input's device, which has one), or None where there is no such device."""
+    index = device.index if device.index is not None else 0
+    if index not in _CUDA_CAPABILITIES:
+        try:
+            _CUDA_CAPABILITIES[index] = torch.cuda.get_device_capability(index)
+        except (RuntimeError, AssertionError, ValueError):  # no driver, no device, a CPU-only build
+            _CUDA_CAPABILITIES[index] = None
+    return _CUDA_CAPABILITIES[index]
+
+
+def triton_capability_reason(capability: tuple[int, int]) -> str | None:
+    """Why the Triton kernels decline a GPU of this compute capability, or None when they take it."""
+    if tuple(capability) < TRITON_MIN_CAPABILITY:
+        major, minor = TRITON_MIN_CAPABILITY
+        return (f"the Triton kernels need tensor-core mma (sm_{major}{minor} or later), the GPU is "
+                f"sm_{capability[0]}{capability[1]}")  # fmt: skip
+    return None
+
+
+def _extension_cuda_version() -> int | None:
     if not EXTENSION_LOADED:
         return None
     version = torch.ops.ackd_fast.cuda_version()
     return None if version < 0 else version
+
+
+# Asked once, at import: the modules consult these on every forward, and torch.compile cannot trace the op that
+# answers (it returns a plain int) nor, before torch 2.14, torch.amp.is_autocast_available.
+EXTENSION_CUDA_VERSION = _extension_cuda_version()
+AUTOCAST_DEVICE_TYPES = frozenset(d for d in ("cpu", "cuda", "xpu", "mps", "hpu") if torch.amp.is_autocast_available(d))
+
+
+def extension_cuda_version() -> int | None:
+    """CUDA runtime version `ackd_fast._C` was compiled with (e.g. 13000), or None for a CPU-only build."""
+    return EXTENSION_CUDA_VERSION
 
 
 def compute_dtype(x: torch.Tensor) -> torch.dtype:
@@ -56,7 +91,7 @@ def compute_dtype(x: torch.Tensor) -> torch.dtype:
     if (
         x.is_floating_point()
         and x.dtype != torch.float64
-        and torch.amp.is_autocast_available(device_type)
+        and device_type in AUTOCAST_DEVICE_TYPES
         and torch.is_autocast_enabled(device_type)
     ):
         return torch.get_autocast_dtype(device_type)
@@ -73,9 +108,10 @@ def _unavailable(
     dtype: torch.dtype | None = None,
     head_dim: int | None = None,
     sources: int | None = None,
+    capability: tuple[int, int] | None = None,
 ) -> str | None:
     """Why `backend` cannot run on `device_type` (for inputs of `dtype`, heads of `head_dim` channels and `sources`
-    source maps, each when given), or None when it can."""
+    source maps, on a CUDA device of compute `capability`, each when given), or None when it can."""
     if backend == "reference":
         return None
     if sources is not None and not 1 <= sources <= MAX_SOURCES:
@@ -91,6 +127,8 @@ def _unavailable(
             return f"the Triton kernels compute in {_names(TRITON_DTYPES)}, got {_names([dtype])}"
         if head_dim is not None and head_dim > MAX_HEAD_DIM:
             return f"the Triton kernels take a head dim of at most {MAX_HEAD_DIM}, got {head_dim}"
+        if device_type == "cuda" and capability is not None:
+            return triton_capability_reason(capability)
         return None
     if backend == "extension":
         if not EXTENSION_LOADED:
@@ -126,16 +164,18 @@ def resolve_backend(
     """The backend that runs `op` on `device` for inputs that compute in `dtype`, with heads of `head_dim` channels
     and `sources` source maps (each when given): the named one (or a RuntimeError saying why it cannot run), or for
     "auto" the fastest that can."""
-    device_type = torch.device(device).type
+    device = torch.device(device)
+    device_type = device.type
+    capability = cuda_capability(device) if device_type == "cuda" else None
     if backend != "auto":
-        reason = _unavailable(backend, device_type, dtype, head_dim, sources)
+        reason = _unavailable(backend, device_type, dtype, head_dim, sources, capability)
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} for {op} cannot run on {device_type}: {reason}")
         return backend
     for candidate in BACKENDS[op]:
         if (candidate, device_type) in AUTO_SKIPS:
             continue
-        if _unavailable(candidate, device_type, dtype, head_dim, sources) is None:
+        if _unavailable(candidate, device_type, dtype, head_dim, sources, capability) is None:
             return candidate
     raise RuntimeError(f"no backend for {op} can run on {device_type}")  # unreachable: reference always runs
 
