@@ -371,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = StudyConfig()
     p.add_argument("--out-dir", default=s.out_dir, help="study folder (default: %(default)s)")
     p.add_argument("--preset", default=s.preset, help=f"scale: {', '.join(PRESETS)} (default: %(default)s)")
+    p.add_argument("--gpu", dest="preset", action="store_const", const="gpu", help="alias of --preset gpu")
     p.add_argument("--arms", default=s.arms, help=f"comma-separated among {', '.join(ARMS)}; default: "
                    f"{','.join(DEFAULT_ARMS)}")  # fmt: skip
     p.add_argument("--main-seeds", type=int, default=0, help="seeds of ackd, plain, none; 0 = the preset's")

@@ -34,6 +34,7 @@ from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.peers import load_generator
 from ackd_fast.plots import read_log
 from ackd_fast.report import format_table
+from ackd_fast.study import paired
 from ackd_fast.train import save_grid, train
 
 SAMPLE_SETS = ("sketch", "edges")
@@ -243,10 +244,12 @@ def run_demo(dc: DemoConfig) -> dict:
         rows.append(model_row(label, "student", ckpts, timings[kd], dc.student_steps))
     by_kd = dict(zip(STUDENTS, rows[-len(STUDENTS) :], strict=True))
     leads = {}
-    for other in ("plain", "none"):
-        diffs = [a - b for a, b in zip(by_kd["ackd"]["PSNR_runs"], by_kd[other]["PSNR_runs"], strict=True)]
+    for a, b in (("ackd", "plain"), ("ackd", "none"), ("plain", "none")):
+        d = paired(dict(enumerate(by_kd[a]["PSNR_runs"])), dict(enumerate(by_kd[b]["PSNR_runs"])))
+        diffs = [x - y for x, y in zip(by_kd[a]["PSNR_runs"], by_kd[b]["PSNR_runs"], strict=True)]
         mean, std = _mean_std(diffs)
-        leads[f"ackd_minus_{other}"] = {"PSNR_mean": mean, "PSNR_std": std, "PSNR_runs": diffs, "seeds": len(diffs)}
+        leads[f"{a}_minus_{b}"] = {"PSNR_mean": mean, "PSNR_std": std, "PSNR_runs": diffs, "seeds": len(diffs),
+                                   "PSNR_ci95": d["ci95"] if d else None}  # fmt: skip
 
     generators = {"teacher": load_generator(out / "teacher" / "ckpt.pt")}
     generators |= {kd: load_generator(out / kd / f"seed{seeds[0]}" / "ckpt.pt") for kd in STUDENTS}
@@ -274,11 +277,16 @@ def run_demo(dc: DemoConfig) -> dict:
     table = format_table([_table_row(r) for r in rows], list(_table_row(rows[-1])))
     (out / "results.md").write_text(table + "\n")
     print("\n" + table)
-    lead = leads["ackd_minus_plain"]
+    def lead(name: str) -> str:
+        d = leads[name]
+        ci = d["PSNR_ci95"]
+        interval = f", 95 % CI [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+        return f"{d['PSNR_mean']:+.2f} ± {d['PSNR_std']:.2f} dB{interval}"
+
     print(
-        f"\nstudents: {len(seeds)} seed(s) each ({', '.join(map(str, seeds))}); mean ± sample std over seeds. "
-        f"ACKD - plain KD: {lead['PSNR_mean']:+.2f} ± {lead['PSNR_std']:.2f} dB PSNR; ACKD - no KD: "
-        f"{leads['ackd_minus_none']['PSNR_mean']:+.2f} ± {leads['ackd_minus_none']['PSNR_std']:.2f} dB (paired by seed)"
+        f"\nstudents: {len(seeds)} seed(s) each ({', '.join(map(str, seeds))}); mean ± sample std over seeds.\n"
+        f"paired by seed (PSNR): ACKD - plain KD {lead('ackd_minus_plain')}; ACKD - no KD {lead('ackd_minus_none')}; "
+        f"plain KD - no KD {lead('plain_minus_none')}"
         f"\nteacher - best trivial predictor: {teacher_row['PSNR'] - best_trivial['PSNR']:+.2f} dB PSNR"
         f"\nheld-out: {len(test)} tiles; outputs in {out}/ (grid.png, losses.png, results.json); "
         f"demo wall time {result['wall_s']:.0f} s"

@@ -108,7 +108,7 @@ PRESETS = {
                  student_ngf=8, ndf=32, batch_size=4, lr=5e-4, teacher_steps=1500, student_steps=500,
                  main_seeds=10, other_seeds=3),
     # Paper scale on a GPU: 256 px crops (taps 64x64), the ngf-64 teacher and GAN Compression's ngf-16 student.
-    "gpu": Scale(short_side=1024, tile=286, crop=256, eval_tile=256, tile_stride=32, val=0.2, teacher_ngf=64,
+    "gpu": Scale(short_side=1280, tile=286, crop=256, eval_tile=256, tile_stride=32, val=0.25, teacher_ngf=64,
                  student_ngf=16, ndf=64, batch_size=4, lr=2e-4, teacher_steps=20000, student_steps=10000,
                  main_seeds=10, other_seeds=3),
     # Seconds, for tests.

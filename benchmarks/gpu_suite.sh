@@ -42,11 +42,19 @@ else
   PLAN_PHASES=(build:75 backends:15 tile_tests:60 tests:110 ceilings:15 bench_ack_attention:75 bench_train_step:90
     bench_ack_fusion:50 bench_deploy:50)
 fi
+# A smaller ACKD_SUITE_BUDGET_S scales every cap down alike (the report keeps 30 s: suite_lib.sh's REPORT_RESERVE_S).
 declare -A CAP
-for entry in "${PLAN_PHASES[@]}"; do CAP[${entry%%:*}]=${entry##*:}; done
+total=0
+for entry in "${PLAN_PHASES[@]}"; do total=$((total + ${entry##*:})); done
+usable=$((BUDGET_S - 30))
+for entry in "${PLAN_PHASES[@]}"; do
+  cap=${entry##*:}
+  ((total > usable)) && cap=$((cap * usable / total))
+  CAP[${entry%%:*}]=$cap
+done
 if ((PLAN)); then
   echo "budget $BUDGET_S"
-  for entry in "${PLAN_PHASES[@]}"; do echo "phase ${entry%%:*} ${entry##*:}"; done
+  for entry in "${PLAN_PHASES[@]}"; do echo "phase ${entry%%:*} ${CAP[${entry%%:*}]}"; done
   exit 0
 fi
 # warm compiles on a second call on the same machine

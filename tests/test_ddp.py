@@ -27,8 +27,8 @@ def _rank(rank: int, port: int, cfg: Config) -> None:
     built, local = [], []
     build_task, train_step = train_lib.build_task, train_lib.train_step
 
-    def recording_build_task(cfg):
-        built.extend(build_task(cfg))
+    def recording_build_task(cfg, teacher=None):
+        built.extend(build_task(cfg, teacher))
         return tuple(built)
 
     def recording_train_step(*args):

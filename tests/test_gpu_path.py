@@ -1,8 +1,8 @@
 """The GPU path's decisions, checked on any machine (issue 23): backend choice under torch.compile for a CUDA device,
 the Triton launch limits, the capability rules of amp="auto" and backend="auto", the suite's time budget."""
 
+import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -84,4 +84,28 @@ def test_gpu_suite_dry_run_caps_fit_the_budget():
         names = [p[1] for p in phases]
         assert names[:3] == ["build", "backends", "tile_tests"], names
     assert "bench_ack_attention" in out and out.index("bench_ack_attention") < out.index("bench_train_step")
-    assert sys.executable
+    small = subprocess.run(["bash", "benchmarks/gpu_suite.sh", "--plan"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=60, check=True, env={**os.environ, "ACKD_SUITE_BUDGET_S": "300"}).stdout  # fmt: skip
+    assert sum(int(line.split()[2]) for line in small.splitlines() if line.startswith("phase ")) <= 270
+
+
+def test_nccl_binds_the_ranks_gpu_before_the_process_group(monkeypatch):
+    """torchrun on GPUs: set_device first, then init_process_group with device_id and a timeout long enough for rank
+    0's evaluation (the others wait in a collective meanwhile)."""
+    from ackd_fast import train as train_lib
+    from ackd_fast.assembly import Config
+
+    calls = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("set_device", str(d))))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    monkeypatch.setattr(train_lib.dist, "init_process_group", lambda *a, **k: calls.append(("init", a, k)))
+    monkeypatch.setattr(train_lib.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(train_lib.dist, "get_world_size", lambda: 2)
+    rt = train_lib.setup_runtime(Config(device="cuda", tf32=False))
+    assert calls[0] == ("set_device", "cuda:1")
+    assert calls[1][0] == "init" and calls[1][1] == ("nccl",)
+    assert calls[1][2]["device_id"] == torch.device("cuda:1")
+    assert calls[1][2]["timeout"] == train_lib.COLLECTIVE_TIMEOUT >= __import__("datetime").timedelta(hours=1)
+    assert rt.rank == 1 and rt.world == 2 and rt.device == torch.device("cuda:1")

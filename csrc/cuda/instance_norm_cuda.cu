@@ -279,7 +279,15 @@ __global__ void norm_pixels_grad_x_kernel(Map<const scalar_t> grad, Map<const sc
   }
 }
 
+// The channels_last kernels' grid: (channel blocks, pixel chunks, batch). CUDA caps grid y and z at 65,535, so a map
+// with more pixel chunks or a larger batch is refused with a ValueError before any launch.
 dim3 chunk_grid(int64_t B, int64_t C, int64_t N) {
+  constexpr int64_t kMaxGridYZ = 65535;
+  TORCH_CHECK_VALUE((N + kPixelsPerChunk - 1) / kPixelsPerChunk <= kMaxGridYZ,
+                    "instance_norm_act_residual: x (channels_last) has ", N, " pixels per image; the CUDA kernels take at "
+                    "most ", kMaxGridYZ * kPixelsPerChunk, " (pass it NCHW-contiguous, or smaller images)");
+  TORCH_CHECK_VALUE(B <= kMaxGridYZ, "instance_norm_act_residual: x (channels_last) has batch ", B,
+                    "; the CUDA kernels take at most ", kMaxGridYZ, " (split the batch)");
   return dim3(static_cast<unsigned>((C + kChannelsPerBlock - 1) / kChannelsPerBlock),
               static_cast<unsigned>((N + kPixelsPerChunk - 1) / kPixelsPerChunk), static_cast<unsigned>(B));
 }
