@@ -96,27 +96,32 @@ MAX_HEAD_DIM = 128  # the widest tile the kernels' configs are built (and compil
 
 
 def attention_inputs(
-    q: object, keys: object, values: object, heads: object
+    q: object,
+    keys: object,
+    values: object,
+    heads: object,
+    dtypes: tuple[str, ...] = ATTENTION_DTYPES,
+    max_head_dim: int | None = MAX_HEAD_DIM,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """Checks the inputs of the `ack_attention` op: q (B, heads*d, Hq, Wq); keys[j] and values[j] (B, heads*d,
-    H_j, W_j) of one shape per source; 1 to MAX_SOURCES sources; one dtype (fp16, bf16, fp32) and device; no
-    empty dimension; d <= MAX_HEAD_DIM."""
+    """Checks the inputs of the attention ops: q (B, heads*d, Hq, Wq); keys[j] and values[j] (B, heads*d, H_j, W_j)
+    of one shape per source; 1 to MAX_SOURCES sources; one dtype (of `dtypes`: the Triton op's fp16, bf16, fp32 by
+    default) and device; no empty dimension; d <= max_head_dim (None: any)."""
     heads = positive_int("heads", heads)
     q, keys = feature_maps(q, keys, deep_name="q", sources_name="keys")
     q, values = feature_maps(q, values, deep_name="q", sources_name="values")
     if len(values) != len(keys):
         raise ValueError(f"values holds {len(values)} maps, expected one per key map ({len(keys)})")
     dtype = str(q.dtype).removeprefix("torch.")
-    if dtype not in ATTENTION_DTYPES:
-        raise TypeError(f"q has dtype {q.dtype}, expected one of {ATTENTION_DTYPES}")
+    if dtype not in dtypes:
+        raise TypeError(f"q has dtype {q.dtype}, expected one of {dtypes}")
     if 0 in q.shape:
         raise ValueError(f"q must have no empty dimension, got shape {tuple(q.shape)}")
     channels = q.shape[1]
     if channels % heads:
         raise ValueError(f"heads={heads} must divide the channels of q, got shape {tuple(q.shape)}")
-    if channels // heads > MAX_HEAD_DIM:
+    if max_head_dim is not None and channels // heads > max_head_dim:
         raise ValueError(
-            f"head dim channels/heads = {channels}/{heads} = {channels // heads} must be at most {MAX_HEAD_DIM}"
+            f"head dim channels/heads = {channels}/{heads} = {channels // heads} must be at most {max_head_dim}"
         )
     for j, (k, v) in enumerate(zip(keys, values, strict=True)):
         if k.shape[1] != channels:

@@ -39,9 +39,10 @@ class ACKAttention(nn.Module):
         head_dim: width d of a head; defaults to deep_channels // heads (which must then divide).
         kv_stride: average-pool stride applied to the sources before the key/value projections.
         residual: return deep + attention (True) or the attention branch alone.
-        backend: "auto", "triton" or "reference". "auto" runs the Triton kernels on CUDA when the attention
-            computes in fp16, bf16 or fp32 with a head dim of at most 128, and the reference elsewhere; "triton"
-            on CPU needs TRITON_INTERPRET=1 (the interpreter, for tests).
+        backend: "auto", "triton", "sdpa" or "reference". "auto" runs the Triton kernels on CUDA (sm_80 and later)
+            when the attention computes in fp16, bf16 or fp32 with a head dim of at most 128, and PyTorch's fused
+            scaled_dot_product_attention ("sdpa", memory linear in the tokens) elsewhere; "reference" is the
+            materialising composition of the spec (tests); "triton" on CPU needs TRITON_INTERPRET=1.
     """
 
     def __init__(
@@ -82,7 +83,7 @@ class ACKAttention(nn.Module):
             head_dim=self.head_dim,
             sources=len(sources),
         )
-        attention = ops.ack_attention if backend == "triton" else reference.ack_attention
+        attention = {"triton": ops.ack_attention, "sdpa": ops.sdpa_attention}.get(backend, reference.ack_attention)
         return reference.ack_attention_block(
             deep,
             sources,

@@ -271,12 +271,12 @@ def test_module_runs_triton_and_matches_reference(device):
 # -------------------------------------------------------------------------------------------- dispatch
 
 
-def test_auto_uses_reference_on_cpu_and_triton_on_cuda():
-    assert ops.resolve_backend("ack_attention", "auto", "cpu", torch.float32) == "reference"
+def test_auto_uses_sdpa_on_cpu_and_triton_on_cuda():
+    assert ops.resolve_backend("ack_attention", "auto", "cpu", torch.float32) == "sdpa"
     if ops.TRITON_IMPORTABLE:
         assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16) == "triton"
-    # fp64 is not a Triton dtype: auto takes the reference, forcing Triton says why it cannot.
-    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float64) == "reference"
+    # fp64 is not a Triton dtype: auto takes PyTorch's fused attention, forcing Triton says why it cannot.
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float64) == "sdpa"
     with pytest.raises(RuntimeError, match=r"backend 'triton' for ack_attention cannot run on cuda: .*float64"):
         ops.resolve_backend("ack_attention", "triton", "cuda", torch.float64)
 

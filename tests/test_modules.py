@@ -140,7 +140,7 @@ def test_backends_reports_build_and_choice():
     assert info["extension"]["loaded"] is ops.EXTENSION_LOADED
     assert info["triton"]["max_head_dim"] == 128 and info["triton"]["max_sources"] == 4
     assert info["extension"]["dtypes"]["cpu"] == "float32, float64, float16, bfloat16"
-    assert info["ops"]["ack_attention"]["cpu"] == "reference"
+    assert info["ops"]["ack_attention"]["cpu"] == "sdpa"
     assert info["ops"]["ack_fusion"]["cpu"] == ("extension" if ops.EXTENSION_LOADED else "reference")
     assert info["ops"]["ack_fusion"]["cuda"] == ("extension" if info["extension"]["cuda_compiled"] else "reference")
     assert info["cuda_device"] == (torch.cuda.get_device_name() if torch.cuda.is_available() else None)
@@ -148,7 +148,7 @@ def test_backends_reports_build_and_choice():
 
 def test_unknown_backend_is_refused():
     with pytest.raises(
-        ValueError, match=r"backend for ack_attention must be one of \('auto', 'triton', 'reference'\), got 'cuda'"
+        ValueError, match=r"backend for ack_attention must be one of \('auto', 'triton', 'sdpa', 'reference'\), got 'cuda'"
     ):
         ACKAttention(8, [8], backend="cuda")
     with pytest.raises(ValueError, match="backend for ack_fusion must be one of"):
@@ -333,8 +333,8 @@ def test_attention_auto_decides_from_head_dim_and_source_count():
     """Triton takes heads of at most 128 channels and 1 to 4 sources; auto moves on, a forced backend says why."""
     if ops.TRITON_IMPORTABLE:
         assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, head_dim=128, sources=4) == "triton"
-    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, head_dim=256) == "reference"
-    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, sources=5) == "reference"
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, head_dim=256) == "sdpa"
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.bfloat16, sources=5) == "sdpa"
     if ops.TRITON_IMPORTABLE:
         with pytest.raises(RuntimeError, match=r"cannot run on cuda: .*head dim of at most 128, got 256"):
             ops.resolve_backend("ack_attention", "triton", "cuda", torch.bfloat16, head_dim=256)
@@ -342,8 +342,9 @@ def test_attention_auto_decides_from_head_dim_and_source_count():
             ops.resolve_backend("ack_attention", "triton", "cuda", torch.bfloat16, sources=5)
 
 
-def test_attention_module_with_wide_heads_runs_the_reference_under_auto(monkeypatch):
-    """--heads 1 on 256-channel taps: auto runs the reference wherever it runs (it used to raise on CUDA)."""
+def test_attention_module_with_wide_heads_runs_sdpa_under_auto(monkeypatch):
+    """--heads 1 on 256-channel taps: auto runs PyTorch's fused attention wherever it runs (it used to raise on
+    CUDA)."""
     picked = []
     original = ops.resolve_backend
 
@@ -355,7 +356,7 @@ def test_attention_module_with_wide_heads_runs_the_reference_under_auto(monkeypa
     m = ACKAttention(256, [256], heads=1)
     out = m(torch.randn(1, 256, 3, 2), [torch.randn(1, 256, 2, 2)])
     assert out.shape == (1, 256, 3, 2) and picked == [{"head_dim": 256, "sources": 1}]
-    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float32, **picked[0]) == "reference"
+    assert ops.resolve_backend("ack_attention", "auto", "cuda", torch.float32, **picked[0]) == "sdpa"
 
 
 def test_modules_pick_backends_for_the_autocast_dtype():

@@ -1,7 +1,7 @@
 """The custom ops and their dispatch, one module per family:
 
 - `dispatch`: what is built, which backend runs each op (`backends()`, `resolve_backend`, `compute_dtype`);
-- `attention`: ACK-A's `ack_attention` (Triton);
+- `attention`: ACK-A's `ack_attention` (Triton) and `sdpa_attention` (PyTorch's fused attention, elsewhere);
 - `fusion`: ACK-F's `ack_accumulate` and `instance_norm_act_residual` (C++/CUDA, ackd_fast._C).
 
 Every op is also reachable as `torch.ops.ackd_fast.<name>`. Under torch.autocast each op follows a rule registered
@@ -10,7 +10,7 @@ module documents its rule. Backward ops are ops of their own, with fake kernels,
 ordinary ops.
 """
 
-from ackd_fast.ops.attention import ack_attention
+from ackd_fast.ops.attention import ack_attention, sdpa_attention
 from ackd_fast.ops.dispatch import (
     BACKENDS,
     EXTENSION_ERROR,
@@ -37,4 +37,5 @@ __all__ = [
     "extension_cuda_version",
     "instance_norm_act_residual",
     "resolve_backend",
+    "sdpa_attention",
 ]

@@ -1,4 +1,6 @@
-"""ACK-A's op, `ack_attention`: the Triton kernels (kernels/ack_attention.py) as a custom op with autograd.
+"""ACK-A's ops: `ack_attention`, the Triton kernels (kernels/ack_attention.py) as a custom op with autograd, and
+`sdpa_attention`, the same computation on PyTorch's fused scaled_dot_product_attention for every device and dtype the
+Triton kernels do not take (memory linear in the tokens: the (Nq x Nkv) score matrix is never held).
 
 Registered with `torch.library.custom_op` so that torch.compile traces through it; its backward is an op of its own.
 
@@ -14,6 +16,7 @@ import importlib
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ackd_fast import checks
@@ -38,6 +41,28 @@ def ack_attention(
     if reason is not None:
         raise RuntimeError(f"ack_attention (Triton) cannot run on {q.device.type}: {reason}")
     return torch.ops.ackd_fast.ack_attention(q, keys, values, heads, scale)[0]
+
+
+SDPA_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def sdpa_attention(
+    q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int, scale: float | None = None
+) -> Tensor:
+    """`ack_attention`'s computation on torch's fused scaled_dot_product_attention: "one softmax across the
+    sources" is attention over the sources' tokens together, so the sources' tokens are concatenated (a copy of the
+    keys and values, linear in the tokens) and SDPA's fused kernels (flash attention on CPU, any dtype and head dim;
+    flash, memory-efficient or cuDNN on CUDA) never hold the score matrix. Inputs as `ack_attention` takes them;
+    differentiable through autograd; under autocast SDPA's own rule applies."""
+    q, keys, values = checks.attention_inputs(q, keys, values, heads, dtypes=SDPA_DTYPES, max_head_dim=None)
+    batch, channels, height, width = q.shape
+    d = channels // heads
+
+    def tokens(maps: Sequence[Tensor]) -> Tensor:  # (B, heads, N, d), contiguous: else SDPA falls back to its math
+        return torch.cat([m.reshape(batch, heads, d, -1) for m in maps], dim=-1).transpose(-1, -2).contiguous()
+
+    out = F.scaled_dot_product_attention(tokens([q]), tokens(keys), tokens(values), scale=scale)
+    return out.transpose(-1, -2).reshape(batch, channels, height, width)
 
 
 def _kernels():
