@@ -148,7 +148,8 @@ def test_backends_reports_build_and_choice():
 
 def test_unknown_backend_is_refused():
     with pytest.raises(
-        ValueError, match=r"backend for ack_attention must be one of \('auto', 'triton', 'sdpa', 'reference'\), got 'cuda'"
+        ValueError,
+        match=r"backend for ack_attention must be one of \('auto', 'triton', 'sdpa', 'reference'\), got 'cuda'",
     ):
         ACKAttention(8, [8], backend="cuda")
     with pytest.raises(ValueError, match="backend for ack_fusion must be one of"):

@@ -44,8 +44,8 @@ def test_sdpa_matches_the_fp64_reference_with_gradients(count, heads, head_dim, 
 def test_module_runs_sdpa_under_auto_off_the_gpu():
     m = ACKAttention(8, [8, 4], heads=2).double()
     assert ops.resolve_backend("ack_attention", "auto", "cpu", torch.float64) == "sdpa"
-    deep, sources = torch.randn(2, 8, 5, 3, dtype=torch.float64), [torch.randn(2, 8, 4, 4, dtype=torch.float64),
-                                                                   torch.randn(2, 4, 6, 2, dtype=torch.float64)]  # fmt: skip
+    deep = torch.randn(2, 8, 5, 3, dtype=torch.float64)
+    sources = [torch.randn(2, 8, 4, 4, dtype=torch.float64), torch.randn(2, 4, 6, 2, dtype=torch.float64)]
     ref = ACKAttention(8, [8, 4], heads=2, backend="reference").double()
     ref.load_state_dict(m.state_dict())
     torch.testing.assert_close(m(deep, sources), ref(deep, sources), rtol=1e-10, atol=1e-10)
