@@ -89,7 +89,7 @@ class Config:
     lambda_recon: float | None = None  # None: the preset's
     lambda_gan: float | None = None
     lambda_feat: float | None = None
-    diag_every: int = 100  # steps between the refiners' diagnostics in log.jsonl (ACKD); 0: never
+    diag_every: int = 100  # steps between the refiners' diagnostics in log.jsonl (ACKD; also at step 1); 0: never
     # optimisation
     steps: int = 1000
     decay_steps: int = -1  # the last decay_steps steps decay the lr linearly to 0; -1: steps // 2

@@ -58,7 +58,7 @@ HELP = {
     "mask_ratio": "--ack-train masked: the share of the deep map's pixels zeroed",
     "loss_preset": "per-task loss weights from GAN Compression's scripts: edges2shoes, map2sat, cityscapes, "
     "horse2zebra, sample; auto = by the data folder's name (any other folder: sample's)",
-    "diag_every": "steps between the refiners' diagnostics in log.jsonl (ACKD); 0 = none",
+    "diag_every": "steps between the refiners' diagnostics in log.jsonl (ACKD; also at step 1); 0 = none",
     "kv_stride": "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
     "heads": "ACK-A attention heads (must divide the teacher's tap channels)",
     "lambda_recon": "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired); "

@@ -371,7 +371,7 @@ def train(cfg: Config) -> dict:
             logs, images_per_s = meter.average(rt.world)  # on every rank: an all_reduce
             log.write({"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s})
             log.show(logs, images_per_s)
-        if rt.master and cfg.job == "distill" and due(step, cfg.diag_every, end):
+        if rt.master and cfg.job == "distill" and cfg.diag_every > 0 and (step == 1 or due(step, cfg.diag_every, end)):
             diag = objective.diagnostics(a[:1])  # the refiners, on this batch's first image
             if diag:
                 log.write({"step": step, "diag": diag})

@@ -79,10 +79,10 @@ def test_two_gloo_ranks_keep_identical_weights_and_log_the_rank_average(tmp_path
     assert any(p.abs().sum() > 0 for k, p in ranks[0]["g"].items() if ".attention." in k)
     # each rank saw its own half of the data, so its losses differ; the log holds their mean, step by step
     records = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
-    diagnostics = [r for r in records if "diag" in r]  # rank 0's, at the last step
+    diagnostics = [r for r in records if "diag" in r]  # rank 0's, at the first and the last step
     records = [r for r in records if "g_loss" in r]
     assert [r["step"] for r in records] == list(range(1, STEPS + 1))
-    assert [r["step"] for r in diagnostics] == [STEPS] and "tap1/rel_dev" in diagnostics[0]["diag"]
+    assert [r["step"] for r in diagnostics] == [1, STEPS] and "tap1/rel_dev" in diagnostics[0]["diag"]
     assert ranks[0]["losses"][0]["g_loss"] != ranks[1]["losses"][0]["g_loss"]
     for record, mine, theirs in zip(records, ranks[0]["losses"], ranks[1]["losses"], strict=True):
         for term in ("g_loss", "d_loss", "g_recon", "g_gan", "g_feat", "ack_path"):
