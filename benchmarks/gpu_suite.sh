@@ -52,6 +52,12 @@ for entry in "${PLAN_PHASES[@]}"; do
   ((total > usable)) && cap=$((cap * usable / total))
   CAP[${entry%%:*}]=$cap
 done
+capped=0
+for name in "${!CAP[@]}"; do capped=$((capped + CAP[$name])); done
+if ((capped > usable)); then # cannot happen after the scaling above; the dry run in CI checks it stays so
+  echo "the phases' caps sum to ${capped}s, over the budget of ${BUDGET_S}s less 30s for the report" >&2
+  exit 2
+fi
 if ((PLAN)); then
   echo "budget $BUDGET_S"
   for entry in "${PLAN_PHASES[@]}"; do echo "phase ${entry%%:*} ${CAP[${entry%%:*}]}"; done
