@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast import checks, ops, reference
-from ackd_fast.models.base import INIT_GAIN
+from ackd_fast.models.base import INIT_GAIN, init_weights
 from ackd_fast.ops import check_backend, compute_dtype, resolve_backend
 
 REFINER_MODES = ("attention", "fusion", "both")
@@ -262,11 +262,7 @@ class ACKRefiner(nn.Module):
         """Re-initialises the refiner as `init` says (class docstring); "default" leaves the layers as built."""
         init = checks.one_of("init", init, REFINER_INITS)
         if init == "normal":
-            for m in self.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.normal_(m.weight, 0.0, INIT_GAIN)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
+            init_weights(self, "normal")  # the convolutions, as every generator's
             if self.fusion is not None:
                 for w, b in ((self.fusion.norm1_weight, self.fusion.norm1_bias),
                              (self.fusion.norm2_weight, self.fusion.norm2_bias)):  # fmt: skip

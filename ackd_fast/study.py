@@ -2,8 +2,8 @@
 on held-out data, with paired differences against plain KD and their 95 % confidence intervals.
 
     ackd-fast study                       # the committed CPU configuration (preset "cpu"), under runs/study
-    ackd-fast study --preset gpu          # paper scale (256 px, ngf-64 teacher, the ngf-16 student) on a GPU
-    ackd-fast study --arms ackd,plain --seeds 3 --student-steps 300   # any subset, any scale
+    ackd-fast study --gpu                 # paper scale (256 px, ngf-64 teacher, the ngf-16 student) on a GPU
+    ackd-fast study --arms ackd,plain --main-seeds 3 --student-steps 300   # any subset, any scale
 
 Data: the built-in photo -> sketch tile set with three regions per photograph: training tiles on the left, a
 validation band, and the held-out test quarter on the right. Choices (which arm wins, the defaults) are read off the
@@ -11,7 +11,7 @@ validation split; the test split is reported beside it and never used to choose.
 
 Pairing: seed s gives every arm the same student initialisation and the same data order (and augmentation draws),
 so the differences between arms at one seed are paired. Arms run seed-major, so a study stopped early has whole
-seeds, and the arms with fewer seeds (`Arm.seeds`) stop sooner.
+seeds, and the arms that are not `Arm.main` (fewer seeds) stop sooner.
 
 Resumable: every run keeps its checkpoint (`--resume` semantics) and a finished run leaves `score.json`; running the
 same command again skips finished runs and continues an interrupted one from its last checkpoint. Writes, under
