@@ -214,8 +214,11 @@ def run_study(sc: StudyConfig, argv: list[str] | None = None) -> dict:
             _base_config(scale, data_root, out / "teacher", scale.teacher_steps, 0, sc.progress),
             job="teacher", ngf=scale.teacher_ngf,
         )  # fmt: skip
+        teacher = out / "teacher" / CHECKPOINT
+        if not teacher.is_file():  # a study continued from its committed scores: the students need the teacher
+            (out / "teacher" / "score.json").unlink(missing_ok=True)
         _run(teacher_cfg, splits)
-        teacher = str(out / "teacher" / CHECKPOINT)
+        teacher = str(teacher)
         seeds = {a: scale.main_seeds if ARMS[a].main else scale.other_seeds for a in arms}
         for seed in range(max(seeds.values())):
             for arm in arms:
