@@ -11,17 +11,22 @@ data folder's name unless given; an explicit --lambda-* wins.
 
 from __future__ import annotations
 
+import copy
 import functools
-from dataclasses import dataclass, fields, replace
+import math
+import re
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from ackd_fast import data as data_lib
-from ackd_fast.distill import Distiller
+from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller
+from ackd_fast.errors import UsageError
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
-from ackd_fast.models import DEFAULT_TAPS, build_discriminator, build_generator
+from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
+from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, load_discriminator, read_generator
 
 OBJECTIVES = ("pix2pix", "cyclegan")
@@ -48,74 +53,233 @@ PRESET_FOLDERS = {
 }  # fmt: skip
 
 
+def flag(default, help: str, only: str = ""):
+    """A Config field that is also a command-line flag (--name-with-dashes): its one description, and `only`, the
+    job whose command alone takes it ("teacher", "distill"; "": both)."""
+    return field(default=default, metadata={"help": help, "only": only})
+
+
+# What differs from the Config defaults in each training command's flags: the run folder, and distill's bare-teacher
+# architecture, inferred from the file.
+COMMAND_DEFAULTS = {
+    "teacher": {"out_dir": "runs/teacher"},
+    "distill": {"out_dir": "runs/distill", "generator": "auto", "ngf": 0},
+}
+COMMANDS = {"teacher": "train-teacher", "distill": "distill"}
+
+
 @dataclass
 class Config:
+    """A training job. Every field but `job` is a flag of `ackd-fast train-teacher` / `distill` (cli.py builds
+    them from the metadata here: the help and the job that takes it)."""
+
     # what to train
     job: str = "teacher"  # "teacher" or "distill"
-    model: str = "pix2pix"  # teacher objective, "pix2pix" or "cyclegan" (distill: the teacher checkpoint's)
-    out_dir: str = "runs/train"
+    model: str = flag(
+        "pix2pix",
+        "teacher objective: pix2pix (hinge GAN + L1 x100, paired) or cyclegan (LSGAN + cycle x10 + identity "
+        "x0.5); distill: used for a bare generator teacher (a run or an export says its own)",
+    )
+    out_dir: str = flag("runs/train", "run folder: ckpt.pt, log.jsonl, samples/")
     # data
-    dataroot: str = "sample"  # a folder, or "sample": the built-in edges->photo set, built under out_dir/data
-    dataset_mode: str = "auto"  # "aligned", "unaligned", or "auto": aligned when paired (pix2pix)
-    direction: str = "AtoB"
-    load_size: int = 286
-    crop_size: int = 256
-    flip: bool = True
-    batch_size: int = 0  # per process; 0: 4 when paired, 1 when unpaired (the peers' defaults)
-    workers: int = 2
+    dataroot: str = flag(
+        "sample",
+        "dataset folder (aligned: DIR/train/*.png with A|B side by side; unaligned: DIR/trainA, DIR/trainB), "
+        "or 'sample' for the built-in edges->photo set (built under OUT_DIR/data)",
+    )
+    dataset_mode: str = flag("auto", "aligned, unaligned, or auto (aligned when the objective is paired)")
+    direction: str = flag("AtoB", "AtoB or BtoA: which half (aligned) or folder (unaligned) is the input")
+    load_size: int = flag(286, "training images are resized to this square size before cropping")
+    crop_size: int = flag(256, "random square crop for training; evaluation resizes to this size")
+    flip: bool = flag(True, "random horizontal flips in training")
+    batch_size: int = flag(0, "images per process and step; 0 = 4 when paired, 1 when unpaired")
+    workers: int = flag(2, "data-loading worker processes per training process")
     # teacher models (distill from a bare generator file: its architecture, "auto" / 0 = what its tensors imply)
-    generator: str = "resnet_9blocks"
-    ngf: int = 64
-    discriminator: str = "n_layers"
-    ndf: int = 64
-    n_layers_d: int = 3
+    generator: str = flag(
+        "resnet_9blocks",
+        "teacher generator: resnet_9blocks, mobile_resnet_9blocks, unet_256 or unet_256_bn (pix2pix's "
+        "BatchNorm + dropout U-Net); distill: a bare generator teacher's, auto = what its tensors imply",
+    )
+    ngf: int = flag(
+        64,
+        "teacher generator width (channels of its first conv); distill: 0 = what the teacher file implies",
+    )
+    discriminator: str = flag("n_layers", "n_layers (PatchGAN) or multi_scale (PatchGANs at 1x, 1/2x)", only="teacher")
+    ndf: int = flag(64, "discriminator width", only="teacher")
+    n_layers_d: int = flag(3, "PatchGAN layers (3: the 70x70 PatchGAN)", only="teacher")
     # distillation
-    teacher: str = ""  # teacher: a train-teacher checkpoint, an exported generator, or a peer's generator file
-    teacher_d: str = ""  # the student's starting discriminator (a peer's latest_net_D.pth); "": the teacher run's
-    recipe: str = "compress"  # "compress": mobile_resnet_9blocks at student_ngf; "self": the teacher's architecture
-    student_ngf: int = 16
-    taps: str = ""  # comma-separated teacher taps; "" = the generator's default (stem,block3,block6,block9)
-    student_taps: str = ""  # comma-separated student taps; "" = its default
-    kd: str = "ackd"  # feature distillation: "ackd", "plain" (GAN Compression's, no refiners) or "none"
-    mode: str = "both"  # the refiners: "attention", "fusion" or "both"
-    composition: str = "parallel"  # mode "both": "parallel" or "chained" (modules.ACKRefiner)
-    residual: bool = True  # ACK-F's deep-stage residual; False: the paper's ablation
-    refiner_init: str = "default"  # "default", "identity" or "normal" (modules.ACKRefiner)
-    ack_train: str = "teacher-path"  # how the refiners learn: "teacher-path", "joint" or "masked" (distill.py)
-    mask_ratio: float = 0.5  # ack_train="masked": the share of the deep map's pixels zeroed
-    kv_stride: int = 1
-    heads: int = 4
-    loss_preset: str = "auto"  # the per-task loss weights (LOSS_PRESETS); "auto": from the data folder's name
-    lambda_recon: float | None = None  # None: the preset's
-    lambda_gan: float | None = None
-    lambda_feat: float | None = None
-    diag_every: int = 100  # steps between the refiners' diagnostics in log.jsonl (ACKD; also at step 1); 0: never
+    teacher: str = flag(
+        "",
+        "the teacher: ckpt.pt of a train-teacher run (its discriminator starts the student's), an exported "
+        "generator, or GAN Compression's / OMGD's / pytorch-CycleGAN-and-pix2pix's latest_net_G.pth",
+        only="distill",
+    )
+    teacher_d: str = flag(
+        "",
+        "the student's starting discriminator: a PatchGAN state dict such as GAN Compression's "
+        "latest_net_D.pth; empty = the teacher run's, or a fresh one for a bare generator teacher",
+        only="distill",
+    )
+    recipe: str = flag(
+        "compress",
+        "compress: student mobile_resnet_9blocks at --student-ngf; self: the teacher's own architecture",
+        only="distill",
+    )
+    student_ngf: int = flag(
+        16,
+        "student width for --recipe compress (16: 0.137 M params, 1.41 GMACs at 256x256)",
+        only="distill",
+    )
+    taps: str = flag(
+        "",
+        "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
+        "a source",
+        only="distill",
+    )
+    student_taps: str = flag(
+        "",
+        "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
+        only="distill",
+    )
+    kd: str = flag(
+        "ackd",
+        "feature distillation: ackd (refiners over the teacher's taps), plain (GAN Compression's: the "
+        "student's taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none "
+        "(the baseline; --no-ackd is its alias)",
+        only="distill",
+    )
+    mode: str = flag("both", "ACK refiner: attention (ACK-A), fusion (ACK-F) or both", only="distill")
+    composition: str = flag(
+        "parallel",
+        "with --mode both: parallel (T* = ACK-A(F) + ConvBlock(acc(sources))) or chained (T* = F + "
+        "ConvBlock(ACK-A branch))",
+        only="distill",
+    )
+    residual: bool = flag(
+        True,
+        "ACK-F's deep-stage residual (the F + of T*); --no-residual is the paper's ablation 'w/o ACK-F "
+        "residual'",
+        only="distill",
+    )
+    refiner_init: str = flag(
+        "default",
+        "how the refiners start: default (PyTorch's), identity (T* == F at step 0) or normal (GAN "
+        "Compression's normal(0, 0.02))",
+        only="distill",
+    )
+    ack_train: str = flag(
+        "teacher-path",
+        "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
+        "features detached; joint: the feature loss also trains the refiners; masked: the teacher path "
+        "decodes T* refined from a masked deep map, so the sources are needed",
+        only="distill",
+    )
+    mask_ratio: float = flag(0.5, "--ack-train masked: the share of the deep map's pixels zeroed", only="distill")
+    kv_stride: int = flag(
+        1,
+        "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
+        only="distill",
+    )
+    heads: int = flag(4, "ACK-A attention heads (must divide the teacher's tap channels)", only="distill")
+    loss_preset: str = flag(
+        "auto",
+        "per-task loss weights from GAN Compression's scripts: edges2shoes, map2sat, cityscapes, horse2zebra, "
+        "sample; auto = by the data folder's name (any other folder: sample's)",
+        only="distill",
+    )
+    lambda_recon: float | None = flag(
+        None,
+        "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired); default: the "
+        "preset's",
+        only="distill",
+    )
+    lambda_gan: float | None = flag(None, "weight of the student's GAN loss; default: the preset's", only="distill")
+    lambda_feat: float | None = flag(
+        None,
+        "weight of the feature MSE (ACKD and plain KD); default: the preset's",
+        only="distill",
+    )
+    diag_every: int = flag(
+        100,
+        "steps between the refiners' diagnostics in log.jsonl (ACKD; also at step 1); 0 = none",
+        only="distill",
+    )
     # optimisation
-    steps: int = 1000
-    decay_steps: int = -1  # the last decay_steps steps decay the lr linearly to 0; -1: steps // 2
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
+    steps: int = flag(1000, "training steps (the learning-rate schedule spans them)")
+    decay_steps: int = flag(-1, "the last DECAY_STEPS steps decay the learning rate linearly to 0; -1 = steps // 2")
+    lr: float = flag(2e-4, "Adam learning rate (generator and discriminator)")
+    beta1: float = flag(0.5, "Adam beta1")
+    beta2: float = flag(0.999, "Adam beta2")
     # system
-    device: str = "auto"
-    amp: str = "auto"  # "auto": bf16 on a CUDA device that has it, none on CPU
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile's mode; "reduce-overhead" captures each step in CUDA graphs
-    channels_last: bool = True  # on CUDA only
-    tf32: bool = True
-    seed: int = 0
-    log_every: int = 10
-    sample_every: int = 200
-    ckpt_every: int = 200
-    resume: bool = False
-    stop_at: int = 0  # stop (with a checkpoint) after this step although `steps` sets the schedule; 0: run to the end
-    progress: bool = True
+    device: str = flag("auto", "auto (CUDA when present), cpu, cuda or cuda:N")
+    amp: str = flag(
+        "auto",
+        "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, or fp16 (with a gradient scaler)",
+    )
+    compile: bool = flag(False, "torch.compile the generators and discriminators")
+    compile_mode: str = flag(
+        "default",
+        "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune or "
+        "max-autotune-no-cudagraphs",
+    )
+    channels_last: bool = flag(True, "channels_last memory format for images and weights (CUDA only: slower on CPU)")
+    tf32: bool = flag(True, "TF32 matmuls and convolutions on CUDA")
+    seed: int = flag(0, "random seed (weights, data order, augmentation)")
+    log_every: int = flag(
+        10,
+        "steps between log.jsonl loss records (averaged over the steps and the processes) and progress-bar "
+        "updates; 0 = none",
+    )
+    sample_every: int = flag(200, "steps between sample grids (input / output / target) in OUT_DIR/samples; 0 = none")
+    ckpt_every: int = flag(
+        200,
+        "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically; also at the last step); 0 = none",
+    )
+    resume: bool = flag(
+        False,
+        "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
+    )
+    stop_at: int = flag(
+        0,
+        "stop after this step with a checkpoint (the schedule still spans --steps); 0 = run to the end",
+    )
+    progress: bool = flag(
+        True,
+        "a progress bar on a terminal; off (or when output is not a terminal): a status line every "
+        "--log-every steps, at most one every 30 s",
+    )
     # evaluation
-    eval_every: int = 0  # steps between evaluations (PSNR/SSIM; FID/KID when Inception weights are there); 0: none
-    select_on: str = "none"  # "val": hold out val_size training samples and keep the best step on them (best.pt)
-    val_size: int = 0  # with select_on="val"; 0: a tenth of the training samples, at least 1 and at most 200
-    eval_split: str = ""  # the split --eval-every scores ("test", "val"); "": test, else val
-    inception_weights: str = ""  # pytorch-fid's pt_inception file; "": the torch hub cache (training never downloads)
+    eval_every: int = flag(
+        0,
+        "steps between evaluations logged to log.jsonl (PSNR/SSIM; FID/KID when the Inception weights are "
+        "there); 0 = none",
+    )
+    select_on: str = flag(
+        "none",
+        "none, or val: hold out --val-size training samples, evaluate on them every --eval-every steps and "
+        "keep the best generator in OUT_DIR/best.pt (the peers select on the test split)",
+    )
+    val_size: int = flag(
+        0,
+        "samples held out for --select-on val; 0 = a tenth of the training samples, at least 1 and at most "
+        "200",
+    )
+    eval_split: str = flag("", "the split --eval-every scores (test, val); empty = test, else val")
+    inception_weights: str = flag(
+        "",
+        "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub cache "
+        "(training never downloads)",
+    )
+    # run safety (issue 21)
+    overwrite: bool = flag(
+        False,
+        "start afresh in an OUT_DIR that holds a run's checkpoint (its ckpt.pt, best.pt, log.jsonl and samples/ "
+        "are replaced); without it such a folder is refused unless --resume",
+    )
+    skip_bad_images: bool = flag(
+        False,
+        "leave out the images that cannot be read (named in a warning) instead of stopping before the first step",
+    )
 
 
 def config_from_dict(d: dict) -> Config:
@@ -294,27 +458,120 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
 # ----------------------------------------------------------------------------------------- checks and optimizers
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _one_of(cfg: Config, name: str, allowed: tuple) -> None:
+    if getattr(cfg, name) not in allowed:
+        raise UsageError(f"{_flag(name)} must be one of {', '.join(map(str, allowed))}; got {getattr(cfg, name)!r}")
+
+
+def _in_range(cfg: Config, name: str, low: float, high: float = math.inf, what: str = "", closed_high=True) -> None:
+    """`low <= value <= high` (`< high` when not closed_high), a finite number; `what` says what an edge means."""
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UsageError(f"{_flag(name)} must be a number; got {value!r}")
+    if not math.isfinite(value):
+        raise UsageError(f"{_flag(name)} must be a finite number; got {value}")
+    if not (low <= value and (value <= high if closed_high else value < high)):
+        top = "" if high == math.inf else (f" and <= {high}" if closed_high else f" and < {high}")
+        raise UsageError(f"{_flag(name)} must be >= {low}{top}{what}; got {value}")
+
+
+def check_device(device: str, flag_name: str = "--device") -> None:
+    """auto, cpu, cuda or cuda:N of a GPU this machine has; UsageError otherwise (a run never falls back to the CPU
+    silently)."""
+    match = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if device in ("auto", "cpu"):
+        return
+    if match is None:
+        raise UsageError(f"{flag_name} must be auto, cpu, cuda or cuda:N; got {device!r}")
+    if not torch.cuda.is_available():
+        raise UsageError(f"{flag_name} {device}: this machine has no CUDA device (torch.cuda.is_available() is False)")
+    index, count = int(match.group(1) or 0), torch.cuda.device_count()
+    if index >= count:
+        raise UsageError(f"{flag_name} {device}: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+
+
 def check_config(cfg: Config) -> None:
-    """The checks that need no file: a bad value fails before any process group, model or data is built."""
+    """Every value checked before any file, process group, model or data is touched: a bad one raises UsageError
+    naming the flag, what it got and what it takes (the command exits 2)."""
     if cfg.job not in ("teacher", "distill"):
-        raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
-    if cfg.job == "distill" and not cfg.teacher:
-        raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    if cfg.amp not in AMP_MODES:
-        raise ValueError(f"amp must be one of {AMP_MODES}, got {cfg.amp!r}")
-    if cfg.compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {cfg.compile_mode!r}")
-    if cfg.loss_preset != "auto" and cfg.loss_preset not in LOSS_PRESETS:
-        raise ValueError(f"loss_preset must be 'auto' or one of {tuple(LOSS_PRESETS)}, got {cfg.loss_preset!r}")
-    for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "diag_every"):
-        if getattr(cfg, name) < 0:
-            raise ValueError(f"{name} must be >= 0 (0: never), got {getattr(cfg, name)}")
-    if cfg.select_on not in SELECT_ON:
-        raise ValueError(f"select_on must be one of {SELECT_ON}, got {cfg.select_on!r}")
+        raise UsageError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
+    distill = cfg.job == "distill"
+    if distill and not cfg.teacher:
+        raise UsageError("distill needs --teacher, the checkpoint of a train-teacher run")
+    _one_of(cfg, "model", OBJECTIVES)
+    _one_of(cfg, "dataset_mode", ("auto", "aligned", "unaligned"))
+    _one_of(cfg, "direction", data_lib.DIRECTIONS)
+    _in_range(cfg, "crop_size", data_lib.SIZE_MULTIPLE)
+    if cfg.crop_size % data_lib.SIZE_MULTIPLE:
+        raise UsageError(
+            f"--crop-size must be a multiple of {data_lib.SIZE_MULTIPLE} (the generators halve the resolution twice "
+            f"and double it back); got {cfg.crop_size}"
+        )
+    _in_range(cfg, "load_size", cfg.crop_size, what=" (--crop-size: the crop is cut from the resized image)")
+    _in_range(cfg, "batch_size", 0, what=" (0: 4 when paired, 1 when unpaired)")
+    _in_range(cfg, "workers", 0, what=" (0: load in the training process)")
+    _one_of(cfg, "generator", (*GENERATORS, "auto") if distill else tuple(GENERATORS))
+    _in_range(cfg, "ngf", 0 if distill else 1, what=" (distill: 0 = what the teacher file implies)" if distill else "")
+    _one_of(cfg, "discriminator", DISCRIMINATORS)
+    _in_range(cfg, "ndf", 1)
+    _in_range(cfg, "n_layers_d", 1)
+    if distill:
+        _one_of(cfg, "recipe", RECIPES)
+        _in_range(cfg, "student_ngf", 1)
+        _one_of(cfg, "kd", KD_MODES)
+        _one_of(cfg, "mode", REFINER_MODES)
+        _one_of(cfg, "composition", COMPOSITIONS)
+        _one_of(cfg, "refiner_init", REFINER_INITS)
+        _one_of(cfg, "ack_train", ACK_TRAIN)
+        _in_range(cfg, "mask_ratio", 0, 1, closed_high=False)
+        _in_range(cfg, "kv_stride", 1)
+        _in_range(cfg, "heads", 1)
+        if cfg.loss_preset != "auto":
+            _one_of(cfg, "loss_preset", tuple(LOSS_PRESETS))
+        for name in ("lambda_recon", "lambda_gan", "lambda_feat"):
+            if getattr(cfg, name) is not None:
+                _in_range(cfg, name, 0)
+    _in_range(cfg, "steps", 1)
+    _in_range(cfg, "decay_steps", -1, cfg.steps, what=" (--steps; -1: steps // 2)")
+    _in_range(cfg, "lr", 0)
+    if cfg.lr == 0:
+        raise UsageError("--lr must be > 0; got 0")
+    _in_range(cfg, "beta1", 0, 1, closed_high=False)
+    _in_range(cfg, "beta2", 0, 1, closed_high=False)
+    check_device(cfg.device)
+    _one_of(cfg, "amp", AMP_MODES)
+    _one_of(cfg, "compile_mode", COMPILE_MODES)
+    _in_range(cfg, "seed", 0, 2**63 - 1)
+    for name in ("log_every", "sample_every", "ckpt_every", "eval_every", "diag_every", "stop_at", "val_size"):
+        _in_range(cfg, name, 0, what=" (0: never)" if name.endswith("every") else "")
+    _one_of(cfg, "select_on", SELECT_ON)
+    _one_of(cfg, "eval_split", ("", *data_lib.EVAL_PHASES))
     if cfg.select_on == "val" and cfg.eval_every <= 0:
-        raise ValueError(f"select_on='val' needs eval_every > 0 (steps between evaluations), got {cfg.eval_every}")
+        raise UsageError(f"--select-on val needs --eval-every > 0 (steps between evaluations), got {cfg.eval_every}")
     if cfg.stop_at > 0 and cfg.ckpt_every == 0:
-        raise ValueError("stop_at > 0 stops with a checkpoint to resume from, and ckpt_every=0 writes none")
+        raise UsageError("--stop-at > 0 stops with a checkpoint to resume from, and --ckpt-every 0 writes none")
+    if cfg.resume and cfg.overwrite:
+        raise UsageError("--resume continues the run in --out-dir and --overwrite starts it afresh: give one")
+
+
+def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size: bool = False) -> None:
+    """UsageError when `module` cannot take a training batch of `crop`-px images (a U-Net below 256 px, a PatchGAN
+    deeper than the crop allows): a forward in training mode on the meta device, which computes shapes only."""
+    meta = copy.deepcopy(module).to("meta").train()
+    x = torch.empty(2, channels, crop, crop, device="meta")
+    try:
+        y = meta(x)
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--crop-size {crop}: the {what} cannot take {crop}x{crop} images ({first})") from None
+    if same_size and y.shape[-2:] != x.shape[-2:]:
+        raise UsageError(
+            f"--crop-size {crop}: the {what} turns {crop}x{crop} images into {y.shape[-1]}x{y.shape[-2]} ones"
+        )
 
 
 def lr_factor(step: int, hold: int, decay: int) -> float:

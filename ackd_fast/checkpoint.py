@@ -9,9 +9,11 @@ over it: a crash at any moment leaves the previous file or the new one, never ha
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
 import random
+import uuid
 import zipfile
 from pathlib import Path
 
@@ -47,20 +49,38 @@ def _plain(value: object, where: str) -> object:
     )
 
 
+class WriteError(OSError):
+    """A file that could not be written (a full disk, no permission): the message names the file and the cause, and
+    says that the previous file at that path, if any, is intact."""
+
+
 def write_atomic(path: str | os.PathLike, write) -> Path:
-    """Calls write(f) on a temporary file beside `path`, fsyncs it, then renames it over `path`."""
+    """Calls write(f) on a temporary file beside `path` (a name unique to this process and call), fsyncs it, then
+    renames it over `path`. A failure (WriteError naming the file and the cause) leaves the previous file intact."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        kept = "the previous file there is intact" if path.exists() else "nothing was written there"
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}; {kept}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def write_bytes_atomic(path: str | os.PathLike, serialize) -> Path:
+    """serialize(buffer) into memory first (torch's zip writer reports a full disk as an internal error, and some
+    C++ writers abort), then the bytes through `write_atomic`."""
+    buffer = io.BytesIO()
+    serialize(buffer)
+    return write_atomic(path, lambda f: f.write(buffer.getbuffer()))
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
@@ -69,7 +89,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     state = _plain(state, "state")
-    write_atomic(path, lambda f: torch.save(state, f))
+    write_bytes_atomic(path, lambda f: torch.save(state, f))
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -90,16 +110,18 @@ def load_tensors(path: str | os.PathLike):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # torch's message spans many lines; its first names what the pickle asked for
-        reason = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
-        reason = reason or str(e).strip().splitlines()[0]
-        raise ValueError(
-            f"refused to load {path}: it holds more than tensors and plain values, and loading it would run code "
-            f"from the file ({reason})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(f"cannot read {path}: not a PyTorch file, or a truncated one ({first})") from None
+        # A real pickle that asks for a global (a class, a function) would run code; anything else is bad bytes.
+        lines = [line.strip() for line in str(e).splitlines()]
+        reason = next((line for line in lines if "Unsupported global" in line or "GLOBAL" in line), "")
+        if reason:
+            raise ValueError(
+                f"refused to load {path}: it holds more than tensors and plain values, and loading it would run "
+                f"code from the file ({reason})"
+            ) from None
+        raise ValueError(f"{path} is not a PyTorch checkpoint (truncated or corrupt)") from None
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path} is not a PyTorch checkpoint (truncated or corrupt: {first})") from None
 
 
 # ----------------------------------------------------------------------------------------- RNG states

@@ -11,110 +11,25 @@ import argparse
 import json
 from dataclasses import MISSING, fields
 
-from ackd_fast.assembly import Config
-
-# One line per flag; the flag is the Config field with "-" for "_".
-HELP = {
-    "model": "teacher objective: pix2pix (hinge GAN + L1 x100, paired) or cyclegan (LSGAN + cycle x10 + identity "
-    "x0.5); distill: used for a bare generator teacher (a run or an export says its own)",
-    "out_dir": "run folder: ckpt.pt, log.jsonl, samples/",
-    "dataroot": "dataset folder (aligned: DIR/train/*.png with A|B side by side; unaligned: DIR/trainA, DIR/trainB), "
-    "or 'sample' for the built-in edges->photo set (built under OUT_DIR/data)",
-    "dataset_mode": "aligned, unaligned, or auto (aligned when the objective is paired)",
-    "direction": "AtoB or BtoA: which half (aligned) or folder (unaligned) is the input",
-    "load_size": "training images are resized to this square size before cropping",
-    "crop_size": "random square crop for training; evaluation resizes to this size",
-    "flip": "random horizontal flips in training",
-    "batch_size": "images per process and step; 0 = 4 when paired, 1 when unpaired",
-    "workers": "data-loading worker processes per training process",
-    "generator": "teacher generator: resnet_9blocks, mobile_resnet_9blocks, unet_256 or unet_256_bn (pix2pix's "
-    "BatchNorm + dropout U-Net); distill: a bare generator teacher's, auto = what its tensors imply",
-    "ngf": "teacher generator width (channels of its first conv); distill: 0 = what the teacher file implies",
-    "discriminator": "n_layers (PatchGAN) or multi_scale (PatchGANs at 1x, 1/2x)",
-    "ndf": "discriminator width",
-    "n_layers_d": "PatchGAN layers (3: the 70x70 PatchGAN)",
-    "teacher": "the teacher: ckpt.pt of a train-teacher run (its discriminator starts the student's), an exported "
-    "generator, or GAN Compression's / OMGD's / pytorch-CycleGAN-and-pix2pix's latest_net_G.pth",
-    "teacher_d": "the student's starting discriminator: a PatchGAN state dict such as GAN Compression's "
-    "latest_net_D.pth; empty = the teacher run's, or a fresh one for a bare generator teacher",
-    "recipe": "compress: student mobile_resnet_9blocks at --student-ngf; self: the teacher's own architecture",
-    "student_ngf": "student width for --recipe compress (16: 0.137 M params, 1.41 GMACs at 256x256)",
-    "taps": "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
-    "a source",
-    "student_taps": "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
-    "kd": "feature distillation: ackd (refiners over the teacher's taps), plain (GAN Compression's: the student's "
-    "taps through 1x1 connectors pulled by MSE to the teacher's own taps, no refiners) or none (the baseline; "
-    "--no-ackd is its alias)",
-    "mode": "ACK refiner: attention (ACK-A), fusion (ACK-F) or both",
-    "composition": "with --mode both: parallel (T* = ACK-A(F) + ConvBlock(acc(sources))) or chained "
-    "(T* = F + ConvBlock(ACK-A branch))",
-    "residual": "ACK-F's deep-stage residual (the F + of T*); --no-residual is the paper's ablation 'w/o ACK-F "
-    "residual'",
-    "refiner_init": "how the refiners start: default (PyTorch's), identity (T* == F at step 0) or normal "
-    "(GAN Compression's normal(0, 0.02))",
-    "ack_train": "teacher-path: refiners learn by decoding through the frozen teacher, the student sees the refined "
-    "features detached; joint: the feature loss also trains the refiners; masked: the teacher path decodes T* "
-    "refined from a masked deep map, so the sources are needed",
-    "mask_ratio": "--ack-train masked: the share of the deep map's pixels zeroed",
-    "loss_preset": "per-task loss weights from GAN Compression's scripts: edges2shoes, map2sat, cityscapes, "
-    "horse2zebra, sample; auto = by the data folder's name (any other folder: sample's)",
-    "diag_every": "steps between the refiners' diagnostics in log.jsonl (ACKD; also at step 1); 0 = none",
-    "kv_stride": "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
-    "heads": "ACK-A attention heads (must divide the teacher's tap channels)",
-    "lambda_recon": "weight of the L1 to the ground truth (paired) or to the teacher's output (unpaired); "
-    "default: the preset's",
-    "lambda_gan": "weight of the student's GAN loss; default: the preset's",
-    "lambda_feat": "weight of the feature MSE (ACKD and plain KD); default: the preset's",
-    "steps": "training steps (the learning-rate schedule spans them)",
-    "decay_steps": "the last DECAY_STEPS steps decay the learning rate linearly to 0; -1 = steps // 2",
-    "lr": "Adam learning rate (generator and discriminator)",
-    "beta1": "Adam beta1",
-    "beta2": "Adam beta2",
-    "device": "auto (CUDA when present), cpu or cuda",
-    "amp": "mixed precision: auto (bf16 on CUDA, none on CPU), none, bf16, or fp16 (with a gradient scaler)",
-    "compile": "torch.compile the generators and discriminators",
-    "compile_mode": "torch.compile mode with --compile: default, reduce-overhead (CUDA graphs), max-autotune or "
-    "max-autotune-no-cudagraphs",
-    "channels_last": "channels_last memory format for images and weights (CUDA only: slower on CPU)",
-    "tf32": "TF32 matmuls and convolutions on CUDA",
-    "seed": "random seed (weights, data order, augmentation)",
-    "log_every": "steps between log.jsonl loss records (averaged over the steps and the processes) and progress-bar "
-    "updates; 0 = none",
-    "sample_every": "steps between sample grids (input / output / target) in OUT_DIR/samples; 0 = none",
-    "ckpt_every": "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically; also at the last step); 0 = none",
-    "resume": "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
-    "stop_at": "stop after this step with a checkpoint (the schedule still spans --steps); 0 = run to the end",
-    "progress": "show a progress bar",
-    "eval_every": "steps between evaluations logged to log.jsonl (PSNR/SSIM; FID/KID when the Inception weights are "
-    "there); 0 = none",
-    "select_on": "none, or val: hold out --val-size training samples, evaluate on them every --eval-every steps and "
-    "keep the best generator in OUT_DIR/best.pt (the peers select on the test split)",
-    "val_size": "samples held out for --select-on val; 0 = a tenth of the training samples, at least 1 and at most 200",
-    "eval_split": "the split --eval-every scores (test, val); empty = test, else val",
-    "inception_weights": "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub "
-    "cache (training never downloads)",
-}
-# Flags that only one command takes. Distill's discriminator comes from the teacher's run or --teacher-d, so its
-# architecture flags are the teacher's alone; distill's --model/--generator/--ngf check (or stand in for) what a
-# bare teacher file implies.
-DISTILL_ONLY = {"teacher", "teacher_d", "recipe", "student_ngf", "taps", "student_taps", "mode", "composition",
-                "residual", "refiner_init", "kd", "ack_train", "mask_ratio", "kv_stride", "heads", "loss_preset",
-                "lambda_recon", "lambda_gan", "lambda_feat", "diag_every"}  # fmt: skip
-TEACHER_ONLY = {"discriminator", "ndf", "n_layers_d"}
+from ackd_fast import __version__
+from ackd_fast.assembly import COMMAND_DEFAULTS, Config
+from ackd_fast.errors import RunInterrupted, UsageError
 
 
-def _add_config_flags(parser: argparse.ArgumentParser, skip: set[str], defaults: dict) -> None:
+def _add_config_flags(parser: argparse.ArgumentParser, job: str) -> None:
+    """The flags of a training command: every Config field its job takes (the field's metadata: help, job), with
+    that command's defaults (COMMAND_DEFAULTS)."""
     for f in fields(Config):
-        if f.name in skip or f.name == "job":
+        if f.name == "job" or f.metadata["only"] not in ("", job):
             continue
-        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        flag = "--" + f.name.replace("_", "-")
+        default = COMMAND_DEFAULTS[job].get(f.name, f.default if f.default is not MISSING else None)
+        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
         if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=HELP[f.name])
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
             type_name = f.type if isinstance(f.type, str) else f.type.__name__
             kind = {"int": int, "float": float, "str": str, "float | None": float}[type_name]
-            parser.add_argument(flag, type=kind, default=default, help=f"{HELP[f.name]} (default: %(default)s)")
+            parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
         if f.name == "kd":
             parser.add_argument("--no-ackd", dest="kd", action="store_const", const="none", help="alias of --kd none")
 
@@ -154,10 +69,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 def cmd_export(args: argparse.Namespace) -> None:
     from ackd_fast.export import export
 
-    try:
-        result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SystemExit(f"ackd-fast export: error: {e}") from None
+    result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic)
     if "max_abs_diff" in result:
         print(f"onnxruntime vs PyTorch: max abs difference {result['max_abs_diff']:.3g}")
     print(json.dumps(result, indent=1))
@@ -195,18 +107,15 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     from ackd_fast.peers import load_generator
 
     generators = {}
-    try:
-        for spec in args.arch:
-            name, _, ngf = spec.partition(":")
-            if not ngf.isdigit():
-                raise ValueError(f"--arch takes NAME:NGF (e.g. mobile_resnet_9blocks:16), got {spec!r}")
-            generators[spec] = build_generator(name, int(ngf))
-        for ckpt in args.checkpoints:
-            generators[ckpt] = load_generator(ckpt)
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SystemExit(f"bench-deploy: {e}") from None
+    for spec in args.arch:
+        name, _, ngf = spec.partition(":")
+        if not ngf.isdigit():
+            raise UsageError(f"--arch takes NAME:NGF (e.g. mobile_resnet_9blocks:16), got {spec!r}")
+        generators[spec] = build_generator(name, int(ngf))
+    for ckpt in args.checkpoints:
+        generators[ckpt] = load_generator(ckpt)
     if not generators:
-        raise SystemExit("bench-deploy: give checkpoints or --arch NAME:NGF")
+        raise UsageError("give checkpoints or --arch NAME:NGF")
     bench_deploy(
         generators, args.out, device=args.device, size=args.size, batches=tuple(int(b) for b in args.batch.split(",")),
         dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None, paths=tuple(args.paths.split(",")),
@@ -218,14 +127,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ackd-fast", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help=f"errors show their traceback (or {DEBUG_ENV}=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train-teacher", help="train a pix2pix or CycleGAN teacher")
-    _add_config_flags(p, DISTILL_ONLY, {"out_dir": "runs/teacher"})
+    _add_config_flags(p, "teacher")
     p.set_defaults(func=cmd_train_teacher)
 
     p = commands.add_parser("distill", help="distill a teacher checkpoint into a student with ACKD (or the baseline)")
-    _add_config_flags(p, TEACHER_ONLY, {"out_dir": "runs/distill", "generator": "auto", "ngf": 0})
+    _add_config_flags(p, "distill")
     p.set_defaults(func=cmd_distill)
 
     p = commands.add_parser(
@@ -384,15 +295,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "ACKD_FAST_DEBUG"  # set to 1 (or pass --debug): errors show their traceback
+
+
 def main(argv: list[str] | None = None) -> None:
+    """Runs one command. A user's mistake ends in one line on stderr, `ackd-fast COMMAND: error: ...`, and exit code 2
+    for a bad flag value (as argparse's own) or 1 for anything else that failed; a run stopped by a signal exits
+    128 + its number after its checkpoint. --debug or ACKD_FAST_DEBUG=1 shows the traceback instead."""
+    import os
     import sys
 
-    argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
-    if args.func is cmd_study:
-        args.func(args, argv[1:])
-    else:
-        args.func(args)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    where = f"ackd-fast {args.command}"
+    try:
+        if args.func is cmd_study:
+            args.func(args, argv[1:])
+        else:
+            args.func(args)
+    except RunInterrupted as e:
+        print(f"{where}: {e}", file=sys.stderr)
+        raise SystemExit(e.exit_code) from None
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"{where}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:
+        if debug:
+            raise
+        print(f"{where}: error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(2 if isinstance(e, UsageError) else 1) from None
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line; what it is when the message alone does not say (an unexpected type), with
+    where to see more."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    expected = (ValueError, TypeError, OSError, ImportError, FloatingPointError, RuntimeError)
+    if isinstance(e, ImportError) and getattr(e, "name", None):
+        text = f"{text} (a missing optional package: pip install {e.name}, or the extra of the feature)"
+    if isinstance(e, expected):
+        return text
+    text = text if len(text) <= 600 else text[:600] + " ..."
+    return f"{type(e).__name__}: {text} (--debug or {DEBUG_ENV}=1 shows the traceback)"
 
 
 if __name__ == "__main__":

@@ -69,6 +69,60 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
+MIN_IMAGE_SIDE = 2  # smaller images are reported as bad (an aligned pair needs two columns)
+
+
+def check_image(path: str | os.PathLike, pair: bool = False) -> str:
+    """Why `path` cannot be trained on ("" when it can): PIL cannot identify or fully decode it (empty, random bytes,
+    truncated), or it is smaller than MIN_IMAGE_SIDE a side (an aligned A|B pair: per half). JPEGs decode in draft
+    mode (1/8 scale), which still reads the whole stream."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if im.format == "JPEG":
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+            im.load()
+    except Exception as e:  # PIL raises many types for bad bytes (OSError, SyntaxError, ValueError, struct.error)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"cannot be decoded ({first})"
+    if min(w // 2 if pair else w, h) < MIN_IMAGE_SIDE:
+        return f"is {w}x{h} px{' (an A|B pair side by side)' if pair else ''}: too small"
+    return ""
+
+
+def check_images(
+    paths: list[Path], pair: bool = False, progress: bool = False, threads: int = 0
+) -> list[tuple[Path, str]]:
+    """[(path, reason)] of the images `check_image` rejects, checked in parallel threads (PIL decodes without the
+    GIL); a progress bar when `progress` and there are many."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = threads or min(16, (os.cpu_count() or 1) * 2)
+    bar = None
+    if progress and len(paths) >= 2000:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(paths), desc="checking images", mininterval=1.0)
+    bad = []
+    with ThreadPoolExecutor(threads) as pool:
+        for path, reason in zip(paths, pool.map(lambda p: check_image(p, pair), paths, chunksize=64), strict=True):
+            if reason:
+                bad.append((path, reason))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return bad
+
+
+def names_digest(paths: list[Path], root: str | os.PathLike) -> str:
+    """A digest of the file names under `root` (relative, sorted): what a checkpoint records of its training set."""
+    import hashlib
+
+    names = sorted(str(Path(p).relative_to(root)) for p in paths)
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
 def to_tensor(im: Image.Image) -> Tensor:
     """PIL RGB -> (3, H, W) float in [-1, 1]."""
     x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
@@ -139,6 +193,29 @@ class _EpochSeeded(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, index])
 
+    def image_files(self) -> list[Path]:
+        """Every image file this dataset reads."""
+        return [*getattr(self, self.INPUTS), *getattr(self, "files_b", [])]
+
+    def without(self, bad: set[Path]) -> _EpochSeeded:
+        """This dataset without the files in `bad` (its sample order is then a function of the rest and the seed);
+        ValueError when no input or no target image is left."""
+        part = copy.copy(self)
+        for name in (self.INPUTS, "files_b"):
+            if hasattr(self, name):
+                kept = [p for p in getattr(self, name) if p not in bad]
+                if not kept:
+                    raise ValueError(f"no readable image left in {Path(getattr(self, name)[0]).parent}")
+                setattr(part, name, kept)
+        return part
+
+    def as_evaluation(self) -> _EpochSeeded:
+        """This dataset's samples without augmentation (resized whole to the crop size)."""
+        view = copy.copy(self)
+        view.train = False
+        view.augment = _Augment(self.augment.load_size, self.augment.crop_size, False, self.augment.flip)
+        return view
+
     def split(self, n: int, seed: int = 0) -> tuple[_EpochSeeded, _EpochSeeded]:
         """(rest, held_out): `n` samples (by input image, drawn with `seed`) held out for validation, evaluated
         without augmentation; the rest keeps this dataset's augmentation. For `--select-on val`."""
@@ -148,10 +225,8 @@ class _EpochSeeded(Dataset):
         order = np.random.default_rng([seed, 7919]).permutation(len(files))
         parts = []
         for index, train in ((sorted(order[n:]), self.train), (sorted(order[:n]), False)):
-            part = copy.copy(self)
+            part = copy.copy(self) if train else self.as_evaluation()
             setattr(part, self.INPUTS, [files[i] for i in index])
-            part.train = train
-            part.augment = _Augment(self.augment.load_size, self.augment.crop_size, train, self.augment.flip)
             parts.append(part)
         return parts[0], parts[1]
 

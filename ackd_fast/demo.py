@@ -255,9 +255,9 @@ def run_demo(dc: DemoConfig) -> dict:
     generators |= {kd: load_generator(out / kd / f"seed{seeds[0]}" / "ckpt.pt") for kd in STUDENTS}
     batch = _grid_batch(test, rows=len(data_lib.TILE_PHOTOS))
     with torch.no_grad():
-        cols = [batch["A"], *(generators[n](batch["A"]) for n in generators), batch["B"]]
+        cols = {"input": batch["A"]} | {n: generators[n](batch["A"]) for n in generators} | {"target": batch["B"]}
     # 2x nearest: the tiles are small, and the grid is for looking at
-    save_grid(out / "grid.png", [F.interpolate(c, scale_factor=2, mode="nearest") for c in cols], rows=len(batch["A"]))
+    save_grid(out / "grid.png", {k: F.interpolate(c, scale_factor=2, mode="nearest") for k, c in cols.items()})
     _loss_plot(
         out / "losses.png",
         {"teacher": (out / "teacher" / "log.jsonl", "g_l1")}

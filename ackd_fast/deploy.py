@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast import ops
+from ackd_fast.checkpoint import write_atomic
 from ackd_fast.models.mobile_resnet import MobileResnetBlock, SeparableConv2d
 
 # "kernels+inductor": CPU only; "kernels": the rewritten model without compiling (fast to set up; for tests and for
@@ -560,12 +561,7 @@ def bench_deploy(
         ("bench_deploy.md", table),
         ("bench_deploy.json", json.dumps({"rows": rows, "ratios": ratios}, indent=1)),
     ):
-        tmp = out / (name + ".tmp")
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / name)
+        write_atomic(out / name, lambda f, text=text: f.write(text.encode()))
     print(table, end="")
     print(f"wrote {out / 'bench_deploy.md'} and {out / 'bench_deploy.json'}")
     return rows, ratios

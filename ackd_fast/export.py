@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ackd_fast.checkpoint import write_atomic
+from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
 from ackd_fast.models import TappedGenerator
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
@@ -82,7 +82,7 @@ def _dims(generator: TappedGenerator, size: int, square: bool):
 def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
     """The state dict (our keys) to `out` and its sidecar to `sidecar_path(out)`."""
     state = {k: v.detach().clone() for k, v in g.generator.state_dict().items()}
-    write_atomic(out, lambda f: torch.save(state, f))
+    write_bytes_atomic(out, lambda f: torch.save(state, f))
     side = sidecar_path(out)
     write_atomic(side, lambda f: f.write(json.dumps(export_sidecar(g), indent=1).encode()))
     return [Path(out), side]
@@ -91,7 +91,7 @@ def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
 def export_peer(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
     """The state dict in the peers' layout (peers.PEER_LAYOUT) to `out`."""
     state = {k: v.detach().clone() for k, v in to_peer_state_dict(g.generator, g.name).items()}
-    write_atomic(out, lambda f: torch.save(state, f))
+    write_bytes_atomic(out, lambda f: torch.save(state, f))
     return [Path(out)]
 
 
@@ -127,7 +127,10 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
             output_names=["output"],
             verbose=False,
         )
-        program.save(str(tmp))
+        try:
+            program.save(str(tmp))
+        except OSError as e:
+            raise WriteError(e.errno, f"cannot write {out}: {e.strerror or e}; nothing was written there") from None
         sizes = [size] + ([size + size_multiple(g.generator)] if dynamic else [])
         diff = onnx_max_abs_diff(tmp, g.generator, sizes)
         if not diff <= ONNX_TOLERANCE:
@@ -135,9 +138,7 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
                 f"the ONNX export differs from PyTorch by {diff:.3g} (max abs, onnxruntime on sizes {sizes}), over "
                 f"the tolerance {ONNX_TOLERANCE:g}; nothing written to {out}"
             )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
+        write_atomic(out, lambda f: f.write(tmp.read_bytes()))
     finally:
         tmp.unlink(missing_ok=True)
     return [out], diff
@@ -149,7 +150,7 @@ def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: boo
     program = torch.export.export(
         model, (_example(size),), dynamic_shapes=_dims(g.generator, size, square=True) if dynamic else None
     )
-    write_atomic(out, lambda f: torch.export.save(program, f))
+    write_bytes_atomic(out, lambda f: torch.export.save(program, f))
     return [Path(out)]
 
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ackd_fast.checkpoint import write_bytes_atomic
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid downloads it under
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries its hash's first digits
 FEATURE_DIM = 2048
@@ -225,10 +227,7 @@ def save_stats(path: str | os.PathLike, stats: dict, protocol: dict) -> None:
     arrays = {"mu": stats["mu"], "sigma": stats["sigma"], "protocol": np.array(json.dumps(protocol))}
     if stats.get("features") is not None:
         arrays["features"] = stats["features"]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    write_bytes_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def load_stats(path: str | os.PathLike) -> dict:

@@ -20,7 +20,7 @@ import torch
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
-from ackd_fast.checkpoint import BEST
+from ackd_fast.checkpoint import BEST, write_atomic
 from ackd_fast.evaluation import evaluate_generator, reference_stats
 from ackd_fast.peers import read_generator
 
@@ -206,9 +206,8 @@ def plot_fid_vs_macs(path: Path, rows: list[dict], published: dict) -> None:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text + ("\n" if not text.endswith("\n") else ""))
-    os.replace(tmp, path)
+    text += "" if text.endswith("\n") else "\n"
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 # --------------------------------------------------------------------------------------- `ackd-fast evaluate`

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ackd_fast import data as data_lib
 from ackd_fast.assembly import Config
-from ackd_fast.checkpoint import CHECKPOINT
+from ackd_fast.checkpoint import CHECKPOINT, write_atomic
 from ackd_fast.plots import read_log
 
 BASELINE_ARM = "plain"
@@ -161,9 +161,8 @@ def _base_config(scale: Scale, data_root: Path, out: Path, steps: int, seed: int
 
 
 def _write_json(path: Path, obj) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    tmp.replace(path)
+    text = json.dumps(obj, indent=1)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def _score(ckpt: Path, splits: dict) -> dict:

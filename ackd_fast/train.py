@@ -16,13 +16,16 @@ peer's bare generator file (`peers.read_generator`).
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
-import json
 import os
 import random
+import shlex
+import signal
+import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +38,34 @@ from torch.utils.data import DataLoader, DistributedSampler
 from ackd_fast import data as data_lib
 from ackd_fast import losses
 from ackd_fast.assembly import (
+    COMMAND_DEFAULTS,
+    COMMANDS,
     CUDA_GRAPH_MODES,
     Config,
     build_dataset,
     build_optimizers,
     build_task,
     check_config,
+    check_crop,
     compile_task,
     read_teacher,
     resolve_teacher,
 )
-from ackd_fast.checkpoint import BEST, CHECKPOINT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ackd_fast.checkpoint import (
+    BEST,
+    CHECKPOINT,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_bytes_atomic,
+)
+from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.losses import Critic
+from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.plots import plot_run
+from ackd_fast.rundir import LOG, RecordLog, RunLock, StopSignals, check_free_space, check_out_dir, clear_run, trim_log
 
 
 @dataclass
@@ -62,6 +79,7 @@ class Runtime:
     autocast: contextlib.AbstractContextManager
     scaler: torch.amp.GradScaler
     memory_format: torch.memory_format
+    precision: str  # what the summary prints: "fp32", "bf16 autocast", ...
 
     @property
     def master(self) -> bool:  # rank 0 logs, samples, evaluates and writes checkpoints
@@ -101,7 +119,10 @@ def setup_runtime(cfg: Config) -> Runtime:
     scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
     # channels_last pays on CUDA (tensor cores); on CPU the instance norms run several times slower in it.
     memory_format = torch.channels_last if cfg.channels_last and use_cuda else torch.contiguous_format
-    return Runtime(device, rank, world, ddp, autocast, scaler, memory_format)
+    tf32 = use_cuda and cfg.tf32
+    precision = {"bf16": "bf16 autocast", "fp16": "fp16 autocast with a gradient scaler"}.get(amp, "fp32")
+    precision += " (TF32 matmuls and convolutions)" if tf32 else ""
+    return Runtime(device, rank, world, ddp, autocast, scaler, memory_format, precision)
 
 
 def seed_everything(seed: int) -> None:
@@ -115,15 +136,15 @@ def seed_everything(seed: int) -> None:
 
 
 def build_datasets(cfg: Config, rt: Runtime) -> tuple:
-    """(training set, evaluation set or None, its split name). With select_on="val" the evaluation samples are held
-    out of the training data (selecting on the test split, as the peers do, would report a best-of-many test score);
-    otherwise, with eval_every > 0, the test split (else val, as edges2shoes and maps ship) is scored for the log
-    only."""
+    """(training set, evaluation set or None, its split name), every image of them opened first (`checked_images`).
+    With select_on="val" the evaluation samples are held out of the training data (selecting on the test split, as
+    the peers do, would report a best-of-many test score); otherwise, with eval_every > 0, the test split (else val,
+    as edges2shoes and maps ship) is scored for the log only."""
     if rt.master and cfg.dataroot == "sample":
         build_dataset(cfg)  # rank 0 writes the sample set once; the others wait below
     if rt.ddp:
         dist.barrier()
-    dataset = build_dataset(cfg)
+    dataset = checked_images(build_dataset(cfg), "train", cfg, rt.master and cfg.progress)
     if cfg.select_on == "val":
         dataset, eval_set = dataset.split(cfg.val_size or max(1, min(200, len(dataset) // 10)), cfg.seed)
         return dataset, eval_set, "val"
@@ -132,9 +153,7 @@ def build_datasets(cfg: Config, rt: Runtime) -> tuple:
         split = cfg.eval_split or data_lib.evaluation_phase(
             root, "aligned" if dataset.paired else "unaligned", cfg.direction
         )
-        if rt.master:
-            print(f"evaluating every {cfg.eval_every} steps on the {split} split of {root}")
-        return dataset, build_dataset(cfg, split, train=False), split
+        return dataset, checked_images(build_dataset(cfg, split, train=False), split, cfg, False), split
     return dataset, None, ""
 
 
@@ -236,36 +255,92 @@ class LossMeter:
         return logs, images_per_s
 
 
-class RunLog:
-    """Rank 0's log.jsonl (appended to by a resumed run, started over by a fresh one) and progress bar; on the other
-    ranks every method does nothing."""
+class Progress:
+    """Rank 0's progress: a bar on a terminal (with --progress), else a status line every `log_every` steps, at most
+    one every LINE_SECONDS (and the last), so a log file holds no carriage-return frames; an estimate of the whole
+    run's time once, after the first steps. On the other ranks every method does nothing."""
+
+    LINE_SECONDS = 30.0
+    ESTIMATE_AFTER = 5  # steps timed for the estimate, after the first (which compiles and warms caches)
 
     def __init__(self, cfg: Config, master: bool, step: int, end: int):
-        self.file = open(Path(cfg.out_dir) / "log.jsonl", "a" if step else "w") if master else None  # noqa: SIM115
-        self.bar = None
-        if master and cfg.progress:
+        self.master, self.start_step, self.end, self.desc = master, step, end, COMMANDS[cfg.job]
+        self.bar, self.last_line, self.timer = None, 0.0, None
+        if master and cfg.progress and sys.stderr.isatty():
             from tqdm import tqdm
 
-            desc = f"{cfg.job} {cfg.model if cfg.job == 'teacher' else cfg.recipe}"
-            self.bar = tqdm(total=end, initial=step, desc=desc, mininterval=0.5)
+            self.bar = tqdm(total=end, initial=step, desc=self.desc, mininterval=0.5)
 
-    def write(self, record: dict) -> None:
-        if self.file is not None:
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
-
-    def show(self, logs: dict[str, float], images_per_s: float) -> None:
+    def print(self, text: str) -> None:
+        if not self.master:
+            return
         if self.bar is not None:
-            self.bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images_per_s:.1f}"})
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
 
-    def advance(self) -> None:
+    def step(self, step: int, logs: dict[str, float] | None, images_per_s: float) -> None:
+        """After `step`; `logs` when a log record was written at it."""
+        if not self.master:
+            return
+        now = time.perf_counter()
+        if step == self.start_step + 1:
+            self.timer = (step, now)
+        elif self.timer is not None and step == self.timer[0] + self.ESTIMATE_AFTER:
+            per_step = (now - self.timer[1]) / (step - self.timer[0])
+            left = per_step * (self.end - step)
+            self.print(f"estimate: {per_step:.3g} s a step; about {_duration(left)} for the {self.end - step} steps "
+                       f"left (done about {time.strftime('%H:%M', time.localtime(time.time() + left))})")  # fmt: skip
+            self.timer = None
         if self.bar is not None:
+            if logs:
+                self.bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()} | {"img/s": f"{images_per_s:.1f}"})
             self.bar.update(1)
+        elif logs is not None and (now - self.last_line >= self.LINE_SECONDS or step == self.end):
+            self.last_line = now
+            terms = " ".join(f"{k} {v:.3g}" for k, v in logs.items() if not k.startswith(("w", "share")))
+            print(f"{self.desc} step {step}/{self.end} ({100 * step // self.end}%): {terms} "
+                  f"({images_per_s:.1f} img/s)", flush=True)  # fmt: skip
 
     def close(self) -> None:
-        for f in (self.bar, self.file):
-            if f is not None:
-                f.close()
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+class FiniteGuard:
+    """Watches every step's loss terms for NaN/inf on the device (no host sync per step): `first_bad` reads, at the
+    points where the loop would keep something (log, samples, evaluation, checkpoint, the end), the first step whose
+    terms were not all finite and those terms, after which the run stops without writing its weights."""
+
+    def __init__(self, device: torch.device):
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.terms: torch.Tensor | None = None
+        self.names: list[str] = []
+
+    def add(self, step: int, terms: dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.detach().float().reshape(()) for v in terms.values()])
+        if self.terms is None:
+            self.names, self.terms = list(terms), torch.zeros_like(values)
+        new = ~torch.isfinite(values).all() & (self.step < 0)
+        self.step = torch.where(new, torch.full_like(self.step, step), self.step)
+        self.terms = torch.where(new, values, self.terms)
+
+    def first_bad(self, ddp: bool) -> tuple[int, dict[str, float]] | None:
+        step = self.step.clone()
+        if ddp:
+            dist.all_reduce(step, op=dist.ReduceOp.MAX)
+        if int(step) < 0:
+            return None
+        return int(step), dict(zip(self.names, self.terms.tolist(), strict=True))
 
 
 def generator_state(cfg: Config, step: int, generator: nn.Module, spec: dict) -> dict:
@@ -293,38 +368,189 @@ def restore_training_state(ckpt: dict, stateful: dict, evaluator) -> int:
     return ckpt["step"]
 
 
+# ----------------------------------------------------------------------------------------- resume
+
+# Flags a resumed run may change (each change is printed and recorded in log.jsonl); any other difference from the
+# checkpoint's config is refused, since the run would no longer be the one it continues.
+RESUME_MAY_CHANGE = ("steps", "stop_at", "log_every", "sample_every", "ckpt_every", "eval_every", "diag_every",
+                     "progress", "workers", "device", "compile", "compile_mode", "inception_weights",
+                     "skip_bad_images")  # fmt: skip
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def resume_command(cfg: Config) -> str:
+    """The command that continues cfg's run: its job's command, every flag that differs from that command's
+    default, and --resume."""
+    args = ["ackd-fast", COMMANDS[cfg.job]]
+    for f in fields(Config):
+        if f.name in ("job", "resume", "overwrite") or f.metadata.get("only") not in ("", cfg.job):
+            continue
+        value, default = getattr(cfg, f.name), COMMAND_DEFAULTS[cfg.job].get(f.name, f.default)
+        if value == default and f.name != "out_dir":
+            continue
+        if isinstance(value, bool):
+            args.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            args += [_flag(f.name), str(value)]
+    return shlex.join([*args, "--resume"])
+
+
+def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, list]:
+    """UsageError when the checkpoint at `path` is not this command's run: another job's, written with other flags
+    (named with both values), beyond --steps, or over other training images (`data`: count and digest of the file
+    names). Returns the flags that may change on resume and did ({flag: [checkpoint's, now]})."""
+    stored = ckpt.get("config") or {}
+    if stored.get("job") != cfg.job:
+        kind = {"teacher": "a train-teacher run", "distill": "a distill run"}.get(stored.get("job"), "no run we know")
+        raise UsageError(
+            f"--resume: {path} is the checkpoint of {kind}, not of a {COMMANDS[cfg.job]} run; choose another "
+            "--out-dir, or replace it with --overwrite"
+        )
+    refused, changed = [], {}
+    takes = {f.name for f in fields(Config) if f.metadata.get("only") in ("", cfg.job)}  # the job's own flags
+    takes -= {"resume", "overwrite"}
+    for name, old in stored.items():
+        if name not in takes or getattr(cfg, name) == old:
+            continue
+        if name in RESUME_MAY_CHANGE:
+            changed[name] = [old, getattr(cfg, name)]
+        else:
+            refused.append(f"{_flag(name)} {old!r} in the checkpoint, {getattr(cfg, name)!r} now")
+    if refused:
+        raise UsageError(
+            f"--resume: {path} was written with other flags ({'; '.join(refused)}); give the run's own flags "
+            "(its config is in the checkpoint), or start afresh with --overwrite"
+        )
+    if cfg.steps < ckpt["step"]:
+        raise UsageError(f"--resume: {path} is at step {ckpt['step']}, beyond --steps {cfg.steps}")
+    seen = ckpt.get("data")
+    if seen and seen != data:
+        raise UsageError(
+            f"--resume: the training images changed since {path} was written ({seen['files']} files then, "
+            f"{data['files']} now, or other names): the data order would no longer be the run's; restore them, or "
+            "start afresh with --overwrite"
+        )
+    return changed
+
+
+# ----------------------------------------------------------------------------------------- the summary
+
+
+def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Critic, generator: nn.Module, spec: dict,
+                    data: dict, batch_size: int, step: int, end: int) -> str:  # fmt: skip
+    """What the run will do, printed before its first step: task, models (params, MACs at the crop size), data,
+    device and precision, steps, and what it writes where."""
+
+    def model(label: str, module: nn.Module, name: str) -> str:
+        macs = count_macs(copy.deepcopy(module).to("meta"), torch.empty(1, 3, cfg.crop_size, cfg.crop_size,
+                                                                         device="meta"))  # fmt: skip
+        return (f"  {label}: {name}, {count_params(module) / 1e6:.3f} M params, {macs / 1e9:.3g} GMACs at "
+                f"{cfg.crop_size}x{cfg.crop_size}")  # fmt: skip
+
+    lines = []
+    if cfg.job == "teacher":
+        lines.append(f"{COMMANDS[cfg.job]}: {cfg.model} teacher")
+        lines.append(model("generator", generator, f"{spec['name']} ngf {spec['ngf']}"))
+    else:
+        kd = {"ackd": f"ACKD (refiners: {cfg.mode}, {cfg.composition}, {cfg.ack_train}, init {cfg.refiner_init})",
+              "plain": "plain feature distillation (GAN Compression's)", "none": "no feature distillation"}[cfg.kd]
+        lines.append(f"{COMMANDS[cfg.job]}: {cfg.model} student by {kd}, teacher {cfg.teacher}")
+        teacher = objective.teacher
+        lines.append(model("teacher", teacher, f"{type(teacher).__name__}"))
+        lines.append(model("student", generator, f"{spec['name']} ngf {spec['ngf']}"))
+        extra = sum(p.numel() for p in objective.parameters() if p.requires_grad) - count_params(generator)
+        if extra:
+            lines.append(f"  refiners and connectors: {extra / 1e6:.3f} M params (trained, not deployed)")
+    discs = critic.discriminators
+    lines.append(f"  discriminator{'s' if len(discs) > 1 else ''}: {len(discs)} x "
+                 f"{count_params(discs[0]) / 1e6:.3f} M params")  # fmt: skip
+    lines.append(f"  data: {data['root']} ({data['mode']}, {cfg.direction}): {data['train']} training samples"
+                 + (f"; evaluating every {cfg.eval_every} steps on the {data['eval_split']} split ({data['eval']} "
+                    "samples)" if data["eval"] else ""))  # fmt: skip
+    where = (torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
+             else f"{torch.get_num_threads()} threads")  # fmt: skip
+    lines.append(f"  device: {rt.device} ({where}) x {rt.world} process(es); precision {rt.precision}")
+    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
+    lines.append(f"  steps: {step + 1}..{end} of {cfg.steps}, batch {batch_size} per process, lr {cfg.lr:g} "
+                 f"(linear decay over the last {decay})")  # fmt: skip
+    every = lambda n: f"every {n} steps" if n else "never"
+    lines.append(f"  output: {cfg.out_dir}/: ckpt.pt {every(cfg.ckpt_every)}, log.jsonl and losses.png "
+                 f"{every(cfg.log_every)}, samples/ {every(cfg.sample_every)}")  # fmt: skip
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------- the loop
+
+
+def checked_images(dataset, split: str, cfg: Config, show_progress: bool):
+    """`dataset` after every image it reads has been opened (`data.check_images`): ValueError listing the bad files
+    by name and reason, or with cfg.skip_bad_images the dataset without them and a warning."""
+    files = dataset.image_files()
+    bad = data_lib.check_images(files, pair=isinstance(dataset, data_lib.AlignedDataset), progress=show_progress)
+    if not bad:
+        return dataset
+    listed = "; ".join(f"{path} {reason}" for path, reason in bad[:20])
+    listed += f"; and {len(bad) - 20} more" if len(bad) > 20 else ""
+    if not cfg.skip_bad_images:
+        raise ValueError(
+            f"{len(bad)} of the {len(files)} images of the {split} split cannot be used: {listed} (remove or replace "
+            "them, or leave them out with --skip-bad-images)"
+        )
+    print(f"warning: leaving out {len(bad)} of the {len(files)} images of the {split} split: {listed}",
+          file=sys.stderr)  # fmt: skip
+    return dataset.without({path for path, _ in bad})
 
 
 def train(cfg: Config) -> dict:
     """Runs cfg.job; returns {"checkpoint": ckpt.pt (None with ckpt_every=0), "step", "wall_s", "logs": the last
-    logged losses, averaged over their interval and the ranks}."""
-    # --- set-up: processes, device, precision, seed
+    logged losses, averaged over their interval and the ranks}. Raises UsageError for a value, folder or resume
+    target it cannot take (before writing anything), RunInterrupted after a signal (the checkpoint written),
+    FloatingPointError at a non-finite loss (the last good checkpoint kept)."""
+    # --- checks that need no data: every value, the teacher file, the run folder
     check_config(cfg)
     teacher, teacher_note = None, ""
     if cfg.job == "distill":  # read once, before anything is written: a bad teacher file raises here
         teacher = read_teacher(cfg)
         cfg, teacher_note = resolve_teacher(cfg, teacher)
-    rt = setup_runtime(cfg)
     out_dir = Path(cfg.out_dir)
-    if rt.master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        if teacher_note:
-            print(teacher_note)
+    check_out_dir(out_dir, cfg.resume, cfg.overwrite, {"--teacher": cfg.teacher, "--teacher-d": cfg.teacher_d})
+    rt = setup_runtime(cfg)
+    lock = RunLock(out_dir) if rt.master else None  # a second run into out_dir is refused from here on
+    try:
+        return _train(cfg, rt, teacher, teacher_note, out_dir)
+    finally:
+        if lock is not None:
+            lock.release()
+        if rt.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) -> dict:
     seed_everything(cfg.seed)
 
-    # --- data: DistributedSampler splits each epoch's permutation between the ranks
+    # --- data: every image opened first; DistributedSampler splits each epoch's permutation between the ranks
     dataset, eval_set, eval_split = build_datasets(cfg, rt)
     batch_size = cfg.batch_size or (4 if dataset.paired else 1)
     sampler = DistributedSampler(dataset, rt.world, rt.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     if len(sampler) < batch_size:
-        raise ValueError(
-            f"dataset {cfg.dataroot} has {len(dataset)} samples: too few for batch_size={batch_size} "
-            f"on {rt.world} processes"
+        raise UsageError(
+            f"--batch-size {batch_size}: the training set of {cfg.dataroot} has {len(dataset)} samples, too few "
+            f"for a batch of {batch_size} on each of {rt.world} process(es)"
         )
+    data_record = {"files": len(dataset.image_files()),
+                   "digest": data_lib.names_digest(dataset.image_files(), dataset.root)}  # fmt: skip
 
-    # --- models, optimizers, schedules
+    # --- models, optimizers, schedules; each network checked against the crop size on the meta device
     objective, critic, generator, spec = build_task(cfg, teacher)
+    check_crop(generator, 3, cfg.crop_size, f"{spec['name']} generator", same_size=True)
+    if cfg.job == "distill":
+        check_crop(objective.teacher, 3, cfg.crop_size, "teacher generator", same_size=True)
+    for i, disc in enumerate(critic.discriminators):
+        channels = 6 if dataset.paired else 3
+        check_crop(disc, channels, cfg.crop_size, f"discriminator{f' {i}' if i else ''} (--n-layers-d, --ndf)")
     objective.to(rt.device, memory_format=rt.memory_format)
     critic.to(rt.device, memory_format=rt.memory_format)
     if cfg.compile:
@@ -337,71 +563,188 @@ def train(cfg: Config) -> dict:
     evaluator = None
     if rt.master and eval_set is not None:
         evaluator = PeriodicEvaluation(eval_set, eval_split, rt.device, cfg.inception_weights, cfg.select_on == "val")
-        if evaluator.note:
-            print(evaluator.note)
 
-    # --- resume
-    step = 0
+    # --- resume: the checkpoint must be this command's run (kind, flags, training images)
+    step, changed = 0, {}
     ckpt_path = out_dir / CHECKPOINT
     if cfg.resume and ckpt_path.is_file():
-        step = restore_training_state(load_checkpoint(ckpt_path), stateful, evaluator)
-        if rt.master:
+        ckpt = load_checkpoint(ckpt_path)
+        changed = check_resume(ckpt, cfg, data_record, ckpt_path)
+        step = restore_training_state(ckpt, stateful, evaluator)
+        del ckpt
+
+    # --- every check has passed: from here on the run writes into out_dir
+    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
+    saved_step = step if step else None  # the step of the checkpoint on disk, when it is this run's
+    if rt.master:
+        if cfg.overwrite:
+            clear_run(out_dir)
+        if teacher_note:
+            print(teacher_note)
+        if evaluator is not None and evaluator.note:
+            print(evaluator.note)
+        data = {"root": dataset.root, "mode": "aligned" if dataset.paired else "unaligned",
+                "train": len(dataset), "eval": len(eval_set) if eval_set is not None else 0, "eval_split": eval_split}
+        print(opening_summary(cfg, rt, objective, critic, generator, spec, data, batch_size, step, end), flush=True)
+        if step:
             print(f"resumed {ckpt_path} at step {step}")
+        for name, (old, new) in changed.items():
+            print(f"notice: --resume with {_flag(name)} {new!r} (the checkpoint's: {old!r})")
+        state_bytes = sum(t.numel() * t.element_size() for m in (objective, critic) for t in m.state_dict().values())
+        check_free_space(out_dir, 4 * state_bytes if cfg.ckpt_every else 0, "a checkpoint (weights and Adam's moments)")
+        trim_log(out_dir / LOG, step)
+    log = RecordLog(out_dir / LOG, fresh=step == 0) if rt.master else None
+    if log is not None and changed:
+        log.write({"step": step, "resumed": True, "changed": changed})
+    grid = sample_batch(eval_set if eval_set is not None else dataset) if rt.master and cfg.sample_every else None
 
     # --- the loop
-    end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
     batches = training_batches(dataset, sampler, batch_size, step, cfg.workers, rt.device.type == "cuda")
-    log, meter, logs = RunLog(cfg, rt.master, step, end), LossMeter(), {}
+    meter, guard, logs = LossMeter(), FiniteGuard(rt.device), {}
+    progress = Progress(cfg, rt.master, step, end)
     start_time = time.perf_counter()
     g_model.train()
     d_model.train()
-    while step < end:
-        batch = next(batches)
-        a = batch["A"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
-        b = batch["B"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
-        if cuda_graphs:  # the previous step's graph outputs may be overwritten from here on
-            torch.compiler.cudagraph_mark_step_begin()
-        out, d_loss = train_step(g_model, d_model, critic, g_opt, d_opt, rt.scaler, rt.autocast, a, b)
-        g_sched.step()
-        d_sched.step()
-        step += 1
 
-        meter.add({"g_loss": out.loss, "d_loss": d_loss, **out.logs}, a.shape[0] * rt.world)
-        if due(step, cfg.log_every, end):
-            logs, images_per_s = meter.average(rt.world)  # on every rank: an all_reduce
-            log.write({"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s})
-            log.show(logs, images_per_s)
-        if rt.master and cfg.job == "distill" and cfg.diag_every > 0 and (step == 1 or due(step, cfg.diag_every, end)):
-            diag = objective.diagnostics(a[:1])  # the refiners, on this batch's first image
-            if diag:
-                log.write({"step": step, "diag": diag})
-        if rt.master and due(step, cfg.sample_every, end):  # input / (teacher, when distilling) / output / target
-            columns = [a, *out.extra.values(), out.fake, b]
-            save_grid(out_dir / "samples" / f"step_{step:07d}.png", columns, rows=min(4, a.shape[0]))
-        if evaluator is not None and due(step, cfg.eval_every, end):
-            scores, best = evaluator(generator, step)
-            log.write({"step": step, "eval": eval_split, **scores})
-            if best:  # the generator alone, loadable by load_generator like ckpt.pt
-                state = generator_state(cfg, step, generator, spec) | {"selection": evaluator.best}
-                save_checkpoint(state, out_dir / BEST)
-        if rt.master and due(step, cfg.ckpt_every, end):
-            save_checkpoint(training_state(cfg, step, stateful, generator, spec, evaluator), ckpt_path)
-        log.advance()
+    def keep_checkpoint() -> None:  # the state after `step`, atomically; the previous file stays on a failure
+        nonlocal saved_step
+        save_checkpoint(training_state(cfg, step, stateful, generator, spec, evaluator) | {"data": data_record},
+                        ckpt_path)  # fmt: skip
+        saved_step = step
 
-    log.close()
-    if rt.master and cfg.log_every > 0:
-        plot_run(out_dir / "log.jsonl", out_dir / "losses.png")
+    stopped_by = None
+    try:
+        with StopSignals() as signals:
+            while step < end:
+                try:
+                    batch = next(batches)
+                except (ValueError, OSError) as e:  # an image that broke after the check: keep the steps done
+                    if rt.master and cfg.ckpt_every and step and saved_step != step:
+                        keep_checkpoint()
+                    raise ValueError(f"step {step + 1}: {e}") from None
+                a = batch["A"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
+                b = batch["B"].to(rt.device, non_blocking=True).contiguous(memory_format=rt.memory_format)
+                if cuda_graphs:  # the previous step's graph outputs may be overwritten from here on
+                    torch.compiler.cudagraph_mark_step_begin()
+                out, d_loss = train_step(g_model, d_model, critic, g_opt, d_opt, rt.scaler, rt.autocast, a, b)
+                g_sched.step()
+                d_sched.step()
+                step += 1
+
+                terms = {"g_loss": out.loss, "d_loss": d_loss, **out.logs}
+                meter.add(terms, a.shape[0] * rt.world)
+                guard.add(step, terms)
+                stopping = stop_requested(signals, rt)
+                keeps = [due(step, every, end) for every in (cfg.log_every, cfg.sample_every, cfg.eval_every)]
+                keeps.append(due(step, cfg.ckpt_every, end) or (stopping and cfg.ckpt_every > 0))
+                if any(keeps) or step == end:
+                    bad = guard.first_bad(rt.ddp)
+                    if bad is not None:
+                        raise FloatingPointError(non_finite_message(*bad, ckpt_path, saved_step))
+                record = None
+                if keeps[0]:
+                    logs, images_per_s = meter.average(rt.world)  # on every rank: an all_reduce
+                    record = {"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s}
+                    if log is not None:
+                        log.write(record)
+                diag_due = step == 1 or due(step, cfg.diag_every, end)
+                if rt.master and cfg.job == "distill" and cfg.diag_every > 0 and diag_due:
+                    diag = objective.diagnostics(a[:1])  # the refiners, on this batch's first image
+                    if diag:
+                        log.write({"step": step, "diag": diag})
+                if grid is not None and keeps[1]:
+                    save_grid(out_dir / "samples" / f"step_{step:07d}.png", sample_columns(objective, generator, grid,
+                              cfg.job, rt))  # fmt: skip
+                if evaluator is not None and keeps[2]:
+                    scores, best = evaluator(generator, step)
+                    log.write({"step": step, "eval": eval_split, **scores})
+                    if best:  # the generator alone, loadable by load_generator like ckpt.pt
+                        state = generator_state(cfg, step, generator, spec) | {"selection": evaluator.best}
+                        save_checkpoint(state, out_dir / BEST)
+                if rt.master and keeps[3]:
+                    keep_checkpoint()
+                progress.step(step, logs if record else None, record["img_per_s"] if record else 0.0)
+                if stopping:
+                    stopped_by = signals.requested or signal.SIGTERM
+                    break
+    finally:
+        progress.close()
+        if log is not None:
+            log.close()
+            if cfg.log_every > 0:
+                plot_run(out_dir / LOG, out_dir / "losses.png")
     if rt.ddp:
         dist.barrier()
-        dist.destroy_process_group()
+    if stopped_by is not None:
+        name = signal.Signals(stopped_by).name
+        kept = f"checkpoint {ckpt_path} (step {step}) written" if saved_step == step else "no checkpoint written"
+        raise RunInterrupted(stopped_by, f"{name}: stopped after step {step}; {kept}; continue with: "
+                                         f"{resume_command(cfg)}")  # fmt: skip
     checkpoint = str(ckpt_path) if cfg.ckpt_every > 0 else None
     return {"checkpoint": checkpoint, "step": step, "wall_s": time.perf_counter() - start_time, "logs": logs}
 
 
-def save_grid(path: str | os.PathLike, columns: list[torch.Tensor], rows: int) -> None:
-    """A PNG whose row i shows image i of every tensor in `columns` ([-1, 1] images), side by side."""
-    from torchvision.utils import save_image
+def stop_requested(signals: StopSignals, rt: Runtime) -> bool:
+    """Whether a stop signal arrived (on any rank: torchrun forwards signals, but not at the same step)."""
+    flag = signals.requested is not None
+    if rt.ddp:
+        t = torch.tensor([int(flag)], device=rt.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = bool(t.item())
+    return flag
 
+
+def non_finite_message(step: int, terms: dict[str, float], ckpt_path: Path, saved_step: int | None) -> str:
+    shown = ", ".join(f"{k} {v:.4g}" for k, v in terms.items())
+    kept = (f"the last good checkpoint {ckpt_path} (step {saved_step}) is kept" if saved_step is not None
+            else "no checkpoint of this run was written")  # fmt: skip
+    return (f"step {step}: non-finite loss ({shown}); stopped without saving these weights: {kept}. Lower --lr or "
+            "check the --lambda-* values")
+
+
+def sample_batch(dataset, rows: int = 4) -> dict:
+    """The sample grids' images: the first `rows` samples of `dataset` seen whole (resized to the crop size, no
+    augmentation)."""
+    view = dataset.as_evaluation()
+    samples = [view[i] for i in range(min(rows, len(view)))]
+    return {k: torch.stack([s[k] for s in samples]) for k in ("A", "B") if k in samples[0]}
+
+
+@torch.no_grad()
+def sample_columns(objective: nn.Module, generator: nn.Module, grid: dict, job: str, rt: Runtime) -> dict:
+    """{column title: images} of a sample grid: input, the teacher's output (distill), the generator's, and the
+    target where the data is paired (an unpaired B image is not this input's target). Eager forwards in eval mode."""
+    a = grid["A"].to(rt.device).contiguous(memory_format=rt.memory_format)
+    was_training = generator.training
+    generator.eval()
+    try:
+        with rt.autocast:
+            columns = {"input": a}
+            if job == "distill":
+                columns["teacher"] = objective.teacher.forward(a)
+            columns["student" if job == "distill" else "output"] = generator.forward(a)
+    finally:
+        generator.train(was_training)
+    if getattr(objective, "paired", False) and "B" in grid:
+        columns["target"] = grid["B"]
+    return columns
+
+
+def save_grid(path: str | os.PathLike, columns: dict[str, torch.Tensor], rows: int = 0) -> None:
+    """A PNG whose row i shows image i of every tensor in `columns` ([-1, 1] images) side by side, under a header
+    with each column's title; written atomically."""
+    from PIL import Image, ImageDraw
+    from torchvision.utils import make_grid
+
+    rows = rows or min(c.shape[0] for c in columns.values())
+    tiles = torch.stack([c[:rows].detach().float().cpu() for c in columns.values()], 1).flatten(0, 1)
+    body = make_grid(tiles, nrow=len(columns), normalize=True, value_range=(-1, 1), padding=2, pad_value=1.0)
+    body = (body.permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+    header = 14
+    image = Image.new("RGB", (body.shape[1], body.shape[0] + header), "white")
+    image.paste(Image.fromarray(body), (0, header))
+    draw, width = ImageDraw.Draw(image), tiles.shape[-1] + 2
+    for i, title in enumerate(columns):
+        draw.text((2 + i * width + 2, 1), title[: max(1, width // 6)], fill="black")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tiles = torch.stack([c[:rows].detach().float().cpu() for c in columns], 1).flatten(0, 1)
-    save_image(tiles, path, nrow=len(columns), normalize=True, value_range=(-1, 1), padding=2)
+    write_bytes_atomic(path, lambda f: image.save(f, format="PNG"))

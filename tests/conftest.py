@@ -66,3 +66,21 @@ def ieee_fp32():
     yield
     for k, value in zip(knobs, saved, strict=True):
         k.fp32_precision = value
+
+
+@pytest.fixture
+def run_cli(capsys):
+    """run_cli(argv) -> (exit code, stdout, stderr) of `ackd-fast ARGV` in this process (0 when main returns)."""
+    from ackd_fast import cli
+
+    def run(argv: list[str]) -> tuple[int, str, str]:
+        capsys.readouterr()
+        try:
+            cli.main([str(a) for a in argv])
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run

@@ -315,8 +315,6 @@ def test_bench_deploy_cli_writes_tables(tmp_path, capsys):
     assert "| mobile_resnet_9blocks:4 | fp32 | 1 | eager |" in table and "MAC ratio" in table
 
 
-def test_bench_deploy_cli_rejects_bad_arch(tmp_path):
-    from ackd_fast.cli import main
-
-    with pytest.raises(SystemExit, match="--arch"):
-        main(["bench-deploy", "--arch", "resnet_9blocks", "--out", str(tmp_path)])
+def test_bench_deploy_cli_rejects_bad_arch(tmp_path, run_cli):
+    code, _, err = run_cli(["bench-deploy", "--arch", "resnet_9blocks", "--out", str(tmp_path)])
+    assert code == 2 and err.startswith("ackd-fast bench-deploy: error: --arch takes NAME:NGF") and err.count("\n") == 1

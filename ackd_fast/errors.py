@@ -1,0 +1,33 @@
+"""The errors a user can cause, which the `ackd-fast` command answers in one line (`cli.main`).
+
+Everything else the package raises for a bad argument is a ValueError or TypeError naming it; `UsageError` marks
+the ones that are a bad flag value (the command exits 2, as argparse does), `RunInterrupted` a run stopped by a
+signal after writing its checkpoint (exit 128 + the signal's number, the shell's convention).
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class UsageError(ValueError):
+    """A flag or argument value the command cannot take: exit code 2."""
+
+
+class RunInterrupted(Exception):
+    """A training run stopped by SIGINT, SIGTERM or SIGHUP after finishing its step and writing its checkpoint."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + int(self.signum)
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+__all__ = ["RunInterrupted", "UsageError"]
