@@ -15,7 +15,7 @@ import copy
 import functools
 import math
 import re
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from ackd_fast import data as data_lib
 from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller
 from ackd_fast.errors import UsageError
+from ackd_fast.flags import flag
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
@@ -53,12 +54,6 @@ PRESET_FOLDERS = {
 }  # fmt: skip
 
 
-def flag(default, help: str, only: str = ""):
-    """A Config field that is also a command-line flag (--name-with-dashes): its one description, and `only`, the
-    job whose command alone takes it ("teacher", "distill"; "": both)."""
-    return field(default=default, metadata={"help": help, "only": only})
-
-
 # What differs from the Config defaults in each training command's flags: the run folder, and distill's bare-teacher
 # architecture, inferred from the file.
 COMMAND_DEFAULTS = {
@@ -84,8 +79,9 @@ class Config:
     # data
     dataroot: str = flag(
         "sample",
-        "dataset folder (aligned: DIR/train/*.png with A|B side by side; unaligned: DIR/trainA, DIR/trainB), "
-        "or 'sample' for the built-in edges->photo set (built under OUT_DIR/data)",
+        "dataset folder (aligned: DIR/train/ with A|B side by side; unaligned: DIR/trainA, DIR/trainB; images "
+        ".jpg .jpeg .png .ppm .bmp .tif .tiff .webp, any case, in sub-folders too), or 'sample' for the built-in "
+        "edges->photo set (built under OUT_DIR/data)",
     )
     dataset_mode: str = flag("auto", "aligned, unaligned, or auto (aligned when the objective is paired)")
     direction: str = flag("AtoB", "AtoB or BtoA: which half (aligned) or folder (unaligned) is the input")

@@ -9,34 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, fields
 
 from ackd_fast import __version__
 from ackd_fast.assembly import COMMAND_DEFAULTS, Config
 from ackd_fast.errors import RunInterrupted, UsageError
-
-
-def _add_config_flags(parser: argparse.ArgumentParser, job: str) -> None:
-    """The flags of a training command: every Config field its job takes (the field's metadata: help, job), with
-    that command's defaults (COMMAND_DEFAULTS)."""
-    for f in fields(Config):
-        if f.name == "job" or f.metadata["only"] not in ("", job):
-            continue
-        default = COMMAND_DEFAULTS[job].get(f.name, f.default if f.default is not MISSING else None)
-        flag, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
-        if f.type in (bool, "bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        else:
-            type_name = f.type if isinstance(f.type, str) else f.type.__name__
-            kind = {"int": int, "float": float, "str": str, "float | None": float}[type_name]
-            parser.add_argument(flag, type=kind, default=default, help=f"{text} (default: %(default)s)")
-        if f.name == "kd":
-            parser.add_argument("--no-ackd", dest="kd", action="store_const", const="none", help="alias of --kd none")
+from ackd_fast.flags import add_flags, from_args
 
 
 def _config(args: argparse.Namespace, job: str) -> Config:
-    names = {f.name for f in fields(Config)}
-    return Config(job=job, **{k: v for k, v in vars(args).items() if k in names})
+    return from_args(Config, args, job=job)
 
 
 def cmd_train_teacher(args: argparse.Namespace) -> None:
@@ -52,17 +33,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from ackd_fast.report import evaluate_checkpoints
+    from ackd_fast.report import EvaluationSettings, evaluate_checkpoints
 
-    result = evaluate_checkpoints(
-        args.checkpoint, dataroot=args.dataroot, phase=args.phase, dataset_mode=args.dataset_mode,
-        direction=args.direction, crop_size=args.crop_size, batch_size=args.batch_size, device=args.device,
-        fid=args.fid, inception_weights=args.inception_weights, fid_stats=args.fid_stats, download=args.download,
-        kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size, latency_runs=args.latency_runs,
-        latency_batch=args.latency_batch,
-        latency_size=args.latency_size, latency_dtypes=tuple(args.latency_dtypes.split(",")), task=args.task,
-        out_dir=args.out_dir,
-    )  # fmt: skip
+    result = evaluate_checkpoints(args.checkpoint, from_args(EvaluationSettings, args))
     print(json.dumps(result["rows"], indent=1))
 
 
@@ -90,13 +63,13 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from ackd_fast.demo import DemoConfig, run_demo
 
-    run_demo(DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)}))
+    run_demo(from_args(DemoConfig, args))
 
 
 def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
     from ackd_fast.study import StudyConfig, run_study
 
-    sc = StudyConfig(**{f.name: getattr(args, f.name) for f in fields(StudyConfig)})
+    sc = from_args(StudyConfig, args)
     result = run_study(sc, argv)
     print(f"\n{result['verdict']}\nreport: {sc.out_dir}/results.md, results.json, study.png")
 
@@ -132,11 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train-teacher", help="train a pix2pix or CycleGAN teacher")
-    _add_config_flags(p, "teacher")
+    add_flags(p, Config, "teacher", COMMAND_DEFAULTS["teacher"])
     p.set_defaults(func=cmd_train_teacher)
 
     p = commands.add_parser("distill", help="distill a teacher checkpoint into a student with ACKD (or the baseline)")
-    _add_config_flags(p, "distill")
+    add_flags(p, Config, "distill", COMMAND_DEFAULTS["distill"])
+    p.add_argument("--no-ackd", dest="kd", action="store_const", const="none", help="alias of --kd none")
     p.set_defaults(func=cmd_distill)
 
     p = commands.add_parser(
@@ -149,50 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="ckpt.pt of train-teacher or distill runs (a best.pt beside one is scored too), exported generators, or "
         "the peers' generator files (latest_net_G.pth ...)",
     )
-    p.add_argument("--dataroot", default="", help="dataset folder (default: the first run's own)")
-    p.add_argument("--phase", default="auto", help="split to score; auto = test, else val (default: %(default)s)")
-    p.add_argument(
-        "--dataset-mode",
-        default="auto",
-        help="aligned, unaligned, single (DATAROOT is a folder of inputs, e.g. horse2zebra/valA), or auto (the "
-        "run's objective, else the folder layout)",
-    )
-    p.add_argument("--direction", default="auto", help="AtoB, BtoA, or auto = the run's, else AtoB")
-    p.add_argument(
-        "--crop-size", type=int, default=0, help="images are resized to this size; 0 = the run's crop size, else 256"
-    )
-    p.add_argument("--batch-size", type=int, default=8, help="images per forward (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    p.add_argument("--fid", action=argparse.BooleanOptionalAction, default=True, help="FID and KID (--no-fid: skip)")
-    p.add_argument(
-        "--inception-weights",
-        default="",
-        help="pytorch-fid's pt_inception-2015-12-05 weights file; default: the torch hub cache",
-    )
-    p.add_argument(
-        "--download",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="download the Inception weights into the torch hub cache when they are not there",
-    )
-    p.add_argument(
-        "--fid-stats",
-        default="",
-        help="real statistics .npz (ours or GAN Compression's, keys mu, sigma); "
-        "default: computed from the data (paired: the split's B images; unpaired: train+test B)",
-    )
-    p.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: %(default)s)")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID subset size (default: %(default)s)")
-    p.add_argument("--latency-runs", type=int, default=20, help="timed forwards per latency figure; 0 = no latency")
-    p.add_argument("--latency-batch", type=int, default=8, help="throughput batch size (default: %(default)s)")
-    p.add_argument("--latency-size", type=int, default=0, help="square input size for latency; 0 = the evaluation size")
-    p.add_argument("--latency-dtypes", default="fp32,bf16", help="comma-separated (default: %(default)s)")
-    p.add_argument(
-        "--task",
-        default="auto",
-        help="published rows to show: auto (from the data folder's name), none, edges2shoes, horse2zebra or map2aerial",
-    )
-    p.add_argument("--out-dir", default="", help="report folder (default: the first checkpoint's folder)")
+    from ackd_fast.report import EvaluationSettings
+
+    add_flags(p, EvaluationSettings)
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser(
@@ -243,54 +176,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser(
         "demo", help="teacher, then ACKD, plain-KD and no-KD students over seeds on a built-in set; prints a table"
     )
-    d = DemoConfig()
-    p.add_argument("--out-dir", default=d.out_dir, help="output folder (default: %(default)s)")
-    p.add_argument(
-        "--sample-set",
-        default=d.sample_set,
-        help="sketch (photo -> line drawing, region-split tiles) or edges (the earlier edges->photo set) "
-        "(default: %(default)s)",
-    )
-    p.add_argument(
-        "--tile-stride", type=int, default=d.tile_stride, help="px between training tiles (default: %(default)s)"
-    )
-    p.add_argument("--teacher-steps", type=int, default=d.teacher_steps, help="teacher steps (default: %(default)s)")
-    p.add_argument(
-        "--student-steps", type=int, default=d.student_steps, help="steps of each student (default: %(default)s)"
-    )
-    p.add_argument(
-        "--seeds", type=int, default=d.seeds, help="runs of each student, seeds SEED.. (default: %(default)s)"
-    )
-    p.add_argument("--crop-size", type=int, default=d.crop_size, help="training crop size (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate of every run (default: %(default)s)")
-    p.add_argument("--teacher-ngf", type=int, default=d.teacher_ngf, help="teacher width (default: %(default)s)")
-    p.add_argument("--student-ngf", type=int, default=d.student_ngf, help="student width (default: %(default)s)")
-    p.add_argument("--ndf", type=int, default=d.ndf, help="discriminator width (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="batch size (default: %(default)s)")
-    p.add_argument("--kv-stride", type=int, default=d.kv_stride, help="ACK-A key/value pooling (default: %(default)s)")
-    p.add_argument("--workers", type=int, default=d.workers, help="data workers (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=d.progress, help="progress bars")
+    add_flags(p, DemoConfig)
     p.set_defaults(func=cmd_demo)
 
-    from ackd_fast.study import ARMS, DEFAULT_ARMS, PRESETS, StudyConfig
+    from ackd_fast.study import StudyConfig
 
     p = commands.add_parser(
         "study", help="the method study: one teacher, then ACKD variants, plain KD and no KD over paired seeds; "
         "paired differences with 95 %% intervals (resumable)",
     )  # fmt: skip
-    s = StudyConfig()
-    p.add_argument("--out-dir", default=s.out_dir, help="study folder (default: %(default)s)")
-    p.add_argument("--preset", default=s.preset, help=f"scale: {', '.join(PRESETS)} (default: %(default)s)")
+    add_flags(p, StudyConfig)
     p.add_argument("--gpu", dest="preset", action="store_const", const="gpu", help="alias of --preset gpu")
-    p.add_argument("--arms", default=s.arms, help=f"comma-separated among {', '.join(ARMS)}; default: "
-                   f"{','.join(DEFAULT_ARMS)}")  # fmt: skip
-    p.add_argument("--main-seeds", type=int, default=0, help="seeds of ackd, plain, none; 0 = the preset's")
-    p.add_argument("--other-seeds", type=int, default=0, help="seeds of the other arms; 0 = the preset's")
-    p.add_argument("--teacher-steps", type=int, default=0, help="0 = the preset's")
-    p.add_argument("--student-steps", type=int, default=0, help="0 = the preset's")
-    p.add_argument("--report", action="store_true", help="only rewrite the report from the finished runs")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=s.progress, help="progress bars")
     p.set_defaults(func=cmd_study)
     return parser
 

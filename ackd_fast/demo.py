@@ -29,7 +29,9 @@ import torch.nn.functional as F
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
 from ackd_fast.assembly import Config
+from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator
+from ackd_fast.flags import flag
 from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.peers import load_generator
 from ackd_fast.plots import read_log
@@ -46,33 +48,36 @@ TEST_SIZE = 64  # the edges set's test crops are resized to it
 
 @dataclass
 class DemoConfig:
-    out_dir: str = "runs/demo"
-    sample_set: str = "sketch"
-    tile_stride: int = 16  # between training tiles (of the tile sets)
-    teacher_steps: int = 800
-    student_steps: int = 300
-    seeds: int = 3
-    crop_size: int = 64  # taps of 16x16
-    teacher_ngf: int = 32
-    student_ngf: int = 16
-    ndf: int = 32
-    batch_size: int = 4
-    lr: float = 5e-4  # the teacher learned faster than at pix2pix's 2e-4 (README)
-    kv_stride: int = 1
-    workers: int = 0
-    seed: int = 0
-    progress: bool = True
+    """The demo's settings: every field is a flag of `ackd-fast demo`."""
+
+    out_dir: str = flag("runs/demo", "output folder")
+    sample_set: str = flag("sketch", "sketch (photo -> line drawing, region-split tiles) or edges (the earlier "
+                           "edges->photo set)")  # fmt: skip
+    tile_stride: int = flag(16, "px between training tiles")
+    teacher_steps: int = flag(800, "teacher steps")
+    student_steps: int = flag(300, "steps of each student")
+    seeds: int = flag(3, "runs of each student, seeds SEED..")
+    crop_size: int = flag(64, "training crop size (taps of crop/4)")
+    teacher_ngf: int = flag(32, "teacher width")
+    student_ngf: int = flag(16, "student width")
+    ndf: int = flag(32, "discriminator width")
+    batch_size: int = flag(4, "batch size")
+    lr: float = flag(5e-4, "Adam learning rate of every run (the teacher learned faster than at pix2pix's 2e-4)")
+    kv_stride: int = flag(1, "ACK-A key/value pooling")
+    workers: int = flag(0, "data workers")
+    seed: int = flag(0, "random seed")
+    progress: bool = flag(True, "progress bars on a terminal (else status lines)")
 
 
 def _check(dc: DemoConfig) -> None:
     if dc.sample_set not in SAMPLE_SETS:
-        raise ValueError(f"sample_set must be one of {SAMPLE_SETS}, got {dc.sample_set!r}")
+        raise UsageError(f"sample_set must be one of {SAMPLE_SETS}, got {dc.sample_set!r}")
     for name in ("teacher_steps", "student_steps", "seeds", "crop_size", "batch_size", "tile_stride"):
         value = getattr(dc, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+            raise UsageError(f"{name} must be a positive int, got {value!r}")
     if dc.crop_size > SAMPLE_SIZE or dc.crop_size % 4:
-        raise ValueError(f"crop_size must be a multiple of 4 and <= {SAMPLE_SIZE}, got {dc.crop_size}")
+        raise UsageError(f"crop_size must be a multiple of 4 and <= {SAMPLE_SIZE}, got {dc.crop_size}")
 
 
 def _sample_set(dc: DemoConfig, root: Path) -> Path:

@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from ackd_fast import ops
 from ackd_fast.checkpoint import write_atomic
+from ackd_fast.errors import optional_import
 from ackd_fast.models.mobile_resnet import MobileResnetBlock, SeparableConv2d
 
 # "kernels+inductor": CPU only; "kernels": the rewritten model without compiling (fast to set up; for tests and for
@@ -365,7 +366,7 @@ def onnxruntime_session(model: nn.Module, example: Tensor) -> Callable[[Tensor],
     callable on CPU float32 tensors (onnxruntime's CUDA provider when it has one and the example is on CUDA)."""
     import tempfile
 
-    import onnxruntime
+    onnxruntime = optional_import("onnxruntime", "the onnxruntime path")
 
     device = example.device
     providers = ["CPUExecutionProvider"]

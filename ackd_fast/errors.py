@@ -7,6 +7,7 @@ signal after writing its checkpoint (exit 128 + the signal's number, the shell's
 
 from __future__ import annotations
 
+import importlib
 import signal
 
 
@@ -30,4 +31,27 @@ class RunInterrupted(Exception):
         return signal.Signals(self.signum).name
 
 
-__all__ = ["RunInterrupted", "UsageError"]
+# Optional packages: module -> (pip name, the extra of ackd_fast that installs it)
+OPTIONAL = {
+    "pytorch_fid": ("pytorch-fid", "fid"),
+    "onnx": ("onnx", "onnx"),
+    "onnxscript": ("onnxscript", "onnx"),
+    "onnxruntime": ("onnxruntime", "onnx"),
+    "openvino": ("openvino", "openvino"),
+}
+
+
+def optional_import(module: str, feature: str, instead: str = ""):
+    """`module` imported, or ImportError saying which feature needs which package, how to install it (the extra),
+    and `instead`, what to do without it (e.g. "--no-fid skips FID/KID")."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        top = module.split(".")[0]
+        package, extra = OPTIONAL.get(top, (top, ""))
+        how = f"pip install 'ackd_fast[{extra}]' (or pip install {package})" if extra else f"pip install {package}"
+        raise ImportError(f"{feature} needs the package {package}: {how}" + (f"; {instead}" if instead else ""),
+                          name=top) from None  # fmt: skip
+
+
+__all__ = ["RunInterrupted", "UsageError", "optional_import"]

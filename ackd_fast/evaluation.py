@@ -12,6 +12,8 @@ carved from the training data instead. The report beside the published figures i
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,30 @@ from torch.utils.data import DataLoader, Dataset
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
+
+# --------------------------------------------------------------------------------------- progress
+
+LONG_PASS_BATCHES = 8  # passes of more batches show progress (when asked)
+
+
+def batches_with_progress(loader: DataLoader, desc: str):
+    """The batches of `loader`; with `desc` and a long pass, a bar on a terminal (its rate gives the estimate), else
+    one line after the first batch estimating the whole pass."""
+    if not desc or len(loader) < LONG_PASS_BATCHES:
+        yield from loader
+        return
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        yield from tqdm(loader, desc=desc, mininterval=1.0)
+        return
+    start = time.perf_counter()
+    for i, batch in enumerate(loader):
+        yield batch
+        if i == 0:
+            left = (time.perf_counter() - start) * (len(loader) - 1)
+            print(f"{desc}: {len(loader)} batches, about {left:.0f} s more", flush=True)
+
 
 # --------------------------------------------------------------------------------------- real images
 
@@ -78,11 +104,13 @@ class _TargetsOf(Dataset):
 
 @torch.no_grad()
 def image_stats(
-    images: Dataset, inception: nn.Module, batch_size: int = 50, keep_features: bool = True, workers: int = 0
+    images: Dataset, inception: nn.Module, batch_size: int = 50, keep_features: bool = True, workers: int = 0,
+    progress: str = "",
 ) -> dict:
-    """Inception statistics (and features, for KID) of a dataset of uint8 images."""
+    """Inception statistics (and features, for KID) of a dataset of uint8 images (`progress`: see
+    batches_with_progress)."""
     stats = metrics.FeatureStats(keep_features)
-    for batch in DataLoader(images, batch_size=batch_size, num_workers=workers):
+    for batch in batches_with_progress(DataLoader(images, batch_size=batch_size, num_workers=workers), progress):
         stats.update(metrics.inception_features(inception, batch))
     return stats.result()
 
@@ -100,17 +128,19 @@ def evaluate_generator(
     reference: dict | None = None,
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
+    progress: str = "",
 ) -> dict:
     """generator(A) over `dataset` (not shuffled): mean PSNR/SSIM against B when the data is paired, and FID/KID
     against `reference` (from `reference_stats` or `metrics.load_stats`) when `inception` is given. Images are
-    dropped after their batch; only the 2048-d features are kept, for KID (when the reference has features)."""
+    dropped after their batch; only the 2048-d features are kept, for KID (when the reference has features).
+    `progress`: a description, to show the progress of a long pass (batches_with_progress)."""
     was_training = generator.training
     generator = generator.to(device).eval()
     if inception is not None and reference is None:
         raise ValueError("evaluate_generator: inception is given but reference is None; pass the real statistics")
     stats = metrics.FeatureStats(keep_features=reference is not None and reference.get("features") is not None)
     psnr, ssim, n = [], [], 0
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in batches_with_progress(DataLoader(dataset, batch_size=batch_size, shuffle=False), progress):
         fake = metrics.quantize(generator(batch["A"].to(device)))
         n += fake.shape[0]
         if dataset.paired:
@@ -136,10 +166,12 @@ def evaluate_generator(
     return scores
 
 
-def reference_stats(dataset, inception: nn.Module, batch_size: int = 50, phases=("train", "test")) -> dict:
+def reference_stats(
+    dataset, inception: nn.Module, batch_size: int = 50, phases=("train", "test"), progress: bool = False
+) -> dict:
     """The real statistics for `dataset` under the peers' protocol, with the protocol recorded beside them."""
     real = real_target_images(dataset, phases)
-    stats = image_stats(real, inception, batch_size)
+    stats = image_stats(real, inception, batch_size, progress="FID reference statistics" if progress else "")
     stats["protocol"] = {
         "dataroot": str(dataset.root),
         "split": dataset.phase if dataset.paired else "+".join(phases),

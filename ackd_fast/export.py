@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
+from ackd_fast.errors import optional_import
 from ackd_fast.models import TappedGenerator
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
@@ -99,7 +100,7 @@ def export_peer(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
 def onnx_max_abs_diff(path: str | os.PathLike, generator: TappedGenerator, sizes: list[int]) -> float:
     """Max abs difference between onnxruntime (CPU) running `path` and the PyTorch generator, over one random
     input of each size."""
-    import onnxruntime
+    onnxruntime = optional_import("onnxruntime", "checking an ONNX export")
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
@@ -114,6 +115,8 @@ def onnx_max_abs_diff(path: str | os.PathLike, generator: TappedGenerator, sizes
 def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool) -> tuple[list[Path], float]:
     """ONNX through torch.onnx.export(dynamo=True), checked against PyTorch by onnxruntime; ValueError (and
     nothing written) when they differ by more than ONNX_TOLERANCE."""
+    for module in ("onnx", "onnxscript", "onnxruntime"):  # the exporter's and the check's
+        optional_import(module, "--format onnx")
     out = Path(out)
     model = ImageToImage(g.generator).eval()
     tmp = out.with_name(out.name + ".tmp.onnx")

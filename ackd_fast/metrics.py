@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast.checkpoint import write_bytes_atomic
+from ackd_fast.errors import optional_import
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid downloads it under
 INCEPTION_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries its hash's first digits
@@ -95,22 +96,26 @@ def load_inception(
     weights: a local copy of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`; None takes the torch hub cache,
     downloading into it when `download` and online. Raises InceptionWeightsError naming both options otherwise.
     """
-    from pytorch_fid.inception import FID_WEIGHTS_URL, InceptionV3
+    inception_module = optional_import("pytorch_fid.inception", "FID/KID", "--no-fid skips them")
+    FID_WEIGHTS_URL, InceptionV3 = inception_module.FID_WEIGHTS_URL, inception_module.InceptionV3
 
     block = [InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]]
     if weights:
         path = Path(weights)
         if not path.is_file():
             raise InceptionWeightsError(
-                f"inception_weights {str(path)!r} does not exist; expected a copy of pytorch-fid's {INCEPTION_FILE}"
+                f"inception_weights {str(path)!r} does not exist; expected a copy of pytorch-fid's {INCEPTION_FILE} "
+                "(--no-fid skips FID/KID)"
             )
         try:
             with _hub_cache_holding(path):
                 net = InceptionV3(block)
         except (RuntimeError, KeyError, EOFError, OSError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise ValueError(
-                f"inception_weights {str(path)!r} is not an Inception state dict for pytorch-fid: {e}"
-            ) from e
+                f"inception_weights {str(path)!r} is not pytorch-fid's Inception state dict ({first}); expected a "
+                f"copy of {INCEPTION_FILE}, or --no-fid to skip FID/KID"
+            ) from None
     else:
         cached = inception_cache_path()
         if not cached.is_file() and not download:
@@ -118,9 +123,8 @@ def load_inception(
         try:
             net = InceptionV3(block)  # reads the cache, or downloads into it
         except OSError as e:  # URLError, HTTPError, socket errors are OSErrors
-            raise InceptionWeightsError(
-                _missing_weights_message(cached, FID_WEIGHTS_URL, f"the download failed: {e}")
-            ) from e
+            why = f"the download failed ({' '.join(str(e).split())[:200]})"
+            raise InceptionWeightsError(_missing_weights_message(cached, FID_WEIGHTS_URL, why)) from None
     return net.to(device).eval()
 
 
@@ -128,7 +132,7 @@ def _missing_weights_message(cached: Path, url: str, why: str) -> str:
     return (
         f"FID/KID need pytorch-fid's Inception weights ({INCEPTION_FILE}); none is at {cached} and {why}. Either "
         f"put the file there (torch hub cache; it is downloaded there from {url} when online), or pass "
-        f"--inception-weights PATH (inception_weights=PATH) pointing at a copy of it."
+        f"--inception-weights PATH (inception_weights=PATH) pointing at a copy of it; --no-fid skips FID/KID."
     )
 
 
@@ -191,7 +195,7 @@ class FeatureStats:
 
 def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """pytorch-fid's Frechet distance ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2)."""
-    from pytorch_fid.fid_score import calculate_frechet_distance
+    calculate_frechet_distance = optional_import("pytorch_fid.fid_score", "FID").calculate_frechet_distance
 
     with warnings.catch_warnings():  # pytorch-fid passes sqrtm's `disp`, deprecated in scipy 1.16 (still correct)
         warnings.filterwarnings("ignore", message=".*disp.*", category=DeprecationWarning)

@@ -14,14 +14,18 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
+from ackd_fast.assembly import check_device
 from ackd_fast.checkpoint import BEST, write_atomic
+from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator, reference_stats
+from ackd_fast.flags import flag
 from ackd_fast.peers import read_generator
 
 # The papers' own figures: FID (lower is better) at 256x256, MACs in torchprofile's convention; "approx" ones ("~" in
@@ -228,44 +232,98 @@ def describe_run(config: dict) -> str:
     return label
 
 
-def evaluate_checkpoints(
-    checkpoints: list[str],
-    dataroot: str = "",
-    phase: str = "auto",
-    dataset_mode: str = "auto",
-    direction: str = "auto",
-    crop_size: int = 0,
-    batch_size: int = 8,
-    device: str = "cpu",
-    fid: bool = True,
-    inception_weights: str = "",
-    fid_stats: str = "",
-    download: bool = True,
-    kid_subsets: int = 100,
-    kid_subset_size: int = 1000,
-    latency_runs: int = 20,
-    latency_batch: int = 8,
-    latency_size: int = 0,
-    latency_dtypes: tuple[str, ...] = ("fp32", "bf16"),
-    task: str = "auto",
-    out_dir: str = "",
-) -> dict:
+@dataclass
+class EvaluationSettings:
+    """How `ackd-fast evaluate` scores checkpoints: every field is one of its flags."""
+
+    dataroot: str = flag("", "dataset folder (default: the first run's own)")
+    phase: str = flag("auto", "split to score; auto = test, else val")
+    dataset_mode: str = flag(
+        "auto",
+        "aligned, unaligned, single (DATAROOT is a folder of inputs, e.g. horse2zebra/testA), or auto (the run's "
+        "objective, else the folder layout)",
+    )
+    direction: str = flag("auto", "AtoB, BtoA, or auto = the run's, else AtoB")
+    crop_size: int = flag(0, "images are resized to this size; 0 = the run's crop size, else 256")
+    batch_size: int = flag(8, "images per forward")
+    device: str = flag("auto", "auto, cpu, cuda or cuda:N")
+    fid: bool = flag(True, "FID and KID (--no-fid: skip them, and the Inception weights they need)")
+    inception_weights: str = flag(
+        "", "pytorch-fid's pt_inception-2015-12-05 weights file; default: the torch hub cache"
+    )
+    download: bool = flag(True, "download the Inception weights into the torch hub cache when they are not there")
+    fid_stats: str = flag(
+        "",
+        "real statistics .npz (ours or GAN Compression's, keys mu, sigma); default: computed from the data (paired: "
+        "the split's B images; unpaired: train+test B)",
+    )
+    kid_subsets: int = flag(100, "KID subsets")
+    kid_subset_size: int = flag(1000, "KID subset size")
+    latency_runs: int = flag(20, "timed forwards per latency figure; 0 = no latency")
+    latency_batch: int = flag(8, "throughput batch size")
+    latency_size: int = flag(0, "square input size for latency; 0 = the evaluation size")
+    latency_dtypes: str = flag(
+        "auto",
+        "comma-separated among fp32, bf16; auto = what the model would be deployed in on this device (fp32 on a "
+        "CPU; fp32 and bf16 on a GPU that computes bf16)",
+    )
+    task: str = flag(
+        "auto", "published rows to show: auto (from the data folder's name), none, edges2shoes, horse2zebra or "
+        "map2aerial",
+    )  # fmt: skip
+    out_dir: str = flag("", "report folder (default: the first checkpoint's folder)")
+    progress: bool = flag(True, "progress and an estimate for long metric passes")
+
+
+def latency_dtypes_for(spec: str | tuple, device: torch.device) -> tuple[str, ...]:
+    """The latency dtypes a spec names; "auto": fp32, and bf16 on a CUDA device that computes it natively (on a
+    CPU bf16 is emulated and slow, and nobody deploys it there)."""
+    if not isinstance(spec, str):
+        return tuple(spec)
+    if spec == "auto":
+        native = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+        return ("fp32", "bf16") if native else ("fp32",)
+    names = tuple(d.strip() for d in spec.split(",") if d.strip())
+    for d in names:
+        if d not in ("fp32", "bf16"):
+            raise UsageError(f"--latency-dtypes takes auto or a comma-separated list of fp32, bf16; got {spec!r}")
+    return names
+
+
+def _check_settings(s: EvaluationSettings) -> None:
+    for name, low in (("batch_size", 1), ("kid_subsets", 1), ("kid_subset_size", 1), ("latency_runs", 0),
+                      ("latency_batch", 1), ("latency_size", 0), ("crop_size", 0)):  # fmt: skip
+        if getattr(s, name) < low:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}; got {getattr(s, name)}")
+    for name, allowed in (("dataset_mode", ("auto", *data_lib.MODES)), ("direction", ("auto", *data_lib.DIRECTIONS)),
+                          ("phase", ("auto", *data_lib.EVAL_PHASES, "train"))):  # fmt: skip
+        if getattr(s, name) not in allowed:
+            flag_name = "--" + name.replace("_", "-")
+            raise UsageError(f"{flag_name} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}")
+    check_device(s.device)
+
+
+def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | None = None, **overrides) -> dict:
     """Scores every checkpoint (and the best.pt beside it, when training selected one) and writes the report.
-    Checkpoints are any files `peers.read_generator` reads. Defaults come from the first checkpoint's run config
-    when it carries one: its dataset, direction, objective (aligned or unaligned data) and crop size, its folder for
-    the report. The split: "auto" = test when present, else val."""
+    Checkpoints are any files `peers.read_generator` reads; `settings` (fields replaced by `overrides`) say how.
+    Defaults come from the first checkpoint's run config when it carries one: its dataset, direction, objective
+    (aligned or unaligned data) and crop size, its folder for the report. The split: "auto" = test when present,
+    else val."""
+    s = replace(settings or EvaluationSettings(), **overrides)
+    _check_settings(s)
     if not checkpoints:
-        raise ValueError("checkpoints: give at least one ckpt.pt")
+        raise UsageError("give at least one checkpoint (--checkpoint ckpt.pt ...)")
+    batch_size, phase, direction = s.batch_size, s.phase, s.direction
     first = read_generator(checkpoints[0])
     config = first.config or {}
-    root = dataroot or config.get("dataroot", "")
+    root = s.dataroot or config.get("dataroot", "")
     if not root:
-        raise ValueError(f"{checkpoints[0]} carries no run config to take the dataset from: pass --dataroot")
+        raise UsageError(f"{checkpoints[0]} carries no run config to take the dataset from: pass --dataroot")
     if root == "sample":  # the run built the sample set in its own folder
         root = str(Path(config["out_dir"]) / "data")
     if direction == "auto":
         direction = first.direction or "AtoB"
-    mode = dataset_mode
+    mode = s.dataset_mode
     if mode == "auto" and first.objective:
         mode = "aligned" if first.objective == "pix2pix" else "unaligned"
     elif mode == "auto":
@@ -276,11 +334,12 @@ def evaluate_checkpoints(
         if phase != data_lib.EVAL_PHASES[0]:
             notes.append(f"{root} has no test split: scored on {phase}")
             print(notes[-1])
-    size = crop_size or config.get("crop_size") or 256
+    size = s.crop_size or config.get("crop_size") or 256
     dataset = data_lib.make_dataset(root, mode, phase, train=False, direction=direction, load_size=size, crop_size=size)
-    out = Path(out_dir or Path(checkpoints[0]).parent)
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
-    latency_size = latency_size or size
+    out = Path(s.out_dir or Path(checkpoints[0]).parent)
+    dev = torch.device(s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    latency_size = s.latency_size or size
+    latency_dtypes = latency_dtypes_for(s.latency_dtypes, dev)
     info: dict = {
         "dataroot": root,
         "split": phase,
@@ -294,8 +353,9 @@ def evaluate_checkpoints(
     }
 
     inception, reference = None, None
-    if fid:
-        inception = metrics.load_inception(inception_weights or None, dev, download=download)
+    fid_stats, inception_weights = s.fid_stats, s.inception_weights
+    if s.fid:
+        inception = metrics.load_inception(inception_weights or None, dev, download=s.download)
         published = metrics.weights_are_published(inception_weights or None)
         info["inception_weights"] = str(inception_weights or metrics.inception_cache_path())
         if not published:
@@ -309,12 +369,19 @@ def evaluate_checkpoints(
             if reference.get("features") is None:
                 info["notes"].append(f"{fid_stats} has no features: no KID")
         else:
-            reference = reference_stats(dataset, inception, batch_size=max(batch_size, 16), phases=("train", phase))
+            reference = reference_stats(dataset, inception, batch_size=max(batch_size, 16), phases=("train", phase),
+                                        progress=s.progress)  # fmt: skip
             saved = out / "fid_reference.npz"
             metrics.save_stats(saved, reference, reference["protocol"])
             info["fid_reference"] = f"{saved} ({json.dumps(reference['protocol'])})"
     else:
         info["notes"].append("FID/KID not computed (--no-fid)")
+        if not dataset.paired:
+            info["notes"].append(
+                f"no score: {mode} data has no targets for PSNR/SSIM, and FID/KID, its only scores, are off "
+                "(--no-fid)"
+            )
+            print(info["notes"][-1])
 
     rows = []
     for ckpt in checkpoints:
@@ -329,7 +396,8 @@ def evaluate_checkpoints(
             if which == "best":
                 sel = loaded.selection
                 selected = f"best on {sel['split']} (step {sel['step']}, {sel['metric']} {sel['value']:.3f})"
-            scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, kid_subsets, kid_subset_size)
+            scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, s.kid_subsets,
+                                        s.kid_subset_size, f"scoring {path}" if s.progress else "")  # fmt: skip
             row = {
                 "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
                 "selected": selected,
@@ -346,12 +414,13 @@ def evaluate_checkpoints(
                 "SSIM": scores.get("ssim"),
                 "images": scores["images"],
             }
-            if latency_runs > 0:
-                batches = (1, latency_batch)
-                for lat in metrics.measure_latency(g, latency_size, dev, batches, latency_dtypes, runs=latency_runs):
+            if s.latency_runs > 0:
+                batches = (1, s.latency_batch)
+                for lat in metrics.measure_latency(g, latency_size, dev, batches, latency_dtypes, runs=s.latency_runs):
                     row[f"ms_{lat['dtype']}_b{lat['batch']}"] = lat["median_ms"]
                     row[f"img_s_{lat['dtype']}_b{lat['batch']}"] = lat["images_per_s"]
             rows.append(row)
+    task = s.task
     if task == "auto":
         task = task_of(root)
         if task == "map2aerial" and direction == "AtoB":
@@ -365,5 +434,5 @@ def evaluate_checkpoints(
                 "scale only, not for comparison"
             )
     elif task not in PUBLISHED and task != "none":
-        raise ValueError(f"task must be 'auto', 'none' or one of {tuple(PUBLISHED)}, got {task!r}")
+        raise UsageError(f"--task must be auto, none or one of {', '.join(PUBLISHED)}; got {task!r}")
     return write_report(out, rows, info, None if task == "none" else task)

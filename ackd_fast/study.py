@@ -33,6 +33,8 @@ from pathlib import Path
 from ackd_fast import data as data_lib
 from ackd_fast.assembly import Config
 from ackd_fast.checkpoint import CHECKPOINT, write_atomic
+from ackd_fast.errors import UsageError
+from ackd_fast.flags import flag
 from ackd_fast.plots import read_log
 
 BASELINE_ARM = "plain"
@@ -67,15 +69,17 @@ DEFAULT_ARMS = ("ackd", "plain", "none", "ackd-chained", "ackd-chained-nores", "
 
 @dataclass
 class StudyConfig:
-    out_dir: str = "runs/study"
-    preset: str = "cpu"
-    arms: str = ""  # comma-separated ARMS names; "": DEFAULT_ARMS
-    main_seeds: int = 0  # seeds of the main arms (ackd, plain, none); 0: the preset's
-    other_seeds: int = 0  # seeds of the other arms; 0: the preset's
-    teacher_steps: int = 0  # 0: the preset's (and so on below)
-    student_steps: int = 0
-    report: bool = False  # only rewrite the report from the finished runs
-    progress: bool = False
+    """The study's settings: every field is a flag of `ackd-fast study`."""
+
+    out_dir: str = flag("runs/study", "study folder")
+    preset: str = flag("cpu", "scale: cpu, gpu or tiny (--gpu: alias of --preset gpu)")
+    arms: str = flag("", f"comma-separated among {', '.join(ARMS)}; empty = {','.join(DEFAULT_ARMS)}")
+    main_seeds: int = flag(0, "seeds of ackd, plain, none; 0 = the preset's")
+    other_seeds: int = flag(0, "seeds of the other arms; 0 = the preset's")
+    teacher_steps: int = flag(0, "0 = the preset's")
+    student_steps: int = flag(0, "0 = the preset's")
+    report: bool = flag(False, "only rewrite the report from the finished runs")
+    progress: bool = flag(False, "progress bars on a terminal (else status lines)")
 
 
 @dataclass(frozen=True)
@@ -120,15 +124,15 @@ PRESETS = {
 
 def _check(sc: StudyConfig) -> list[str]:
     if sc.preset not in PRESETS:
-        raise ValueError(f"preset must be one of {tuple(PRESETS)}, got {sc.preset!r}")
+        raise UsageError(f"preset must be one of {tuple(PRESETS)}, got {sc.preset!r}")
     for name in ("main_seeds", "other_seeds", "teacher_steps", "student_steps"):
         value = getattr(sc, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an int >= 0 (0: the preset's), got {value!r}")
+            raise UsageError(f"{name} must be an int >= 0 (0: the preset's), got {value!r}")
     arms = [a.strip() for a in sc.arms.split(",") if a.strip()] or list(DEFAULT_ARMS)
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
-        raise ValueError(f"arms must be names from {tuple(ARMS)}, got {unknown}")
+        raise UsageError(f"arms must be names from {tuple(ARMS)}, got {unknown}")
     return list(dict.fromkeys(arms))
 
 

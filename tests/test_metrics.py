@@ -190,7 +190,7 @@ def test_missing_inception_weights_name_both_options(tmp_path, monkeypatch):
         metrics.load_inception()
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
-    with pytest.raises(ValueError, match="not an Inception state dict"):
+    with pytest.raises(ValueError, match="is not pytorch-fid's Inception state dict"):
         metrics.load_inception(bad)
 
 
