@@ -319,6 +319,19 @@ def make_dataset(
     kinds = {"aligned": AlignedDataset, "unaligned": UnalignedDataset, "single": SingleDataset}
     if mode not in kinds:
         raise ValueError(f"dataset mode must be one of {MODES}, got {mode!r}")
+    root_path = Path(root)
+    if mode == "aligned" and not (root_path / phase).is_dir() and (root_path / f"{phase}A").is_dir():
+        raise FileNotFoundError(
+            f"image folder {root_path / phase} does not exist: {root} holds unaligned data ({phase}A/, {phase}B/), "
+            f"and this run reads aligned pairs ({phase}/ with A|B "
+            "side by side, pix2pix's layout): use --model cyclegan for unpaired data, or give an aligned folder"
+        )
+    if mode == "unaligned" and not (root_path / f"{phase}A").is_dir() and (root_path / phase).is_dir():
+        raise FileNotFoundError(
+            f"image folder {root_path / (phase + 'A')} does not exist: {root} holds aligned pairs ({phase}/), and this "
+            f"run reads unaligned folders ({phase}A/, {phase}B/, "
+            "CycleGAN's layout): use --model pix2pix for paired data, or --dataset-mode aligned"
+        )
     return kinds[mode](
         root, phase, direction=direction, load_size=load_size, crop_size=crop_size, train=train, seed=seed, flip=flip
     )
