@@ -75,7 +75,7 @@ def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
-    from ackd_fast.deploy import bench_deploy
+    from ackd_fast.deploy import PATHS, bench_deploy
     from ackd_fast.models import build_generator
     from ackd_fast.peers import load_generator
 
@@ -91,7 +91,7 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
         raise UsageError("give checkpoints or --arch NAME:NGF")
     bench_deploy(
         generators, args.out, device=args.device, size=args.size, batches=tuple(int(b) for b in args.batch.split(",")),
-        dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None, paths=tuple(args.paths.split(",")),
+        dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None, paths=tuple(args.paths.split(",")) if args.paths else PATHS,
         rounds=args.rounds,
     )  # fmt: skip
 
@@ -163,8 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", default="1,4", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--dtypes", default="", help="comma-separated among fp32, bf16, fp16; default: fp32 and the "
                    "half types the device computes natively")  # fmt: skip
-    p.add_argument("--paths", default=",".join(("eager", "compile", "onnxruntime", "deploy")),
-                   help="comma-separated paths to time (default: %(default)s)")  # fmt: skip
+    p.add_argument("--paths", default="", help="comma-separated among eager, compile, onnxruntime, openvino, deploy; "
+                   "default: all of them")  # fmt: skip
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=20,
                    help="timed calls per path, in turns of 5 after 2 untimed calls (default: %(default)s)")  # fmt: skip

@@ -348,7 +348,7 @@ def deploy(
 
 # ---------------------------------------------------------------------------------------- measuring the paths
 
-PATHS = ("eager", "compile", "onnxruntime", "deploy")
+PATHS = ("eager", "compile", "onnxruntime", "openvino", "deploy")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -361,9 +361,18 @@ def device_dtypes(device: torch.device) -> tuple[str, ...]:
         else ("fp32",)  # fmt: skip
 
 
+def _onnx_export(model: nn.Module, example: Tensor, path: str) -> None:
+    """`model` to ONNX at `path` by torch.onnx.export(dynamo=True), on the CPU in float32 (what both ONNX runtimes
+    read)."""
+    for module in ("onnx", "onnxscript"):
+        optional_import(module, "the ONNX export")
+    with torch.no_grad():
+        torch.onnx.export(model, (example,), path, dynamo=True, verbose=False)
+
+
 def onnxruntime_session(model: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
-    """`model` exported by `torch.onnx.export(dynamo=True)` and run by onnxruntime with torch's thread count, as a
-    callable on CPU float32 tensors (onnxruntime's CUDA provider when it has one and the example is on CUDA)."""
+    """`model` exported to ONNX and run by onnxruntime with its full graph optimisation and torch's thread count,
+    as a callable on float32 tensors (onnxruntime's CUDA provider when it has one and the example is on CUDA)."""
     import tempfile
 
     onnxruntime = optional_import("onnxruntime", "the onnxruntime path")
@@ -374,10 +383,11 @@ def onnxruntime_session(model: nn.Module, example: Tensor) -> Callable[[Tensor],
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
             raise RuntimeError("this onnxruntime has no CUDA provider (onnxruntime-gpu is not installed)")
         providers.insert(0, "CUDAExecutionProvider")
-    with torch.no_grad(), tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        torch.onnx.export(model, (example,), path, dynamo=True, verbose=False)
+        _onnx_export(model, example, path)
         options = onnxruntime.SessionOptions()
+        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         session = onnxruntime.InferenceSession(path, options, providers=providers)
     name = session.get_inputs()[0].name
@@ -385,6 +395,33 @@ def onnxruntime_session(model: nn.Module, example: Tensor) -> Callable[[Tensor],
     def run(x: Tensor) -> Tensor:
         return torch.from_numpy(session.run(None, {name: x.detach().cpu().numpy()})[0]).to(device)
 
+    return run
+
+
+def openvino_model(model: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
+    """`model` exported to ONNX and compiled by OpenVINO for the CPU, in f32 (INFERENCE_PRECISION_HINT: OpenVINO
+    would otherwise run bf16 on CPUs that have it) with torch's thread count and the latency hint, as a callable on
+    CPU float32 tensors returning a tensor of its own."""
+    import tempfile
+
+    ov = optional_import("openvino", "the OpenVINO path")
+    if example.device.type != "cpu" or example.dtype != torch.float32:
+        raise RuntimeError(f"the OpenVINO path runs float32 on the CPU here; the example is {example.dtype} on "
+                           f"{example.device}")  # fmt: skip
+    core = ov.Core()
+    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": str(torch.get_num_threads()),
+              "PERFORMANCE_HINT": "LATENCY"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "model.onnx")
+        _onnx_export(model, example, path)
+        compiled = core.compile_model(core.read_model(path), "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: Tensor) -> Tensor:
+        request.infer({0: x.detach().contiguous().numpy()})
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
+
+    run.request = request  # its profiling counters, for the closing note's profiles
     return run
 
 
@@ -396,6 +433,8 @@ def build_path(path: str, model: nn.Module, example: Tensor) -> Callable[[Tensor
         run = torch.compile(model, dynamic=False)  # what a user would try first
     elif path == "onnxruntime":
         run = onnxruntime_session(model, example)
+    elif path == "openvino":
+        run = openvino_model(model, example)
     elif path == "deploy":
         run = deploy(model, example)
     else:
@@ -447,11 +486,15 @@ def compare_paths(
     from ackd_fast import metrics
 
     device = torch.device(device)
-    rows = []
+    rows, peaks = [], {}
     for name, generator in generators.items():
         in_channels = next(m for m in generator.modules() if isinstance(m, nn.Conv2d)).in_channels
         for dtype_name in dtypes or device_dtypes(device):
             dtype = DTYPES[dtype_name]
+            if dtype_name not in peaks:  # the device's matmul rate in this dtype, measured once
+                with ieee_fp32(device):
+                    peaks[dtype_name] = metrics.matmul_gflops(device, dtype)
+                log(f"{metrics.device_name(device)} {dtype_name} matmul: {peaks[dtype_name]:.0f} GFLOP/s")
             model = copy.deepcopy(generator).to(device=device, dtype=dtype).eval().requires_grad_(False)
             for batch in batches:
                 x = torch.randn(batch, in_channels, size, size, device=device, dtype=dtype)
@@ -461,8 +504,8 @@ def compare_paths(
                 runs, info = {}, {}
                 for path in paths:
                     t0 = time.perf_counter()
-                    if path == "onnxruntime" and dtype != torch.float32:
-                        info[path] = {"error": "not measured: the export and onnxruntime's kernels are fp32 here"}
+                    if path in ("onnxruntime", "openvino") and dtype != torch.float32:
+                        info[path] = {"error": f"not measured: the export and {path}'s kernels are fp32 here"}
                         continue
                     try:
                         runs[path] = build_path(path, model, x)
@@ -481,8 +524,10 @@ def compare_paths(
                     row = {"name": name, "dtype": dtype_name, "batch": batch, "size": size, "path": path,
                            "device": metrics.device_name(device), "gmacs": gmacs, "ms": None, "images_per_s": None,
                            "gmac_per_s": None, **info[path]}  # fmt: skip
+                    row["peak_gflops"] = peaks[dtype_name]
                     if seconds is not None:
-                        row.update(ms=seconds * 1e3, images_per_s=batch / seconds, gmac_per_s=gmacs / seconds)
+                        row.update(ms=seconds * 1e3, images_per_s=batch / seconds, gmac_per_s=gmacs / seconds,
+                                   peak_fraction=2 * gmacs / seconds / peaks[dtype_name])  # fmt: skip
                         log(f"{name} {dtype_name} b{batch} {path}: {seconds * 1e3:.2f} ms")
                     rows.append(row)
     return rows
@@ -511,20 +556,42 @@ def speed_ratios(rows: list[dict]) -> list[dict]:
     return out
 
 
+def deploy_leads(rows: list[dict]) -> list[dict]:
+    """Per generator, dtype and batch: the deploy path's time over the best other path's (below 1: deploy is
+    faster), and which path that is."""
+    out = []
+    for key in dict.fromkeys((r["name"], r["dtype"], r["batch"], r["size"]) for r in rows):
+        group = {r["path"]: r["ms"] for r in rows if (r["name"], r["dtype"], r["batch"], r["size"]) == key and r["ms"]}
+        others = {p: ms for p, ms in group.items() if p != "deploy"}
+        if "deploy" in group and others:
+            best = min(others, key=others.get)
+            out.append({"name": key[0], "dtype": key[1], "batch": key[2], "size": key[3], "best_other": best,
+                        "deploy_over_best_other": group["deploy"] / others[best]})  # fmt: skip
+    return out
+
+
 def markdown(rows: list[dict], ratios: list[dict]) -> str:
     """The rows and ratios of compare_paths as markdown tables."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
-        "| generator | dtype | batch | path | ms | images/s | GMAC/s | GMACs | max abs diff | setup s | note |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|",
+        "| generator | dtype | batch | path | ms | images/s | GMAC/s | % of matmul peak | GMACs | max abs diff | "
+        "setup s | note |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         note = r.get("error") or r.get("method") or ""
         lines.append(
             f"| {r['name']} | {r['dtype']} | {r['batch']} | {r['path']} | {fmt(r['ms'], '.2f')} | "
-            f"{fmt(r['images_per_s'], '.1f')} | {fmt(r['gmac_per_s'], '.1f')} | {r['gmacs']:.2f} | "
+            f"{fmt(r['images_per_s'], '.1f')} | {fmt(r['gmac_per_s'], '.1f')} | "
+            f"{fmt(r.get('peak_fraction') and 100 * r['peak_fraction'], '.0f')} | {r['gmacs']:.2f} | "
             f"{fmt(r.get('max_abs_diff'), '.1e')} | {fmt(r.get('setup_s'), '.0f')} | {note.replace('|', '/')} |"
         )
+    leads = deploy_leads(rows)
+    if leads:
+        lines += ["", "| generator | dtype | batch | size | deploy / best other path | best other path |",
+                  "|---|---|---:|---:|---:|---|"]  # fmt: skip
+        lines += [f"| {q['name']} | {q['dtype']} | {q['batch']} | {q['size']} | {q['deploy_over_best_other']:.2f}x | "
+                  f"{q['best_other']} |" for q in leads]  # fmt: skip
     if ratios:
         lines += [
             "",
@@ -560,7 +627,8 @@ def bench_deploy(
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (
         ("bench_deploy.md", table),
-        ("bench_deploy.json", json.dumps({"rows": rows, "ratios": ratios}, indent=1)),
+        ("bench_deploy.json", json.dumps({"rows": rows, "ratios": ratios, "deploy_leads": deploy_leads(rows)},
+                                         indent=1)),
     ):
         write_atomic(out / name, lambda f, text=text: f.write(text.encode()))
     print(table, end="")

@@ -284,6 +284,24 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> int:
 # ------------------------------------------------------------------------------------------------- latency
 
 
+def matmul_gflops(device: str | torch.device, dtype: torch.dtype = torch.float32, n: int = 1536,
+                  repeats: int = 5) -> float:  # fmt: skip
+    """The device's matmul rate in GFLOP/s (2 n^3 per n x n product, the best of `repeats` after a warm-up): the
+    practical compute peak that convolution paths are measured against."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    best = math.inf
+    for i in range(repeats + 1):
+        sync()
+        t = time.perf_counter()
+        a @ b
+        sync()
+        if i:
+            best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 def device_name(device: str | torch.device) -> str:
     device = torch.device(device)
     if device.type == "cuda":

@@ -5,7 +5,8 @@ Paths (the same model and input; each is built once and warm before it is timed)
                narrow_conv2d kernels; CUDA: inductor with freezing, max-autotune and CUDA graphs)
   eager        the generator in eval mode
   compiled     torch.compile(generator), default options
-  onnxruntime  torch.onnx.export(dynamo=True), then onnxruntime (CPU, fp32)
+  onnxruntime  torch.onnx.export(dynamo=True), then onnxruntime (CPU, fp32, full graph optimisation)
+  openvino     the same ONNX file compiled by OpenVINO for the CPU (f32 precision hint, torch's thread count)
 
     pytest benchmarks/bench_deploy.py --benchmark-json=out.json   # full sizes
     ACKD_BENCH_SMOKE=1 pytest benchmarks/bench_deploy.py --benchmark-disable   # CI: tiny, deploy without compiling
@@ -35,7 +36,7 @@ MODELS = {"student": ("mobile_resnet_9blocks", 16), "teacher": ("resnet_9blocks"
 SIZE = 256
 if SMOKE:
     MODELS, SIZE = {"student": ("mobile_resnet_9blocks", 4), "teacher": ("resnet_9blocks", 4)}, 16
-PATHS = ["deploy", "eager", "compiled", "onnxruntime"]
+PATHS = ["deploy", "eager", "compiled", "onnxruntime", "openvino"]
 DTYPES = {"cpu": ["float32"], "cuda": ["float32", "bfloat16"]}[DEVICE]
 TEACHER_PATHS_CPU = {"deploy", "eager"}
 
@@ -47,8 +48,8 @@ def cases():
                 for path in PATHS:
                     if DEVICE == "cpu" and role == "teacher" and (batch > 1 or path not in TEACHER_PATHS_CPU):
                         continue
-                    if path == "onnxruntime" and (DEVICE == "cuda" or dtype != "float32"):
-                        continue  # the installed onnxruntime is CPU-only and fp32 here
+                    if path in ("onnxruntime", "openvino") and (DEVICE == "cuda" or dtype != "float32"):
+                        continue  # the installed onnxruntime and OpenVINO run fp32 on the CPU here
                     yield pytest.param(role, batch, dtype, path, id=f"{role}-b{batch}-{DEVICE}-{dtype}-{path}")
 
 

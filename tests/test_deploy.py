@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ackd_fast import deploy
-from ackd_fast.deploy import kernels_available, with_kernels
+from ackd_fast.deploy import bench_deploy, build_path, deploy_leads, kernels_available, with_kernels
 from ackd_fast.models import build_generator
 from ackd_fast.models.mobile_resnet import MobileResnetBlock
 
@@ -318,3 +318,26 @@ def test_bench_deploy_cli_writes_tables(tmp_path, capsys):
 def test_bench_deploy_cli_rejects_bad_arch(tmp_path, run_cli):
     code, _, err = run_cli(["bench-deploy", "--arch", "resnet_9blocks", "--out", str(tmp_path)])
     assert code == 2 and err.startswith("ackd-fast bench-deploy: error: --arch takes NAME:NGF") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("path", ["onnxruntime", "openvino"])
+def test_the_onnx_runtimes_compute_what_eager_computes(path):
+    pytest.importorskip(path)
+    torch.manual_seed(0)
+    model = build_generator("mobile_resnet_9blocks", 4).eval().requires_grad_(False)
+    x = torch.randn(2, 3, 32, 32)
+    run = build_path(path, model, x)
+    y = torch.randn(2, 3, 32, 32)  # another input than the export's example
+    with torch.no_grad():
+        assert (run(y) - model(y)).abs().max() < 1e-4
+
+
+def test_bench_deploy_reports_the_peak_fraction_and_the_lead(tmp_path):
+    pytest.importorskip("openvino")
+    rows, _ = bench_deploy({"s": build_generator("mobile_resnet_9blocks", 4)}, tmp_path, device="cpu",
+                                  size=16, batches=(1,), dtypes=("fp32",), paths=("eager", "openvino"), rounds=2)
+    assert {r["path"] for r in rows} == {"eager", "openvino"}
+    assert all(r["peak_fraction"] > 0 and r["peak_gflops"] > 0 for r in rows)
+    assert "% of matmul peak" in (tmp_path / "bench_deploy.md").read_text()
+    leads = deploy_leads([*rows, {**rows[0], "path": "deploy", "ms": rows[0]["ms"] / 2}])
+    assert leads[0]["deploy_over_best_other"] == pytest.approx(0.5 * rows[0]["ms"] / min(r["ms"] for r in rows))
