@@ -171,6 +171,13 @@ class Config:
         only="distill",
     )
     mask_ratio: float = flag(0.5, "--ack-train masked: the share of the deep map's pixels zeroed", only="distill")
+    ack_path_every: int = flag(
+        1,
+        "run the refiners' teacher path (the decodes through the teacher's tail) every N-th step only, the targets "
+        "coming from a forward without gradient in between; 1 = every step, as the paper (a speed switch that "
+        "changes the training: README)",
+        only="distill",
+    )
     kv_stride: int = flag(
         1,
         "ACK-A average-pools the sources by this stride before keys/values (fewer tokens, faster)",
@@ -421,6 +428,7 @@ def build_distiller(
         refiner_init=cfg.refiner_init,
         ack_train=cfg.ack_train,
         mask_ratio=cfg.mask_ratio,
+        ack_path_every=cfg.ack_path_every,
         kv_stride=cfg.kv_stride,
         heads=cfg.heads,
         backend=backend,
@@ -524,6 +532,10 @@ def check_config(cfg: Config) -> None:
         _one_of(cfg, "refiner_init", REFINER_INITS)
         _one_of(cfg, "ack_train", ACK_TRAIN)
         _in_range(cfg, "mask_ratio", 0, 1, closed_high=False)
+        _in_range(cfg, "ack_path_every", 1)
+        if cfg.ack_path_every > 1 and cfg.ack_train == "joint":
+            raise UsageError("--ack-path-every > 1 needs --ack-train teacher-path or masked (joint trains the refiners "
+                             "through the feature loss every step)")  # fmt: skip
         _in_range(cfg, "kv_stride", 1)
         _in_range(cfg, "heads", 1)
         if cfg.loss_preset != "auto":

@@ -91,8 +91,8 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
         raise UsageError("give checkpoints or --arch NAME:NGF")
     bench_deploy(
         generators, args.out, device=args.device, size=args.size, batches=tuple(int(b) for b in args.batch.split(",")),
-        dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None, paths=tuple(args.paths.split(",")) if args.paths else PATHS,
-        rounds=args.rounds,
+        dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None,
+        paths=tuple(args.paths.split(",")) if args.paths else PATHS, rounds=args.rounds,
     )  # fmt: skip
 
 

@@ -16,6 +16,12 @@ How the refiners learn (`ack_train`):
       `mask_ratio`, as masked generative distillation masks features), so the refiner must rebuild the missing
       pixels from the sources: the shallow stages become necessary. The student learns from T*_k of the whole
       F_k (detached), as in "teacher-path".
+`ack_path_every` N > 1 (a switch that changes what is computed; default 1, every step): the teacher path runs on
+every N-th step only, and in the steps between the refiners give the student its targets from a forward without
+gradient, which is all the student needs in "teacher-path" and "masked" training. The refiners then take one Adam
+step per N steps; the decodes through the teacher's tail (most of an ACKD step's extra cost on a CPU) are paid 1/N
+as often. The logged `ack_path` is the path loss times N on its steps and 0 between, so that its mean over a log
+interval estimates the per-step loss. ("joint" training needs the refiners' graph every step and takes N = 1 only.)
 Student losses: lambda_recon * L1 to the ground truth when paired (to the teacher's output when unpaired),
 lambda_gan * GAN loss under a discriminator initialised from the teacher's, lambda_feat * sum_k MSE.
 
@@ -48,6 +54,19 @@ ACK_TRAIN = ("teacher-path", "joint", "masked")
 KD_MODES = ("ackd", "plain", "none")
 
 
+class _ScaleLog(torch.autograd.Function):
+    """x * factor in the forward (what is logged and summed into the loss's value), with x's own gradient: the
+    refiners' update is that of one path step, not N times it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, factor: float) -> Tensor:
+        return x * factor
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
 class Distiller(nn.Module):
     """Args:
     teacher, student: generators with named taps; the teacher is frozen here (eval, no grad).
@@ -62,6 +81,7 @@ class Distiller(nn.Module):
     refiner_init: how the refiners start (modules.REFINER_INITS); the connectors start as the peers' (normal(0,
         0.02)).
     ack_train: "teacher-path", "joint" or "masked" (module docstring); mask_ratio: the masked share of F_k's pixels.
+    ack_path_every: run the teacher path every N-th training step (module docstring); 1: every step.
     """
 
     def __init__(
@@ -79,6 +99,7 @@ class Distiller(nn.Module):
         refiner_init: str = "default",
         ack_train: str = "teacher-path",
         mask_ratio: float = 0.5,
+        ack_path_every: int = 1,
         kv_stride: int = 1,
         heads: int = 4,
         backend: str = "auto",
@@ -107,6 +128,15 @@ class Distiller(nn.Module):
         if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0 < mask_ratio < 1:
             raise ValueError(f"mask_ratio must be a fraction in (0, 1), got {mask_ratio!r}")
         self.mask_ratio = float(mask_ratio)
+        if isinstance(ack_path_every, bool) or not isinstance(ack_path_every, int) or ack_path_every < 1:
+            raise ValueError(f"ack_path_every must be an int >= 1, got {ack_path_every!r}")
+        if ack_path_every > 1 and self.ack_train == "joint":
+            raise ValueError("ack_path_every > 1 needs ack_train 'teacher-path' or 'masked' ('joint' trains the "
+                             "refiners through the feature loss every step)")  # fmt: skip
+        self.ack_path_every = ack_path_every
+        # training steps taken (the forwards in training mode): which of them run the teacher path; in the
+        # checkpoint, so that a resumed run keeps the rhythm
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))
         self.lambda_recon, self.lambda_gan, self.lambda_feat = lambda_recon, lambda_gan, lambda_feat
         self.refiners = nn.ModuleList()
         self.connectors = nn.ModuleList()
@@ -155,6 +185,13 @@ class Distiller(nn.Module):
 
     def _teacher_path(self, a: Tensor, b: Tensor, t_out: Tensor, feats: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
         """(the refiners' loss, the student's targets T*_k) for the ack_train mode (module docstring)."""
+        every = self.ack_path_every
+        if every > 1 and self.training:
+            due = int(self.steps_taken) % every == 0
+            self.steps_taken += 1
+            if not due:  # the targets only: no graph through the refiners, no decodes
+                with torch.no_grad():
+                    return t_out.new_zeros((), dtype=torch.float32), self.refine(feats)
         if self.ack_train == "masked":
             decoded_from = [r(self.mask(feats[k]), feats[:k]) for k, r in enumerate(self.refiners, start=1)]
             with torch.no_grad():
@@ -170,6 +207,8 @@ class Distiller(nn.Module):
             path = path + F.l1_loss(decoded, t_out.float())
             if self.paired:
                 path = path + F.l1_loss(decoded, b.float())
+        if every > 1 and self.training:  # the logged value: an unbiased per-step estimate (module docstring)
+            return _ScaleLog.apply(path, float(every)), targets
         return path, targets
 
     def forward(self, a: Tensor, b: Tensor, critic: Critic) -> Step:

@@ -178,10 +178,13 @@ def training_batches(
 
 def wrap_ddp(module: nn.Module, rt: Runtime) -> nn.Module:
     """`module` in DistributedDataParallel under torchrun, else itself. Every parameter that trains is used by every
-    step (--no-residual included), so DDP need not search for unused ones."""
+    step (--no-residual included), except the refiners between the teacher-path steps of --ack-path-every N > 1,
+    which DDP is then told to look for."""
     if not rt.ddp:
         return module
-    return DDP(module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+    unused = getattr(module, "ack_path_every", 1) > 1
+    return DDP(module, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+               find_unused_parameters=unused)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------- the step

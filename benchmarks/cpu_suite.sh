@@ -28,6 +28,7 @@ phase ceilings 120 "$PY" benchmarks/ceilings.py "$OUT_DIR/ceilings.json" --devic
 # pytest-benchmark's defaults (at least 5 rounds, about 1 s per path); bench_ack_fusion times 10 rounds
 bench_phase bench_ack_fusion 600
 bench_phase bench_train_step 600
+bench_phase bench_kd_step 900
 # the student and the teacher at 256x256: four compiles of the student, one of the teacher (several minutes)
 bench_phase bench_deploy 600
 
