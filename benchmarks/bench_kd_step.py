@@ -42,6 +42,7 @@ ARMS = {"ackd": ("ackd", 1), "ackd-every4": ("ackd", 4), "ackd-every8": ("ackd",
         "none": ("none", 1)}  # fmt: skip
 STEPS_PER_TURN = 1 if SMOKE else 8  # a multiple of 8: every arm's turn holds whole teacher-path cycles
 ALTERNATED_ROUNDS = 1 if SMOKE else 3
+BIG = {"paper256"}  # seconds a step: 2 alternated rounds and 1 timed round (8 steps each) of every arm
 TEACHER, STUDENT = "resnet_9blocks", "mobile_resnet_9blocks"
 
 
@@ -83,7 +84,7 @@ def alternated(setting: str) -> dict[str, float]:
     """Seconds per step of every arm of `setting`, medians over rounds in which the arms take turns."""
     if setting not in _alternated:
         times: dict[str, list[float]] = {arm: [] for arm in ARMS}
-        for _ in range(ALTERNATED_ROUNDS):
+        for _ in range(2 if setting in BIG else ALTERNATED_ROUNDS):
             for arm in ARMS:
                 step = step_of(setting, arm)
                 t = time.perf_counter()
@@ -106,4 +107,4 @@ def test_distillation_step(benchmark, setting, arm):
         over_plain=medians[arm] / medians["plain"],
     )  # fmt: skip
     step = step_of(setting, arm)
-    benchmark.pedantic(step, rounds=1 if SMOKE else 3, iterations=STEPS_PER_TURN, warmup_rounds=0)
+    benchmark.pedantic(step, rounds=1 if SMOKE or setting in BIG else 3, iterations=STEPS_PER_TURN, warmup_rounds=0)

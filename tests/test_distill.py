@@ -199,3 +199,39 @@ def test_unet_teacher_with_named_taps_of_other_shapes():
     out = d(a, b, critic)
     out.loss.backward()
     assert torch.isfinite(out.loss) and all(p.grad is not None for p in d.connectors.parameters())
+
+
+def test_ack_path_every_runs_the_teacher_path_on_every_nth_step_only():
+    d, critic = _distiller(ack_path_every=3)
+    a, b = _batch()
+    refiner_params = list(d.refiners.parameters())
+    logged, updated = [], []
+    for _ in range(6):
+        for p in d.parameters():
+            p.grad = None
+        out = d(a, b, critic)
+        out.loss.backward()
+        logged.append(out.logs["ack_path"].item())
+        updated.append(any(p.grad is not None and p.grad.abs().sum() > 0 for p in refiner_params))
+    assert updated == [True, False, False, True, False, False]
+    assert [v > 0 for v in logged] == updated  # the path loss (times 3) on its steps, 0 between
+    assert int(d.steps_taken) == 6 and "steps_taken" in d.state_dict()  # resumed with the run
+    # the logged value is 3x the path loss, its gradient that of one path step
+    every1, _ = _distiller(ack_path_every=1)
+    every1.load_state_dict({k: v for k, v in d.state_dict().items() if k != "steps_taken"}, strict=False)
+    d.steps_taken.zero_()
+    for p in d.parameters():
+        p.grad = None
+    out3, out1 = d(a, b, critic), every1(a, b, critic)
+    assert out3.logs["ack_path"].item() == pytest.approx(3 * out1.logs["ack_path"].item(), rel=1e-5)
+    out3.logs["ack_path"].backward()
+    out1.logs["ack_path"].backward()
+    for p3, p1 in zip(d.refiners.parameters(), every1.refiners.parameters(), strict=True):
+        torch.testing.assert_close(p3.grad, p1.grad)
+
+
+def test_ack_path_every_is_checked():
+    with pytest.raises(ValueError, match="ack_path_every must be an int >= 1"):
+        _distiller(ack_path_every=0)
+    with pytest.raises(ValueError, match="needs ack_train 'teacher-path' or 'masked'"):
+        _distiller(ack_path_every=2, ack_train="joint")
