@@ -25,6 +25,7 @@ from ackd_fast import data as data_lib
 from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller
 from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
+from ackd_fast.flags import flag_name as _flag
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
@@ -460,10 +461,6 @@ def build_dataset(cfg: Config, phase: str = "train", train: bool = True):
 
 
 # ----------------------------------------------------------------------------------------- checks and optimizers
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _one_of(cfg: Config, name: str, allowed: tuple) -> None:

@@ -11,6 +11,8 @@ What runs (the callable's `.method` says it, and `deploy` checks it against the 
   sums in registers over row chunks of the image (inductor's Welford reduction took 3-6x longer on these maps); the
   head's reflection pad, few-channel 7x7 conv and tanh become `ackd_fast::narrow_conv2d`, which oneDNN runs at a
   few GMAC/s. The kernels are float32/float64; other dtypes run inductor alone (`method` says so).
+- CPU, float32, OpenVINO installed: "auto" builds the path above and "openvino" (the generator exported to ONNX and
+  compiled by OpenVINO, f32) and keeps the one that runs the example faster, timed in turns.
 - CUDA: inductor with freezing, max-autotune and CUDA graphs on channels_last maps; fp32 runs without TF32.
 
 `method=` picks a path by name instead of "auto"; a path that cannot run raises rather than falling back.
@@ -35,8 +37,10 @@ from ackd_fast.errors import optional_import
 from ackd_fast.models.mobile_resnet import MobileResnetBlock, SeparableConv2d
 
 # "kernels+inductor": CPU only; "kernels": the rewritten model without compiling (fast to set up; for tests and for
-# measuring what the kernels alone give); "inductor": the unmodified model, compiled.
-METHODS = ("auto", "kernels+inductor", "inductor", "kernels")
+# measuring what the kernels alone give); "inductor": the unmodified model, compiled; "openvino": the model exported to
+# ONNX and compiled by OpenVINO (CPU, float32; the [openvino] extra).
+METHODS = ("auto", "kernels+inductor", "inductor", "kernels", "openvino")
+AUTO_TIMING_ROUNDS = 5  # calls of each candidate when "auto" measures which runs faster
 KERNEL_DTYPES = (torch.float32, torch.float64)
 MAX_NARROW_OUT = 4  # narrow_conv2d's output channels (csrc/cpu/deploy_cpu.cpp)
 # The fast path's largest allowed difference from the eager generator on the example, relative to the output's
@@ -266,11 +270,21 @@ class DeployedGenerator:
         )
 
 
+def openvino_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _resolve(method: str, device: torch.device, dtype: torch.dtype) -> str:
     unavailable = kernels_available()
     if method == "auto":
         usable = device.type == "cpu" and dtype in KERNEL_DTYPES and unavailable is None
         return "kernels+inductor" if usable else "inductor"
+    if method == "openvino":
+        if device.type != "cpu" or dtype != torch.float32:
+            raise ValueError(f"method 'openvino' runs float32 on the CPU; the example is {dtype} on {device}")
+        optional_import("openvino", "method 'openvino'")
     if "kernels" in method:
         if device.type != "cpu":
             raise ValueError(f"method {method!r} runs the CPU inference kernels; the example is on {device}")
@@ -281,6 +295,39 @@ def _resolve(method: str, device: torch.device, dtype: torch.dtype) -> str:
     return method
 
 
+class _OpenVINOShapes:
+    """OpenVINO's compiled model per input shape (each exported and compiled at its first call, as inductor
+    recompiles for a new shape)."""
+
+    def __init__(self, model: nn.Module):
+        self.model, self.compiled = model, {}
+
+    def __call__(self, x: Tensor) -> Tensor:
+        key = tuple(x.shape)
+        if key not in self.compiled:
+            self.compiled[key] = openvino_model(self.model, x)
+        return self.compiled[key](x)
+
+
+def _deploy_openvino(generator: nn.Module, example: Tensor, verify: bool, t0: float) -> DeployedGenerator:
+    eager = copy.deepcopy(generator).float().eval().requires_grad_(False)
+    deployed = DeployedGenerator(_OpenVINOShapes(eager), "openvino (ONNX export, f32 precision hint)", {}, example,
+                                 channels_last=False, cuda_graphs=False, inductor_config={})  # fmt: skip
+    with torch.no_grad():
+        y = deployed(example)
+        deployed.setup_seconds = time.perf_counter() - t0
+        if verify:
+            expected = eager(example)
+            deployed.max_abs_diff = (y - expected).abs().max().item()
+            scale = max(1.0, expected.abs().max().item())
+            if not deployed.max_abs_diff <= TOLERANCE[torch.float32] * scale:
+                raise RuntimeError(
+                    f"deploy: OpenVINO differs from the eager generator by {deployed.max_abs_diff:.3g} on "
+                    f"example_input (allowed {TOLERANCE[torch.float32] * scale:.3g})"
+                )
+    return deployed
+
+
 def deploy(
     generator: nn.Module, example_input: Tensor, *, method: str = "auto", verify: bool = True
 ) -> DeployedGenerator:
@@ -289,7 +336,8 @@ def deploy(
     generator: an nn.Module mapping (B, C, H, W) to images (ackd_fast's generators, or any other); it is copied,
         cast to the example's device and dtype, and left untouched.
     example_input: a floating-point (B, C, H, W) tensor on the device, in the dtype and of the shape to serve.
-    method: "auto" (the module docstring), or one of "kernels+inductor", "inductor", "kernels" to force a path.
+    method: "auto" (the module docstring), or one of "kernels+inductor", "inductor", "kernels", "openvino" to force
+        a path.
     verify: compare with the eager generator on the example and raise when float32/float64 results differ by more
         than 1e-4 / 1e-10 of the output's scale (the difference is kept in `.max_abs_diff` either way).
 
@@ -306,9 +354,22 @@ def deploy(
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     device, dtype = example_input.device, example_input.dtype
+    asked = method
     method = _resolve(method, device, dtype)
-
     t0 = time.perf_counter()
+    if asked == "auto" and device.type == "cpu" and dtype == torch.float32 and openvino_available():
+        # two candidates on a CPU: ours and OpenVINO's; the one that runs the example faster is kept
+        ours = deploy(generator, example_input, method=method, verify=verify)
+        theirs = deploy(generator, example_input, method="openvino", verify=verify)
+        seconds = time_paths({"ours": ours, "openvino": theirs}, example_input, AUTO_TIMING_ROUNDS)
+        best = theirs if seconds["openvino"] < seconds["ours"] else ours
+        best.method = (f"{best.method} (auto: {seconds['ours'] * 1e3:.3g} ms {ours.method.split(' (')[0]}, "
+                       f"{seconds['openvino'] * 1e3:.3g} ms OpenVINO on the example)")  # fmt: skip
+        best.setup_seconds = time.perf_counter() - t0
+        return best
+    if method == "openvino":
+        return _deploy_openvino(generator, example_input, verify, t0)
+
     eager = copy.deepcopy(generator).to(device=device, dtype=dtype).eval().requires_grad_(False)
     model, fused = with_kernels(eager) if "kernels" in method else (eager, {})
     model = model.to(memory_format=torch.channels_last)
@@ -493,12 +554,14 @@ def compare_paths(
             dtype = DTYPES[dtype_name]
             if dtype_name not in peaks:  # the device's matmul rate in this dtype, measured once
                 with ieee_fp32(device):
-                    peaks[dtype_name] = metrics.matmul_gflops(device, dtype)
-                log(f"{metrics.device_name(device)} {dtype_name} matmul: {peaks[dtype_name]:.0f} GFLOP/s")
+                    peaks[dtype_name] = metrics.compute_peak_gflops(device, dtype)
+                log(f"{metrics.device_name(device)} {dtype_name} peak (best of matmul, 3x3 conv): "
+                    f"{peaks[dtype_name]:.0f} GFLOP/s")  # fmt: skip
             model = copy.deepcopy(generator).to(device=device, dtype=dtype).eval().requires_grad_(False)
             for batch in batches:
                 x = torch.randn(batch, in_channels, size, size, device=device, dtype=dtype)
                 gmacs = metrics.count_macs(model, x) / 1e9
+                actual_gflops = 2 * metrics.count_macs(model, x, convention="actual") / 1e9
                 with torch.no_grad():
                     expected = model(x).float()
                 runs, info = {}, {}
@@ -527,7 +590,7 @@ def compare_paths(
                     row["peak_gflops"] = peaks[dtype_name]
                     if seconds is not None:
                         row.update(ms=seconds * 1e3, images_per_s=batch / seconds, gmac_per_s=gmacs / seconds,
-                                   peak_fraction=2 * gmacs / seconds / peaks[dtype_name])  # fmt: skip
+                                   peak_fraction=actual_gflops / seconds / peaks[dtype_name])  # fmt: skip
                         log(f"{name} {dtype_name} b{batch} {path}: {seconds * 1e3:.2f} ms")
                     rows.append(row)
     return rows
@@ -574,7 +637,7 @@ def markdown(rows: list[dict], ratios: list[dict]) -> str:
     """The rows and ratios of compare_paths as markdown tables."""
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
-        "| generator | dtype | batch | path | ms | images/s | GMAC/s | % of matmul peak | GMACs | max abs diff | "
+        "| generator | dtype | batch | path | ms | images/s | GMAC/s | % of peak | GMACs | max abs diff | "
         "setup s | note |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]

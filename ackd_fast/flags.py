@@ -5,7 +5,6 @@ EvaluationSettings (evaluate), DemoConfig and StudyConfig are described this way
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from dataclasses import MISSING, field, fields
 
 
@@ -13,6 +12,11 @@ def flag(default, help: str, only: str = ""):
     """A field that is also a flag: its one description, and `only`, the job whose command alone takes it
     ("teacher", "distill"; "": every command built from the class)."""
     return field(default=default, metadata={"help": help, "only": only})
+
+
+def flag_name(name: str, negative: bool = False) -> str:
+    """The command-line flag of field `name`: --name-with-dashes (--no-name-with-dashes for a bool's off)."""
+    return ("--no-" if negative else "--") + name.replace("_", "-")
 
 
 _KINDS = {"int": int, "float": float, "str": str, "float | None": float, "int | None": int}
@@ -26,7 +30,7 @@ def add_flags(parser: argparse.ArgumentParser, cls, job: str = "", defaults: dic
         if "help" not in f.metadata or f.metadata["only"] not in ("", job):
             continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        name, text = "--" + f.name.replace("_", "-"), f.metadata["help"]
+        name, text = flag_name(f.name), f.metadata["help"]
         if f.type in (bool, "bool"):
             parser.add_argument(name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
@@ -40,8 +44,4 @@ def from_args(cls, args: argparse.Namespace, **given):
     return cls(**{k: v for k, v in vars(args).items() if k in names} | given)
 
 
-def is_flag_class(cls) -> bool:
-    return dataclasses.is_dataclass(cls) and any("help" in f.metadata for f in fields(cls))
-
-
-__all__ = ["add_flags", "flag", "from_args"]
+__all__ = ["add_flags", "flag", "flag_name", "from_args"]

@@ -269,14 +269,18 @@ def _conv_flops_torchprofile(
 
 
 @torch.no_grad()
-def count_macs(model: nn.Module, *inputs: Tensor) -> int:
-    """Multiply-accumulates of one forward, by `torch.utils.flop_counter.FlopCounterMode` (MACs = FLOPs / 2), with
-    convolutions in torchprofile's convention (the papers' "56.8 G" and "1.41 G"); norms and activations are free."""
+def count_macs(model: nn.Module, *inputs: Tensor, convention: str = "torchprofile") -> int:
+    """Multiply-accumulates of one forward, by `torch.utils.flop_counter.FlopCounterMode` (MACs = FLOPs / 2); norms
+    and activations are free. convention "torchprofile" charges a transposed convolution per output element, as the
+    papers' "56.8 G" and "1.41 G" do; "actual" charges the work done (per input element), what a rate against the
+    device's peak needs."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    if convention not in ("torchprofile", "actual"):
+        raise ValueError(f"convention must be 'torchprofile' or 'actual', got {convention!r}")
     aten = torch.ops.aten
     mapping = {aten.convolution: _conv_flops_torchprofile, aten._convolution: _conv_flops_torchprofile}
-    with FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+    with FlopCounterMode(display=False, custom_mapping=mapping if convention == "torchprofile" else None) as counter:
         model(*inputs)
     return counter.get_total_flops() // 2
 
@@ -284,22 +288,30 @@ def count_macs(model: nn.Module, *inputs: Tensor) -> int:
 # ------------------------------------------------------------------------------------------------- latency
 
 
-def matmul_gflops(device: str | torch.device, dtype: torch.dtype = torch.float32, n: int = 1536,
-                  repeats: int = 5) -> float:  # fmt: skip
-    """The device's matmul rate in GFLOP/s (2 n^3 per n x n product, the best of `repeats` after a warm-up): the
-    practical compute peak that convolution paths are measured against."""
+def compute_peak_gflops(device: str | torch.device, dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """The device's practical compute peak in GFLOP/s, the best of `repeats` after a warm-up of: a large matmul, and
+    on a CPU also a large 3x3 convolution in channels_last (oneDNN's kernels; MKL's sgemm does not reach the AVX-512
+    peak on every CPU). What the deploy paths' rates are measured against."""
     device = torch.device(device)
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    best = math.inf
-    for i in range(repeats + 1):
-        sync()
-        t = time.perf_counter()
-        a @ b
-        sync()
-        if i:
-            best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
+    n = 4096 if device.type == "cuda" else 1536
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    work = [(2 * n**3, lambda: a @ b)]
+    if device.type == "cpu":
+        x = torch.randn(4, 256, 64, 64, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(256, 256, 3, 3, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        work.append((2 * 256 * 256 * 9 * 64 * 64 * 4, lambda: torch.nn.functional.conv2d(x, w, padding=1)))
+    best = 0.0
+    with torch.no_grad():
+        for flops, fn in work:
+            for i in range(repeats + 1):
+                sync()
+                t = time.perf_counter()
+                fn()
+                sync()
+                if i:
+                    best = max(best, flops / (time.perf_counter() - t) / 1e9)
+    return best
 
 
 def device_name(device: str | torch.device) -> str:

@@ -25,7 +25,7 @@ from ackd_fast.assembly import check_device
 from ackd_fast.checkpoint import BEST, write_atomic
 from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator, reference_stats
-from ackd_fast.flags import flag
+from ackd_fast.flags import flag, flag_name
 from ackd_fast.peers import read_generator
 
 # The papers' own figures: FID (lower is better) at 256x256, MACs in torchprofile's convention; "approx" ones ("~" in
@@ -294,12 +294,11 @@ def _check_settings(s: EvaluationSettings) -> None:
     for name, low in (("batch_size", 1), ("kid_subsets", 1), ("kid_subset_size", 1), ("latency_runs", 0),
                       ("latency_batch", 1), ("latency_size", 0), ("crop_size", 0)):  # fmt: skip
         if getattr(s, name) < low:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= {low}; got {getattr(s, name)}")
+            raise UsageError(f"{flag_name(name)} must be >= {low}; got {getattr(s, name)}")
     for name, allowed in (("dataset_mode", ("auto", *data_lib.MODES)), ("direction", ("auto", *data_lib.DIRECTIONS)),
                           ("phase", ("auto", *data_lib.EVAL_PHASES, "train"))):  # fmt: skip
         if getattr(s, name) not in allowed:
-            flag_name = "--" + name.replace("_", "-")
-            raise UsageError(f"{flag_name} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}")
+            raise UsageError(f"{flag_name(name)} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}")
     check_device(s.device)
 
 

@@ -62,10 +62,21 @@ from ackd_fast.checkpoint import (
 )
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.evaluation import PeriodicEvaluation
+from ackd_fast.flags import flag_name as _flag
 from ackd_fast.losses import Critic
 from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.plots import plot_run
-from ackd_fast.rundir import LOG, RecordLog, RunLock, StopSignals, check_free_space, check_out_dir, clear_run, trim_log
+from ackd_fast.rundir import (
+    LOG,
+    STOP_SIGNALS,
+    RecordLog,
+    RunLock,
+    StopSignals,
+    check_free_space,
+    check_out_dir,
+    clear_run,
+    trim_log,
+)
 
 
 @dataclass
@@ -157,6 +168,14 @@ def build_datasets(cfg: Config, rt: Runtime) -> tuple:
     return dataset, None, ""
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a data worker: SIGINT, SIGTERM and SIGHUP (sent to the whole process group by a terminal's Ctrl-C or a
+    scheduler) are the training process's to handle; a worker killed by one would end the run before its
+    checkpoint."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def training_batches(
     dataset, sampler: DistributedSampler, batch_size: int, start_step: int, workers: int, pin_memory: bool
 ) -> Iterator[dict]:
@@ -169,7 +188,8 @@ def training_batches(
         dataset.set_epoch(epoch)
         order = list(sampler)
         batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps_per_epoch)]
-        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory)
+        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                              worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
         epoch, skip = epoch + 1, 0
 
 
@@ -380,10 +400,6 @@ RESUME_MAY_CHANGE = ("steps", "stop_at", "log_every", "sample_every", "ckpt_ever
                      "skip_bad_images")  # fmt: skip
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def resume_command(cfg: Config) -> str:
     """The command that continues cfg's run: its job's command, every flag that differs from that command's
     default, and --resume."""
@@ -395,7 +411,7 @@ def resume_command(cfg: Config) -> str:
         if value == default and f.name != "out_dir":
             continue
         if isinstance(value, bool):
-            args.append(_flag(f.name) if value else "--no-" + f.name.replace("_", "-"))
+            args.append(_flag(f.name, negative=not value))
         else:
             args += [_flag(f.name), str(value)]
     return shlex.join([*args, "--resume"])

@@ -219,9 +219,9 @@ def test_kernels_path_matches_eager(name, ngf, blocks, norms, dtype):
 
 @pytest.mark.parametrize("name, ngf, blocks, norms", ARCHS)
 def test_deploy_matches_eager(name, ngf, blocks, norms):
-    """The default path (inductor with freezing + the kernels), compiled at a small size."""
+    """Our path (inductor with freezing + the kernels), compiled at a small size."""
     g = randomize(build_generator(name, ngf), 0.3)
-    f = deploy(g, torch.randn(1, 3, 16, 16))
+    f = deploy(g, torch.randn(1, 3, 16, 16), method="kernels+inductor")
     assert f.method.startswith("inductor (freezing") and "narrow_conv2d x1" in f.method
     assert ("mobile_block x9" in f.method) == bool(blocks)
     assert f.max_abs_diff <= 1e-4 and "DeployedGenerator(inductor" in repr(f)
@@ -338,6 +338,28 @@ def test_bench_deploy_reports_the_peak_fraction_and_the_lead(tmp_path):
                                   size=16, batches=(1,), dtypes=("fp32",), paths=("eager", "openvino"), rounds=2)
     assert {r["path"] for r in rows} == {"eager", "openvino"}
     assert all(r["peak_fraction"] > 0 and r["peak_gflops"] > 0 for r in rows)
-    assert "% of matmul peak" in (tmp_path / "bench_deploy.md").read_text()
+    assert "% of peak" in (tmp_path / "bench_deploy.md").read_text()
     leads = deploy_leads([*rows, {**rows[0], "path": "deploy", "ms": rows[0]["ms"] / 2}])
     assert leads[0]["deploy_over_best_other"] == pytest.approx(0.5 * rows[0]["ms"] / min(r["ms"] for r in rows))
+
+
+def test_deploy_auto_keeps_the_faster_of_ours_and_openvino(monkeypatch):
+    pytest.importorskip("openvino")
+    import sys
+
+    deploy_module = sys.modules["ackd_fast.deploy"]  # ackd_fast.deploy is also the function's name
+    g = randomize(build_generator("mobile_resnet_9blocks", 4), 0.3)
+    x = torch.randn(1, 3, 16, 16)
+    for ours_s, theirs_s, picked in ((1.0, 2.0, "ackd_fast.mobile_block"), (2.0, 1.0, "openvino")):
+        monkeypatch.setattr(deploy_module, "time_paths", lambda runs, x, rounds, a=ours_s, b=theirs_s:
+                            {"ours": a, "openvino": b})  # fmt: skip
+        monkeypatch.setattr(deploy_module, "deploy", deploy)
+        f = deploy(g, x, method="auto")
+        assert ((picked in f.method.split(" (auto")[0]) and "(auto: 1e+03 ms" in f.method) or "(auto: 2e+03" in f.method
+        assert f.max_abs_diff <= 1e-4
+    f = deploy(g, x, method="openvino")
+    y = torch.randn(2, 3, 24, 24)  # another shape: exported and compiled again
+    with torch.no_grad():
+        torch.testing.assert_close(f(y), g.eval()(y), atol=1e-4, rtol=0)
+    with pytest.raises(ValueError, match="method 'openvino' runs float32 on the CPU"):
+        deploy(g, x.double(), method="openvino")

@@ -414,3 +414,18 @@ def test_signals_raise_run_interrupted_in_the_python_api(tmp_path, root, monkeyp
     with pytest.raises(RunInterrupted, match=r"SIGTERM: stopped after step 1; checkpoint .* written") as e:
         train(_cfg(tmp_path, root, steps=5, ckpt_every=100))
     assert e.value.exit_code == 143 and load_checkpoint(tmp_path / "ckpt.pt")["step"] == 1
+
+
+def test_a_signal_to_the_process_group_with_data_workers_still_checkpoints(tmp_path, root):
+    # a terminal's Ctrl-C or `kill -TERM -PGID` reaches the data workers too: they leave it to the training process
+    out = tmp_path / "run"
+    args = ["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--workers", 2, "--steps", 100000,
+            "--log-every", 1, "--ckpt-every", 100000, "--no-progress"]  # fmt: skip
+    cmd = [sys.executable, "-m", "ackd_fast.cli", *map(str, args)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            start_new_session=True)  # fmt: skip
+    _wait_for_step(out, 3, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    _one_line_error(proc.returncode, err, 143, "SIGTERM: stopped after step", "written; continue with")
+    assert load_checkpoint(out / "ckpt.pt")["step"] >= 3
