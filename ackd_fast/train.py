@@ -459,7 +459,7 @@ def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, l
 
 
 def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Critic, generator: nn.Module, spec: dict,
-                    data: dict, batch_size: int, step: int, end: int) -> str:  # fmt: skip
+                    data: dict, batch_size: int, step: int, end: int, teacher_name: str = "") -> str:  # fmt: skip
     """What the run will do, printed before its first step: task, models (params, MACs at the crop size), data,
     device and precision, steps, and what it writes where."""
 
@@ -478,7 +478,7 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
               "plain": "plain feature distillation (GAN Compression's)", "none": "no feature distillation"}[cfg.kd]
         lines.append(f"{COMMANDS[cfg.job]}: {cfg.model} student by {kd}, teacher {cfg.teacher}")
         teacher = objective.teacher
-        lines.append(model("teacher", teacher, f"{type(teacher).__name__}"))
+        lines.append(model("teacher", teacher, teacher_name or type(teacher).__name__))
         lines.append(model("student", generator, f"{spec['name']} ngf {spec['ngf']}"))
         extra = sum(p.numel() for p in objective.parameters() if p.requires_grad) - count_params(generator)
         if extra:
@@ -604,7 +604,9 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
             print(evaluator.note)
         data = {"root": dataset.root, "mode": "aligned" if dataset.paired else "unaligned",
                 "train": len(dataset), "eval": len(eval_set) if eval_set is not None else 0, "eval_split": eval_split}
-        print(opening_summary(cfg, rt, objective, critic, generator, spec, data, batch_size, step, end), flush=True)
+        teacher_name = f"{teacher.name} ngf {teacher.ngf}" if teacher is not None else ""
+        print(opening_summary(cfg, rt, objective, critic, generator, spec, data, batch_size, step, end, teacher_name),
+              flush=True)  # fmt: skip
         if step:
             print(f"resumed {ckpt_path} at step {step}")
         for name, (old, new) in changed.items():

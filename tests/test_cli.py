@@ -154,8 +154,9 @@ def test_a_distill_run_explains_itself(tmp_path, root, teacher, monkeypatch):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    for part in ("distill: pix2pix student by ACKD", "  teacher: ", "  student: mobile_resnet_9blocks ngf 4",
-                 "M params", "GMACs at 32x32", "refiners and connectors", "  data: ", "training samples",
+    for part in ("distill: pix2pix student by ACKD", "  teacher: resnet_9blocks ngf 4, ",
+                 "  student: mobile_resnet_9blocks ngf 4", "M params", "GMACs at 32x32", "refiners and connectors",
+                 "  data: ", "training samples",
                  "  device: cpu", "precision fp32", "  steps: 1..12 of 12", f"  output: {tmp_path / 's'}/",
                  "estimate: ", "distill step 2/12"):  # fmt: skip
         assert part in out, (part, out)
