@@ -9,8 +9,14 @@ one loop that logs, samples, evaluates and checkpoints at fixed intervals (`*_ev
 frozen, then the discriminators on the detached fakes. AMP (bf16, or fp16 with a gradient scaler), channels_last, TF32
 and torch.compile (with its mode) are switches. Logged losses are averaged over the log interval and over the ranks.
 Everything needed to continue lives in one checkpoint dict written atomically (temporary file, then rename); `resume`
-continues bit for bit on CPU, data order included. The teacher may be a run checkpoint, an exported generator or a
-peer's bare generator file (`peers.read_generator`).
+continues bit for bit on CPU, data order included.
+
+Nothing is lost (`rundir.py`): every value, image and network is checked before anything is written; a lock keeps a
+second run out of the folder, and a folder holding a run takes only --resume or --overwrite; resume refuses another
+run's checkpoint, flags or data and cuts the log back to the checkpoint; SIGINT/SIGTERM/SIGHUP end the step, write a
+checkpoint and raise RunInterrupted; a non-finite loss stops the run before anything keeps it.
+
+The teacher may be a run checkpoint, an exported generator or a peer's bare generator file (`peers.read_generator`).
 """
 
 from __future__ import annotations
