@@ -135,8 +135,8 @@ class Distiller(nn.Module):
                              "refiners through the feature loss every step)")  # fmt: skip
         self.ack_path_every = ack_path_every
         # training steps taken (the forwards in training mode): which of them run the teacher path; in the
-        # checkpoint, so that a resumed run keeps the rhythm
-        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64))
+        # checkpoint when there is a rhythm to keep (N > 1), so that a resumed run keeps it
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64), persistent=ack_path_every > 1)
         self.lambda_recon, self.lambda_gan, self.lambda_feat = lambda_recon, lambda_gan, lambda_feat
         self.refiners = nn.ModuleList()
         self.connectors = nn.ModuleList()
