@@ -27,6 +27,7 @@ from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
 from ackd_fast.flags import flag_name as _flag
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
+from ackd_fast.metrics import count_macs
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, load_discriminator, read_generator
@@ -563,13 +564,15 @@ def check_config(cfg: Config) -> None:
         raise UsageError("--resume continues the run in --out-dir and --overwrite starts it afresh: give one")
 
 
-def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size: bool = False) -> None:
+def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size: bool = False) -> int:
     """UsageError when `module` cannot take a training batch of `crop`-px images (a U-Net below 256 px, a PatchGAN
-    deeper than the crop allows): a forward in training mode on the meta device, which computes shapes only."""
+    deeper than the crop allows): a forward in training mode on the meta device, which computes shapes only. Returns
+    its MACs per image at that size (torchprofile's convention), counted on the same meta copy."""
     meta = copy.deepcopy(module).to("meta").train()
     x = torch.empty(2, channels, crop, crop, device="meta")
     try:
         y = meta(x)
+        macs = count_macs(meta, x[:1])
     except (RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"--crop-size {crop}: the {what} cannot take {crop}x{crop} images ({first})") from None
@@ -577,6 +580,12 @@ def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size
         raise UsageError(
             f"--crop-size {crop}: the {what} turns {crop}x{crop} images into {y.shape[-1]}x{y.shape[-2]} ones"
         )
+    return macs
+
+
+def decay_steps(cfg: Config) -> int:
+    """The steps over which the learning rate decays linearly to 0 (the last ones): --decay-steps, -1 = steps // 2."""
+    return cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
 
 
 def lr_factor(step: int, hold: int, decay: int) -> float:
@@ -589,7 +598,7 @@ def build_optimizers(cfg: Config, objective: nn.Module, critic: Critic) -> tuple
     g_params = [p for p in objective.parameters() if p.requires_grad]
     g_opt = torch.optim.Adam(g_params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
     d_opt = torch.optim.Adam(critic.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
+    decay = decay_steps(cfg)
     schedule = functools.partial(lr_factor, hold=cfg.steps - decay, decay=decay)
     g_sched = torch.optim.lr_scheduler.LambdaLR(g_opt, schedule)
     d_sched = torch.optim.lr_scheduler.LambdaLR(d_opt, schedule)

@@ -235,7 +235,7 @@ class Distiller(nn.Module):
             logs |= {"g_feat": feat}
         real_pair = torch.cat([a, b], 1) if self.paired else b
         fake_pair = torch.cat([a, fake], 1) if self.paired else fake
-        return Step(loss, logs, [(real_pair, fake_pair)], fake, {"teacher": t_out})
+        return Step(loss, logs, [(real_pair, fake_pair)], fake)
 
     @torch.no_grad()
     def diagnostics(self, a: Tensor) -> dict[str, float]:

@@ -8,7 +8,7 @@ objective's parameters (it is trained by its own optimizer and its own DDP wrapp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +75,6 @@ class Step:
     logs: dict[str, Tensor]
     d_pairs: list[tuple[Tensor, Tensor]]
     fake: Tensor
-    extra: dict[str, Tensor] = field(default_factory=dict)
 
 
 class Pix2Pix(nn.Module):

@@ -22,7 +22,6 @@ The teacher may be a run checkpoint, an exported generator or a peer's bare gene
 from __future__ import annotations
 
 import contextlib
-import copy
 import datetime
 import os
 import random
@@ -54,6 +53,7 @@ from ackd_fast.assembly import (
     check_config,
     check_crop,
     compile_task,
+    decay_steps,
     read_teacher,
     resolve_teacher,
 )
@@ -70,7 +70,7 @@ from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.flags import flag_name as _flag
 from ackd_fast.losses import Critic
-from ackd_fast.metrics import count_macs, count_params
+from ackd_fast.metrics import count_params
 from ackd_fast.plots import plot_run
 from ackd_fast.rundir import (
     LOG,
@@ -465,14 +465,13 @@ def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, l
 
 
 def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Critic, generator: nn.Module, spec: dict,
-                    data: dict, batch_size: int, step: int, end: int, teacher_name: str = "") -> str:  # fmt: skip
-    """What the run will do, printed before its first step: task, models (params, MACs at the crop size), data,
-    device and precision, steps, and what it writes where."""
+                    data: dict, macs: dict[str, int], batch_size: int, step: int, end: int,
+                    teacher_name: str = "") -> str:  # fmt: skip
+    """What the run will do, printed before its first step: task, models (params, and `macs` at the crop size by
+    label, from `check_crop`), data, device and precision, steps, and what it writes where."""
 
     def model(label: str, module: nn.Module, name: str) -> str:
-        macs = count_macs(copy.deepcopy(module).to("meta"), torch.empty(1, 3, cfg.crop_size, cfg.crop_size,
-                                                                         device="meta"))  # fmt: skip
-        return (f"  {label}: {name}, {count_params(module) / 1e6:.3f} M params, {macs / 1e9:.3g} GMACs at "
+        return (f"  {label}: {name}, {count_params(module) / 1e6:.3f} M params, {macs[label] / 1e9:.3g} GMACs at "
                 f"{cfg.crop_size}x{cfg.crop_size}")  # fmt: skip
 
     lines = []
@@ -498,9 +497,8 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
     where = (torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda"
              else f"{torch.get_num_threads()} threads")  # fmt: skip
     lines.append(f"  device: {rt.device} ({where}) x {rt.world} process(es); precision {rt.precision}")
-    decay = cfg.steps // 2 if cfg.decay_steps < 0 else cfg.decay_steps
     lines.append(f"  steps: {step + 1}..{end} of {cfg.steps}, batch {batch_size} per process, lr {cfg.lr:g} "
-                 f"(linear decay over the last {decay})")  # fmt: skip
+                 f"(linear decay over the last {decay_steps(cfg)})")  # fmt: skip
     every = lambda n: f"every {n} steps" if n else "never"
     lines.append(f"  output: {cfg.out_dir}/: ckpt.pt {every(cfg.ckpt_every)}, log.jsonl and losses.png "
                  f"{every(cfg.log_every)}, samples/ {every(cfg.sample_every)}")  # fmt: skip
@@ -565,14 +563,15 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
             f"--batch-size {batch_size}: the training set of {cfg.dataroot} has {len(dataset)} samples, too few "
             f"for a batch of {batch_size} on each of {rt.world} process(es)"
         )
-    data_record = {"files": len(dataset.image_files()),
-                   "digest": data_lib.names_digest(dataset.image_files(), dataset.root)}  # fmt: skip
+    files = dataset.image_files()
+    data_record = {"files": len(files), "digest": data_lib.names_digest(files, dataset.root)}
 
     # --- models, optimizers, schedules; each network checked against the crop size on the meta device
     objective, critic, generator, spec = build_task(cfg, teacher)
-    check_crop(generator, 3, cfg.crop_size, f"{spec['name']} generator", same_size=True)
+    label = "student" if cfg.job == "distill" else "generator"
+    macs = {label: check_crop(generator, 3, cfg.crop_size, f"{spec['name']} generator", same_size=True)}
     if cfg.job == "distill":
-        check_crop(objective.teacher, 3, cfg.crop_size, "teacher generator", same_size=True)
+        macs["teacher"] = check_crop(objective.teacher, 3, cfg.crop_size, "teacher generator", same_size=True)
     for i, disc in enumerate(critic.discriminators):
         channels = 6 if dataset.paired else 3
         check_crop(disc, channels, cfg.crop_size, f"discriminator{f' {i}' if i else ''} (--n-layers-d, --ndf)")
@@ -611,8 +610,8 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
         data = {"root": dataset.root, "mode": "aligned" if dataset.paired else "unaligned",
                 "train": len(dataset), "eval": len(eval_set) if eval_set is not None else 0, "eval_split": eval_split}
         teacher_name = f"{teacher.name} ngf {teacher.ngf}" if teacher is not None else ""
-        print(opening_summary(cfg, rt, objective, critic, generator, spec, data, batch_size, step, end, teacher_name),
-              flush=True)  # fmt: skip
+        print(opening_summary(cfg, rt, objective, critic, generator, spec, data, macs, batch_size, step, end,
+                              teacher_name), flush=True)  # fmt: skip
         if step:
             print(f"resumed {ckpt_path} at step {step}")
         for name, (old, new) in changed.items():
