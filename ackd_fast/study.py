@@ -61,10 +61,12 @@ ARMS = {
     "ackd-identity": Arm("ACKD identity init", {"kd": "ackd", "refiner_init": "identity"}),
     "ackd-normal": Arm("ACKD normal(0, 0.02) init", {"kd": "ackd", "refiner_init": "normal"}),
     "ackd-masked": Arm("ACKD masked teacher path", {"kd": "ackd", "ack_train": "masked"}),
+    "ackd-every8": Arm("ACKD, teacher path every 8th step", {"kd": "ackd", "ack_path_every": 8}),
 }
 # What a study runs when --arms is not given: every arm but "ackd-normal" (GAN Compression's init is already every
 # generator's and connector's; for the refiners it is one more variant, left to --arms for want of CPU hours).
-DEFAULT_ARMS = ("ackd", "plain", "none", "ackd-chained", "ackd-chained-nores", "ackd-identity", "ackd-masked")
+DEFAULT_ARMS = ("ackd", "plain", "none", "ackd-chained", "ackd-chained-nores", "ackd-identity", "ackd-masked",
+                "ackd-every8")
 
 
 @dataclass
