@@ -75,7 +75,7 @@ def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
-    from ackd_fast.deploy import PATHS, bench_deploy
+    from ackd_fast.bench import PATHS, bench_deploy
     from ackd_fast.models import build_generator
     from ackd_fast.peers import load_generator
 

@@ -22,6 +22,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -268,19 +269,41 @@ def _conv_flops_torchprofile(
     return 2 * math.prod(out_shape) * c_in * math.prod(w_shape[2:])
 
 
-@torch.no_grad()
-def count_macs(model: nn.Module, *inputs: Tensor, convention: str = "torchprofile") -> int:
-    """Multiply-accumulates of one forward, by `torch.utils.flop_counter.FlopCounterMode` (MACs = FLOPs / 2); norms
-    and activations are free. convention "torchprofile" charges a transposed convolution per output element, as the
-    papers' "56.8 G" and "1.41 G" do; "actual" charges the work done (per input element), what a rate against the
-    device's peak needs."""
+def _sdpa_cpu_flops(query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    return sdpa_flop_count(query, key, value)
+
+
+def _sdpa_cpu_backward_flops(grad_out, query, key, value, *args, out_shape=None, **kwargs) -> int:
+    from torch.utils.flop_counter import sdpa_backward_flop_count
+
+    return sdpa_backward_flop_count(grad_out, query, key, value)
+
+
+def flop_counter(convention: str = "actual"):
+    """A `torch.utils.flop_counter.FlopCounterMode` (convolutions, matmuls, fused attention, forward and backward;
+    norms and activations are free) that also counts the CPU's fused attention, which torch's registry leaves out.
+    convention "torchprofile" charges a transposed convolution per output element, as the papers' "56.8 G" and
+    "1.41 G" do; "actual" charges the work done (per input element), what a rate against the device's peak needs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     if convention not in ("torchprofile", "actual"):
         raise ValueError(f"convention must be 'torchprofile' or 'actual', got {convention!r}")
     aten = torch.ops.aten
-    mapping = {aten.convolution: _conv_flops_torchprofile, aten._convolution: _conv_flops_torchprofile}
-    with FlopCounterMode(display=False, custom_mapping=mapping if convention == "torchprofile" else None) as counter:
+    mapping = {
+        aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops,
+        aten._scaled_dot_product_flash_attention_for_cpu_backward: _sdpa_cpu_backward_flops,
+    }
+    if convention == "torchprofile":
+        mapping |= {aten.convolution: _conv_flops_torchprofile, aten._convolution: _conv_flops_torchprofile}
+    return FlopCounterMode(display=False, custom_mapping=mapping)
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, *inputs: Tensor, convention: str = "torchprofile") -> int:
+    """Multiply-accumulates of one forward (MACs = FLOPs / 2), counted by `flop_counter(convention)`."""
+    with flop_counter(convention) as counter:
         model(*inputs)
     return counter.get_total_flops() // 2
 
@@ -312,6 +335,48 @@ def compute_peak_gflops(device: str | torch.device, dtype: torch.dtype = torch.f
                 if i:
                     best = max(best, flops / (time.perf_counter() - t) / 1e9)
     return best
+
+
+@contextlib.contextmanager
+def ieee_fp32(device: torch.device):
+    """fp32 convolutions and matmuls in full precision on CUDA (cuDNN's default for convolutions is TF32)."""
+    if device.type != "cuda":
+        yield
+        return
+    knobs = [torch.backends.cudnn.conv, torch.backends.cuda.matmul]
+    saved = [k.fp32_precision for k in knobs]
+    try:
+        for k in knobs:
+            k.fp32_precision = "ieee"
+        yield
+    finally:
+        for k, s in zip(knobs, saved, strict=True):
+            k.fp32_precision = s
+
+
+def time_paths(runs: dict[str, Callable[[Tensor], Tensor]], x: Tensor, rounds: int, turn: int = 5,
+               settle: int = 2) -> dict[str, float]:  # fmt: skip
+    """Median seconds of `rounds` timed calls of each callable on x. The callables take turns of `settle` untimed
+    then `turn` timed back-to-back calls, so that the machine's load falls on all of them alike, while no call is
+    timed right after another path's: onnxruntime's and OpenMP's worker threads spin for a while after a call, and
+    on 2 cores a path timed inside that window (as a call-by-call alternation does) loses a core to them (measured:
+    the deploy path's 24 ms became 68 ms beside an onnxruntime session)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    # every path in full fp32 on CUDA, as deploy runs (cuDNN's default would give the others TF32 convolutions)
+    with torch.no_grad(), ieee_fp32(x.device):
+        while any(len(ts) < rounds for ts in times.values()):
+            for name, run in runs.items():
+                if len(times[name]) >= rounds:
+                    continue
+                for i in range(settle + min(turn, rounds - len(times[name]))):
+                    sync()
+                    t = time.perf_counter()
+                    run(x)
+                    sync()
+                    if i >= settle:
+                        times[name].append(time.perf_counter() - t)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
 
 
 def device_name(device: str | torch.device) -> str:

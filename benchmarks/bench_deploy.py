@@ -27,7 +27,9 @@ import pytest
 import torch
 
 from ackd_fast import metrics
-from ackd_fast.deploy import build_path, deploy, ieee_fp32
+from ackd_fast.bench import build_path
+from ackd_fast.deploy import deploy
+from ackd_fast.metrics import ieee_fp32
 from ackd_fast.models import build_generator
 
 SMOKE = os.environ.get("ACKD_BENCH_SMOKE") == "1"

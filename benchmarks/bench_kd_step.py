@@ -14,6 +14,9 @@ Settings (CPU, fp32; the loop's defaults otherwise):
 Each benchmark times its own arm; before the first arm of a setting, every arm of that setting is also timed in
 turns (`ALTERNATED_ROUNDS` rounds of `STEPS_PER_TURN` steps each), so that the machine's load falls on all of them
 alike, and each arm's extra_info holds that median and its ratio to plain KD (`over_plain`), the issue's figure.
+Beside it, `flops_over_plain`: the arm's FLOPs per step over plain KD's (convolutions, matmuls and the fused
+attention, forward and backward, counted by `metrics.flop_counter` over one rhythm of the arm's teacher path). The
+time ratio cannot go below it unless the arm's extra work runs faster per FLOP than plain KD's own.
 
     pytest benchmarks/bench_kd_step.py --benchmark-json=out.json    # about 10 minutes on 2 cores
     ACKD_BENCH_SMOKE=1 pytest benchmarks/bench_kd_step.py --benchmark-disable   # CI: tiny
@@ -28,6 +31,7 @@ import time
 import pytest
 import torch
 
+from ackd_fast import metrics
 from ackd_fast.assembly import Config, build_distiller
 from ackd_fast.losses import Critic, Pix2Pix
 from ackd_fast.models import build_discriminator, build_generator
@@ -95,6 +99,20 @@ def alternated(setting: str) -> dict[str, float]:
     return _alternated[setting]
 
 
+_flops: dict[tuple[str, str], float] = {}
+
+
+def flops_per_step(setting: str, arm: str) -> float:
+    """FLOPs of one step of `arm`, averaged over `every` consecutive steps (one teacher-path step among them)."""
+    if (setting, arm) not in _flops:
+        step, every = step_of(setting, arm), ARMS[arm][1]
+        with metrics.flop_counter() as counter:
+            for _ in range(every):
+                step()
+        _flops[setting, arm] = counter.get_total_flops() / every
+    return _flops[setting, arm]
+
+
 @pytest.mark.parametrize("arm", list(ARMS))
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_distillation_step(benchmark, setting, arm):
@@ -104,7 +122,8 @@ def test_distillation_step(benchmark, setting, arm):
                       f"{student_ngf}, cpu fp32"  # fmt: skip
     benchmark.extra_info.update(
         path=arm, ackd_fast=arm.startswith("ackd"), images=batch, setting=setting, alternated_s=medians[arm],
-        over_plain=medians[arm] / medians["plain"],
+        over_plain=medians[arm] / medians["plain"], gflops_per_step=flops_per_step(setting, arm) / 1e9,
+        flops_over_plain=flops_per_step(setting, arm) / flops_per_step(setting, "plain"),
     )  # fmt: skip
     step = step_of(setting, arm)
     benchmark.pedantic(step, rounds=1 if SMOKE or setting in BIG else 3, iterations=STEPS_PER_TURN, warmup_rounds=0)

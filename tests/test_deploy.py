@@ -10,9 +10,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ackd_fast import deploy
-from ackd_fast.deploy import bench_deploy, build_path, deploy_leads, kernels_available, with_kernels
+from ackd_fast.bench import bench_deploy, build_path, deploy_leads
 from ackd_fast.models import build_generator
 from ackd_fast.models.mobile_resnet import MobileResnetBlock
+from ackd_fast.ops import kernels_available
+from ackd_fast.rewrite import with_kernels
 
 pytestmark = pytest.mark.skipif(kernels_available() is not None, reason=f"{kernels_available()}")
 
@@ -287,7 +289,7 @@ def test_deploy_bad_input():
 
 
 def test_time_paths_takes_turns_and_times_after_settling():
-    from ackd_fast.deploy import time_paths
+    from ackd_fast.metrics import time_paths
 
     calls = []
     runs = {name: (lambda x, name=name: calls.append(name)) for name in ("a", "b")}

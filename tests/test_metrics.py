@@ -207,6 +207,25 @@ def test_count_macs_differs_from_flop_counter_only_on_transposed_convs():
     assert metrics.count_macs(up, torch.zeros(1, 6, 5, 7)) == 4 * 10 * 14 * 6 * 9  # per output element
 
 
+@pytest.mark.parametrize("kv_tokens", [1, 37, 300])
+def test_flop_counter_counts_the_cpus_fused_attention_forward_and_backward(kv_tokens):
+    """torch's registry leaves out the CPU's flash attention; ours charges it as torch charges the CUDA kernels:
+    4 * B * H * Nq * Nkv * d forward (Q K^T and P V), 2.5 times that backward."""
+    b, h, nq, d = 2, 3, 19, 8
+    q = torch.randn(b, h, nq, d, requires_grad=True)
+    k = torch.randn(b, h, kv_tokens, d, requires_grad=True)
+    v = torch.randn(b, h, kv_tokens, d, requires_grad=True)
+    forward = 4 * b * h * nq * kv_tokens * d
+    with metrics.flop_counter() as counter:
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert counter.get_total_flops() == forward
+    with metrics.flop_counter() as counter:
+        out.sum().backward()
+    assert counter.get_total_flops() == forward * 5 // 2
+    with pytest.raises(ValueError, match="convention must be"):
+        metrics.flop_counter("macs")
+
+
 def test_measure_latency_reports_each_dtype_and_batch():
     rows = metrics.measure_latency(nn.Conv2d(3, 3, 3, padding=1), 16, batch_sizes=(1, 2), warmup=1, runs=3)
     assert [(r["dtype"], r["batch"]) for r in rows] == [("fp32", 1), ("fp32", 2), ("bf16", 1), ("bf16", 2)]

@@ -2,7 +2,8 @@
 
 - `dispatch`: what is built, which backend runs each op (`backends()`, `resolve_backend`, `compute_dtype`);
 - `attention`: ACK-A's `ack_attention` (Triton) and `sdpa_attention` (PyTorch's fused attention, elsewhere);
-- `fusion`: ACK-F's `ack_accumulate` and `instance_norm_act_residual` (C++/CUDA, ackd_fast._C).
+- `fusion`: ACK-F's `ack_accumulate` and `instance_norm_act_residual` (C++/CUDA, ackd_fast._C);
+- `inference`: `ackd_fast.deploy`'s forward-only CPU ops `mobile_block` and `narrow_conv2d` (ackd_fast._C).
 
 Every op is also reachable as `torch.ops.ackd_fast.<name>`. Under torch.autocast each op follows a rule registered
 at the dispatcher (Autocast keys), so a module's ops see what the plain PyTorch composition sees; each family's
@@ -23,6 +24,7 @@ from ackd_fast.ops.dispatch import (
     resolve_backend,
 )
 from ackd_fast.ops.fusion import _output_format, ack_accumulate, instance_norm_act_residual  # noqa: F401
+from ackd_fast.ops.inference import kernels_available
 
 __all__ = [
     "BACKENDS",
@@ -36,6 +38,7 @@ __all__ = [
     "compute_dtype",
     "extension_cuda_version",
     "instance_norm_act_residual",
+    "kernels_available",
     "resolve_backend",
     "sdpa_attention",
 ]
