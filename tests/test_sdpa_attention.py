@@ -17,12 +17,15 @@ SOURCES = [(5, 9), (13, 10), (3, 3), (7, 4)]
 
 
 @pytest.mark.parametrize(("count", "heads", "head_dim", "layout"),
-                         [(1, 2, 16, "nchw"), (3, 1, 48, "channels_last"), (4, 2, 200, "nchw")])  # fmt: skip
+                         [(1, 2, 16, "nchw"), (3, 1, 48, "channels_last"), (4, 2, 200, "nchw"),
+                          (2, 3, 8, "strided")])  # fmt: skip
 def test_sdpa_matches_the_fp64_reference_with_gradients(count, heads, head_dim, layout):
     g = torch.Generator().manual_seed(count)
     c = heads * head_dim
 
     def feature_map(hw):
+        if layout == "strided":  # every other column of a wider map: neither layout's strides
+            return torch.randn(2, c, hw[0], 2 * hw[1], dtype=torch.float64, generator=g)[..., ::2]
         x = torch.randn(2, c, *hw, dtype=torch.float64, generator=g)
         return x.to(memory_format=torch.channels_last) if layout == "channels_last" else x
 
@@ -36,9 +39,14 @@ def test_sdpa_matches_the_fp64_reference_with_gradients(count, heads, head_dim, 
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
     for a, b in zip(torch.autograd.grad(got, leaves, grad), torch.autograd.grad(want, leaves, grad), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
-    # fp32 within fp32's rounding of the fp64 result
-    got32 = ops.sdpa_attention(q.float(), [k.float() for k in keys], [v.float() for v in values], heads)
-    torch.testing.assert_close(got32.double(), reference.ack_attention(q, keys, values, heads), rtol=1e-4, atol=1e-5)
+    # fp32, values and gradients, within fp32's rounding of the fp64 result
+    leaves32 = [x.detach().float().requires_grad_() for x in leaves]
+    got32 = ops.sdpa_attention(leaves32[0], leaves32[1 : 1 + count], leaves32[1 + count :], heads)
+    want64 = reference.ack_attention(q, keys, values, heads)
+    torch.testing.assert_close(got32.double(), want64, rtol=1e-4, atol=1e-5)
+    grads32 = torch.autograd.grad(got32, leaves32, grad.float())
+    for a, b in zip(grads32, torch.autograd.grad(want64, leaves, grad), strict=True):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-4)
 
 
 def test_module_runs_sdpa_under_auto_off_the_gpu():
