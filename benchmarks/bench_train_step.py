@@ -16,7 +16,7 @@ inductor; the smoke run traces with a cheap backend instead.
 
 Settings: edges2shoes = the paper's (batch 4, 256x256, teacher resnet_9blocks ngf 64, student mobile_resnet_9blocks
 ngf 16, PatchGAN ndf 64) on a GPU; small = batch 2, 64x64, teacher ngf 16 on CPU. extra_info: images per step,
-FLOPs per step (counted once per setting with FlopCounterMode on the reference path, so both paths are charged the
+FLOPs per step (counted once per setting with metrics.flop_counter on the reference path, so both paths are charged the
 same work), peak memory (CUDA).
 """
 
@@ -28,9 +28,8 @@ import os
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
-from ackd_fast import ops
+from ackd_fast import metrics, ops
 from ackd_fast.assembly import Config, build_distiller, compile_task
 from ackd_fast.losses import Critic, Pix2Pix
 from ackd_fast.models import build_discriminator, build_generator
@@ -95,10 +94,10 @@ _flops: dict[str, int] = {}
 
 def step_flops(setting: str) -> int:
     """FLOPs of one step (convolutions and matmuls, forward and backward), counted on the eager fp32 reference path:
-    FlopCounterMode does not see inside the custom ops, and both paths do the same work."""
+    the counter does not see inside the custom ops, and both paths do the same work."""
     if setting not in _flops:
         task = Task(setting, "reference", "fp32", compiled=False)
-        with FlopCounterMode(display=False) as counter:
+        with metrics.flop_counter() as counter:
             task.step()
         _flops[setting] = counter.get_total_flops()
         del task
