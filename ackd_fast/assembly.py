@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import math
+import os
 import re
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -27,10 +28,10 @@ from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
 from ackd_fast.flags import flag_name as _flag
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
-from ackd_fast.metrics import count_macs
+from ackd_fast.metrics import INCEPTION_SHA256, INCEPTION_SHA256_HELP, check_sha256, count_macs
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
-from ackd_fast.peers import GeneratorFile, load_discriminator, read_generator
+from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
 OBJECTIVES = ("pix2pix", "cyclegan")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
@@ -275,6 +276,7 @@ class Config:
         "pytorch-fid's pt_inception-2015-12-05 weights file for FID/KID; empty = the torch hub cache "
         "(training never downloads)",
     )
+    inception_sha256: str = flag(INCEPTION_SHA256, INCEPTION_SHA256_HELP)
     # run safety (issue 21)
     overwrite: bool = flag(
         False,
@@ -293,6 +295,22 @@ def config_from_dict(d: dict) -> Config:
     if unknown:
         raise ValueError(f"unknown config keys {unknown}")
     return Config(**d)
+
+
+def file_config(path: str | os.PathLike, config: object) -> Config | None:
+    """The run config a checkpoint or an export sidecar carries (None: none), checked as the flags are (the
+    machine's devices aside): a file is input like a flag, and its values size what a command allocates. A bad one
+    raises a ValueError naming the file."""
+    if config is None:
+        return None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} carries a config that is a {type(config).__name__}, not a dict of flag values")
+    try:
+        cfg = config_from_dict(config)
+        check_values(cfg)
+    except (UsageError, ValueError, TypeError) as e:
+        raise ValueError(f"{path} carries a run config that is not valid: {e}") from None
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------- models
@@ -357,6 +375,7 @@ def read_teacher(cfg: Config) -> GeneratorFile:
     if not cfg.teacher:
         raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
     tfile = read_generator(cfg.teacher)
+    file_config(cfg.teacher, tfile.config)
     if tfile.config is None and not tfile.info:
         name = None if cfg.generator in ("", "auto") else cfg.generator
         if (name or tfile.name) != tfile.name or (cfg.ngf or tfile.ngf) != tfile.ngf:
@@ -382,10 +401,26 @@ def teacher_discriminator(cfg: Config, tfile: GeneratorFile, paired: bool) -> nn
             )
         return disc
     if tfile.source == "run checkpoint" and tfile.discriminators is not None:
-        tcfg = config_from_dict(tfile.config)
-        disc = build_discriminator(tcfg.discriminator, channels, tcfg.ndf, tcfg.n_layers_d)
+        # Its widths come from the tensors: a distill run's config records distill's --ndf, not the discriminator
+        # it inherited from its own teacher, so a student used as a teacher would not fit its config.
         prefix = "discriminators.0."
-        disc.load_state_dict({k[len(prefix) :]: v for k, v in tfile.discriminators.items() if k.startswith(prefix)})
+        state = {k[len(prefix) :]: v for k, v in tfile.discriminators.items() if k.startswith(prefix)}
+        tcfg = config_from_dict(tfile.config)
+        if tcfg.discriminator == "n_layers":
+            disc = discriminator_from_state(state, f"the discriminator in {cfg.teacher}")
+        else:
+            disc = build_discriminator(tcfg.discriminator, channels, tcfg.ndf, tcfg.n_layers_d)
+            try:
+                disc.load_state_dict(state)
+            except RuntimeError as e:
+                raise ValueError(f"the discriminator in {cfg.teacher} does not fit its run's config "
+                                 f"({str(e).strip().splitlines()[-1].strip()[:200]})") from None  # fmt: skip
+        got = disc.model[0].in_channels
+        if got != channels:
+            raise ValueError(
+                f"the discriminator in {cfg.teacher} takes {got}-channel input; a "
+                f"{'paired' if paired else 'unpaired'} objective's takes {channels}"
+            )
         return disc
     return build_discriminator(cfg.discriminator, channels, cfg.ndf, cfg.n_layers_d)
 
@@ -499,6 +534,12 @@ def check_device(device: str, flag_name: str = "--device") -> None:
 def check_config(cfg: Config) -> None:
     """Every value checked before any file, process group, model or data is touched: a bad one raises UsageError
     naming the flag, what it got and what it takes (the command exits 2)."""
+    check_values(cfg)
+    check_device(cfg.device)
+
+
+def check_values(cfg: Config) -> None:
+    """check_config's checks that do not depend on this machine (what a run config read from a file must pass)."""
     if cfg.job not in ("teacher", "distill"):
         raise UsageError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
     distill = cfg.job == "distill"
@@ -507,13 +548,14 @@ def check_config(cfg: Config) -> None:
     _one_of(cfg, "model", OBJECTIVES)
     _one_of(cfg, "dataset_mode", ("auto", "aligned", "unaligned"))
     _one_of(cfg, "direction", data_lib.DIRECTIONS)
-    _in_range(cfg, "crop_size", data_lib.SIZE_MULTIPLE)
+    _in_range(cfg, "crop_size", data_lib.SIZE_MULTIPLE, data_lib.MAX_SIZE)
     if cfg.crop_size % data_lib.SIZE_MULTIPLE:
         raise UsageError(
             f"--crop-size must be a multiple of {data_lib.SIZE_MULTIPLE} (the generators halve the resolution twice "
             f"and double it back); got {cfg.crop_size}"
         )
-    _in_range(cfg, "load_size", cfg.crop_size, what=" (--crop-size: the crop is cut from the resized image)")
+    _in_range(cfg, "load_size", cfg.crop_size, data_lib.MAX_SIZE,
+              what=" (--crop-size: the crop is cut from the resized image)")  # fmt: skip
     _in_range(cfg, "batch_size", 0, what=" (0: 4 when paired, 1 when unpaired)")
     _in_range(cfg, "workers", 0, what=" (0: load in the training process)")
     _one_of(cfg, "generator", (*GENERATORS, "auto") if distill else tuple(GENERATORS))
@@ -548,7 +590,7 @@ def check_config(cfg: Config) -> None:
         raise UsageError("--lr must be > 0; got 0")
     _in_range(cfg, "beta1", 0, 1, closed_high=False)
     _in_range(cfg, "beta2", 0, 1, closed_high=False)
-    check_device(cfg.device)
+    check_sha256(cfg.inception_sha256)
     _one_of(cfg, "amp", AMP_MODES)
     _one_of(cfg, "compile_mode", COMPILE_MODES)
     _in_range(cfg, "seed", 0, 2**63 - 1)

@@ -102,11 +102,35 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
+def check_archive(path: Path) -> None:
+    """ValueError naming `path` when its zip records could hold more than the file's own size: a compressed record
+    (torch.save writes every record stored, and a DEFLATE one expands up to 1000x, allocated before any check of
+    ours), or declared sizes that add up to more than the file. So what torch.load allocates is bounded by the
+    file's size. A file in torch's legacy (non-zip) format stores its bytes as they are."""
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            records = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ValueError(f"{path} is not a PyTorch checkpoint (truncated or corrupt: {e})") from None
+    for record in records:
+        if record.compress_type != zipfile.ZIP_STORED or record.compress_size != record.file_size:
+            raise ValueError(
+                f"refused to load {path}: its record {record.filename!r} is compressed ({record.compress_size} bytes "
+                f"that expand to {record.file_size}); torch.save stores every record as it is"
+            )
+    declared, size = sum(r.file_size for r in records), path.stat().st_size
+    if declared > size:
+        raise ValueError(f"refused to load {path}: its records declare {declared} bytes in a file of {size}")
+
+
 def load_tensors(path: str | os.PathLike):
     """Whatever `path` holds, read with weights_only=True on the CPU (see load_checkpoint for the errors)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
+    check_archive(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

@@ -14,6 +14,7 @@ from ackd_fast import __version__
 from ackd_fast.assembly import COMMAND_DEFAULTS, Config
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.flags import add_flags, from_args
+from ackd_fast.metrics import INCEPTION_SHA256
 
 
 def _config(args: argparse.Namespace, job: str) -> Config:
@@ -52,7 +53,11 @@ def cmd_fid_stats(args: argparse.Namespace) -> None:
     from ackd_fast import data, evaluation, metrics
 
     files = data.list_images(args.folder)
-    inception = metrics.load_inception(args.inception_weights or None, args.device, download=args.download)
+    metrics.check_sha256(args.inception_sha256)
+    files = data.list_images(args.folder)
+    inception = metrics.load_inception(
+        args.inception_weights or None, args.device, args.download, args.inception_sha256
+    )
     stats = evaluation.image_stats(evaluation.ImageFiles(files, args.size or None), inception, args.batch_size)
     protocol = {"folder": str(args.folder), "images": stats["n"], "size": args.size or "as stored",
                 "resize": "bilinear to 299 inside pytorch-fid's InceptionV3"}  # fmt: skip
@@ -150,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception-weights", default="", help="as for evaluate")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True, help="as for evaluate")
     p.add_argument("--batch-size", type=int, default=50, help="images per forward (default: %(default)s)")
+    p.add_argument("--inception-sha256", default=INCEPTION_SHA256, help="as for evaluate")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.set_defaults(func=cmd_fid_stats)
 

@@ -33,6 +33,7 @@ MODES = ("aligned", "unaligned", "single")
 EVAL_PHASES = ("test", "val")  # the evaluation split: the first present
 SIZE_MULTIPLE = 4  # the ResNet generators halve the resolution twice
 
+MAX_SIZE = 4096  # the largest --load-size / --crop-size (a run config read from a file is checked against it too)
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """The image files under `folder` (sub-folders included), sorted; FileNotFoundError/ValueError naming the

@@ -201,11 +201,12 @@ class PeriodicEvaluation:
         inception_weights: str = "",
         select: bool = False,
         batch_size: int = 8,
+        inception_sha256: str = metrics.INCEPTION_SHA256,
     ):
         self.dataset, self.split, self.device, self.batch_size = dataset, split, device, batch_size
         self.inception, self.reference, self.note = None, None, None
         try:
-            self.inception = metrics.load_inception(inception_weights or None, device, download=False)
+            self.inception = metrics.load_inception(inception_weights or None, device, False, inception_sha256)
         except metrics.InceptionWeightsError as e:
             if inception_weights:
                 raise

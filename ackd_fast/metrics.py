@@ -18,22 +18,28 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ackd_fast.checkpoint import write_bytes_atomic
-from ackd_fast.errors import optional_import
+from ackd_fast.checkpoint import load_tensors, write_bytes_atomic
+from ackd_fast.errors import UsageError, optional_import
 
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"  # the name pytorch-fid downloads it under
-INCEPTION_SHA256_PREFIX = "6726825d"  # torch hub's convention: the file name carries its hash's first digits
+# The published file's sha256 (95,628,359 bytes; torch hub's convention puts its first digits in the file name)
+INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+INCEPTION_SHA256_HELP = (
+    "the sha256 the Inception weights must have: the published file's by default; a file with another digest is "
+    "refused unread (give its digest to use it anyway: its FID/KID are not comparable with published figures)"
+)
 FEATURE_DIM = 2048
 
 
@@ -70,37 +76,43 @@ def psnr_ssim(fake: Tensor, real: Tensor) -> tuple[list[float], list[float]]:
 
 
 def inception_cache_path() -> Path:
-    """Where pytorch-fid's download lands (and where it looks first): the torch hub cache."""
+    """Where pytorch-fid's download lands: the torch hub cache."""
     return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
 
 
-@contextlib.contextmanager
-def _hub_cache_holding(weights: Path):
-    """A temporary torch hub cache whose Inception file is `weights`, so that pytorch-fid's own loading code reads
-    a local file instead of downloading."""
-    previous = torch.hub._hub_dir  # None unless set_dir was called: get_dir then follows TORCH_HOME; keep it so
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "checkpoints").mkdir()
-        (Path(tmp) / "checkpoints" / INCEPTION_FILE).symlink_to(weights.resolve())
-        torch.hub.set_dir(tmp)
-        try:
-            yield
-        finally:
-            torch.hub._hub_dir = previous
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(expected: str) -> str:
+    """`expected` (--inception-sha256) in lower case; UsageError unless it is 64 hexadecimal digits."""
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-fA-F]{64}", expected):
+        raise UsageError(f"--inception-sha256 must be 64 hexadecimal digits (a sha256), got {expected!r}")
+    return expected.lower()
 
 
 def load_inception(
-    weights: str | os.PathLike | None = None, device: str | torch.device = "cpu", download: bool = True
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    download: bool = True,
+    sha256: str = INCEPTION_SHA256,
 ) -> nn.Module:
     """pytorch-fid's InceptionV3 returning the 2048-d pool3 features, in eval mode on `device`.
 
     weights: a local copy of pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`; None takes the torch hub cache,
     downloading into it when `download` and online. Raises InceptionWeightsError naming both options otherwise.
+    The file must have the sha256 `sha256` (the published file's by default; other weights give FID/KID that are
+    not comparable with published figures): a mismatch is a ValueError naming the file and both digests. Only then
+    is it read, with weights_only=True, and loaded into pytorch-fid's network: pytorch-fid and torch.hub never open
+    the file (they would unpickle it with weights_only=False, which runs code a file carries).
     """
     inception_module = optional_import("pytorch_fid.inception", "FID/KID", "--no-fid skips them")
     FID_WEIGHTS_URL, InceptionV3 = inception_module.FID_WEIGHTS_URL, inception_module.InceptionV3
-
-    block = [InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]]
+    sha256 = check_sha256(sha256)
     if weights:
         path = Path(weights)
         if not path.is_file():
@@ -108,24 +120,46 @@ def load_inception(
                 f"inception_weights {str(path)!r} does not exist; expected a copy of pytorch-fid's {INCEPTION_FILE} "
                 "(--no-fid skips FID/KID)"
             )
-        try:
-            with _hub_cache_holding(path):
-                net = InceptionV3(block)
-        except (RuntimeError, KeyError, EOFError, OSError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(
-                f"inception_weights {str(path)!r} is not pytorch-fid's Inception state dict ({first}); expected a "
-                f"copy of {INCEPTION_FILE}, or --no-fid to skip FID/KID"
-            ) from None
     else:
-        cached = inception_cache_path()
-        if not cached.is_file() and not download:
-            raise InceptionWeightsError(_missing_weights_message(cached, FID_WEIGHTS_URL, "downloads are off"))
+        path = inception_cache_path()
+        if not path.is_file():
+            if not download:
+                raise InceptionWeightsError(_missing_weights_message(path, FID_WEIGHTS_URL, "downloads are off"))
+            try:  # only the bytes: the checks below decide whether they are read
+                path.parent.mkdir(parents=True, exist_ok=True)
+                torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(path), hash_prefix=sha256[:8], progress=True)
+            except (OSError, RuntimeError) as e:  # URLError, HTTPError, socket errors are OSErrors; a bad hash
+                why = f"the download failed ({' '.join(str(e).split())[:200]})"
+                raise InceptionWeightsError(_missing_weights_message(path, FID_WEIGHTS_URL, why)) from None
+    digest = file_sha256(path)
+    if digest != sha256:
+        published = "pytorch-fid's published weights" if sha256 == INCEPTION_SHA256 else "--inception-sha256"
+        raise ValueError(
+            f"Inception weights file {path} has sha256 {digest}, not {sha256} ({published}): refused unread; pass "
+            f"--inception-sha256 {digest} to use this file anyway (its FID/KID are not comparable with published "
+            "figures), or --no-fid"
+        )
+    state = load_tensors(path)
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(
+            f"Inception weights file {path} is not pytorch-fid's Inception state dict (no dict of tensors); expected "
+            f"a copy of {INCEPTION_FILE}"
+        )
+
+    def hand_over(url: str, *args, **kwargs) -> dict:  # what pytorch-fid asks torch.hub for, already read safely
+        if url != FID_WEIGHTS_URL:
+            raise RuntimeError(f"pytorch-fid asked for {url}, not its Inception weights")
+        return state
+
+    with mock.patch.object(inception_module, "load_state_dict_from_url", hand_over):
         try:
-            net = InceptionV3(block)  # reads the cache, or downloads into it
-        except OSError as e:  # URLError, HTTPError, socket errors are OSErrors
-            why = f"the download failed ({' '.join(str(e).split())[:200]})"
-            raise InceptionWeightsError(_missing_weights_message(cached, FID_WEIGHTS_URL, why)) from None
+            net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[FEATURE_DIM]])
+        except RuntimeError as e:  # load_state_dict: "Error(s) in loading ...:" then missing/unexpected keys, shapes
+            lines = [line.strip() for line in str(e).strip().splitlines()] or [type(e).__name__]
+            raise ValueError(
+                f"Inception weights file {path} is not pytorch-fid's Inception state dict ({lines[-1][:200]}); "
+                f"expected a copy of {INCEPTION_FILE}, or --no-fid to skip FID/KID"
+            ) from None
     return net.to(device).eval()
 
 
@@ -138,16 +172,10 @@ def _missing_weights_message(cached: Path, url: str, why: str) -> str:
 
 
 def weights_are_published(weights: str | os.PathLike | None) -> bool:
-    """Whether the Inception file is the published one (its sha256 starts with the digits in its name): FIDs made
-    with other weights are not comparable with the papers'."""
+    """Whether the Inception file is the published one: FIDs made with other weights are not comparable with the
+    papers'."""
     path = Path(weights) if weights else inception_cache_path()
-    if not path.is_file():
-        return False
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest().startswith(INCEPTION_SHA256_PREFIX)
+    return path.is_file() and file_sha256(path) == INCEPTION_SHA256
 
 
 @torch.no_grad()

@@ -276,6 +276,9 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
             else:
                 name, ngf = name or info.get("name"), ngf or info.get("ngf")
                 config = info.get("config")
+                if config is not None and not isinstance(config, dict):
+                    raise ValueError(f"{side}, the sidecar of {path}: 'config' must be a JSON object (the run's "
+                                     f"config) or absent, got {type(config).__name__} {str(config)[:40]!r}")  # fmt: skip
                 source = "exported generator"
     fit = _match(path, state, name, ngf, layouts)
     generator = build_generator(fit.name, fit.ngf, init="default")  # the file overwrites every weight
@@ -301,7 +304,11 @@ def load_discriminator(path: str | os.PathLike) -> NLayerDiscriminator:
     pytorch-CycleGAN-and-pix2pix's `latest_net_D.pth` with instance norm, whose keys are ours); input channels, ndf
     and the layer count come from the tensors. ValueError naming the file when it is not such a discriminator."""
     path = Path(path)
-    state = _tensor_dict(path, load_tensors(path), "discriminator")
+    return discriminator_from_state(_tensor_dict(path, load_tensors(path), "discriminator"), str(path))
+
+
+def discriminator_from_state(state: dict[str, Tensor], path: str) -> NLayerDiscriminator:
+    """load_discriminator's network from a state dict already read (`path` names where it came from)."""
     state = {k: v for k, v in state.items() if k.rsplit(".", 1)[-1] not in RUNNING_STATS}
     convs = sorted({int(m.group(1)) for k in state if (m := _CONV.match(k))})
     first = state.get("model.0.weight")
@@ -335,6 +342,7 @@ __all__ = [
     "LAYOUTS",
     "PEER_LAYOUT",
     "GeneratorFile",
+    "discriminator_from_state",
     "export_sidecar",
     "load_discriminator",
     "load_generator",

@@ -21,8 +21,8 @@ import torch
 
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
-from ackd_fast.assembly import check_device
-from ackd_fast.checkpoint import BEST, write_atomic
+from ackd_fast.assembly import check_device, file_config
+from ackd_fast.checkpoint import BEST, WriteError, write_atomic
 from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator, reference_stats
 from ackd_fast.flags import flag, flag_name
@@ -251,6 +251,7 @@ class EvaluationSettings:
     inception_weights: str = flag(
         "", "pytorch-fid's pt_inception-2015-12-05 weights file; default: the torch hub cache"
     )
+    inception_sha256: str = flag(metrics.INCEPTION_SHA256, metrics.INCEPTION_SHA256_HELP)
     download: bool = flag(True, "download the Inception weights into the torch hub cache when they are not there")
     fid_stats: str = flag(
         "",
@@ -291,6 +292,7 @@ def latency_dtypes_for(spec: str | tuple, device: torch.device) -> tuple[str, ..
 
 
 def _check_settings(s: EvaluationSettings) -> None:
+    metrics.check_sha256(s.inception_sha256)
     for name, low in (("batch_size", 1), ("kid_subsets", 1), ("kid_subset_size", 1), ("latency_runs", 0),
                       ("latency_batch", 1), ("latency_size", 0), ("crop_size", 0)):  # fmt: skip
         if getattr(s, name) < low:
@@ -349,12 +351,13 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
         "device": metrics.device_name(dev),
         "latency_size": latency_size,
         "notes": notes,
+    file_config(checkpoints[0], first.config)  # its values size what is allocated below: checked as flags are
     }
 
     inception, reference = None, None
     fid_stats, inception_weights = s.fid_stats, s.inception_weights
     if s.fid:
-        inception = metrics.load_inception(inception_weights or None, dev, download=s.download)
+        inception = metrics.load_inception(inception_weights or None, dev, s.download, s.inception_sha256)
         published = metrics.weights_are_published(inception_weights or None)
         info["inception_weights"] = str(inception_weights or metrics.inception_cache_path())
         if not published:

@@ -403,7 +403,7 @@ def restore_training_state(ckpt: dict, stateful: dict, evaluator) -> int:
 # checkpoint's config is refused, since the run would no longer be the one it continues.
 RESUME_MAY_CHANGE = ("steps", "stop_at", "log_every", "sample_every", "ckpt_every", "eval_every", "diag_every",
                      "progress", "workers", "device", "compile", "compile_mode", "inception_weights",
-                     "skip_bad_images")  # fmt: skip
+                     "inception_sha256", "skip_bad_images")  # fmt: skip
 
 
 def resume_command(cfg: Config) -> str:
@@ -586,7 +586,10 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
     stateful |= {"g_sched": g_sched, "d_sched": d_sched, "scaler": rt.scaler}
     evaluator = None
     if rt.master and eval_set is not None:
-        evaluator = PeriodicEvaluation(eval_set, eval_split, rt.device, cfg.inception_weights, cfg.select_on == "val")
+        evaluator = PeriodicEvaluation(
+            eval_set, eval_split, rt.device, cfg.inception_weights, cfg.select_on == "val",
+            inception_sha256=cfg.inception_sha256,
+        )
 
     # --- resume: the checkpoint must be this command's run (kind, flags, training images)
     step, changed = 0, {}

@@ -55,6 +55,14 @@ def random_inception_file(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def random_inception_sha256(random_inception_file):
+    """The stand-in's digest: what --inception-sha256 must say for it to be read (it is not the published file)."""
+    from ackd_fast.metrics import file_sha256
+
+    return file_sha256(random_inception_file)
+
+
 @pytest.fixture
 def ieee_fp32():
     """Full fp32 CUDA matmuls and convolutions (no TF32) for the test, restored after (with the fp32_precision API:

@@ -107,6 +107,10 @@ def test_missing_inception_weights_are_one_line_saying_where_and_no_fid(teacher,
     torch.save({f"layer{i}.weight": torch.zeros(3) for i in range(2000)}, bad)
     code, _, err = run_cli(["evaluate", "--checkpoint", teacher, "--inception-weights", bad, "--latency-runs", "0",
                             "--out-dir", tmp_path / "report"])  # fmt: skip
+    digest = metrics.file_sha256(bad)
+    _one_line(code, err, 1, str(bad), f"sha256 {digest}", metrics.INCEPTION_SHA256, f"--inception-sha256 {digest}")
+    code, _, err = run_cli(["evaluate", "--checkpoint", teacher, "--inception-weights", bad, "--latency-runs", "0",
+                            "--inception-sha256", digest, "--out-dir", tmp_path / "report"])  # fmt: skip
     _one_line(code, err, 1, "is not pytorch-fid's Inception state dict", "--no-fid")
     assert len(err) < 800  # not the ~30 KB of key names
 

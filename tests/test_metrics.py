@@ -123,8 +123,8 @@ def test_stats_files_round_trip_and_published_files_load(tmp_path, np_rng):
 # ------------------------------------------------------------------------------ Inception, end to end
 
 
-def test_load_inception_reads_a_local_file_through_pytorch_fid(random_inception_file):
-    net = metrics.load_inception(random_inception_file)
+def test_load_inception_reads_a_local_file_through_pytorch_fid(random_inception_file, random_inception_sha256):
+    net = metrics.load_inception(random_inception_file, sha256=random_inception_sha256)
     saved = torch.load(random_inception_file)
     first_conv = net.blocks[0][0].conv.weight
     assert torch.equal(first_conv, saved["Conv2d_1a_3x3.conv.weight"])
@@ -133,12 +133,12 @@ def test_load_inception_reads_a_local_file_through_pytorch_fid(random_inception_
 
 # 6 images give a singular covariance: pytorch-fid warns and retries with eps on the diagonal, as it should
 @pytest.mark.filterwarnings("ignore::scipy.linalg.LinAlgWarning")
-def test_fid_end_to_end_matches_pytorch_fid_on_image_files(tmp_path, random_inception_file):
+def test_fid_end_to_end_matches_pytorch_fid_on_image_files(tmp_path, random_inception_file, random_inception_sha256):
     """Our streaming path (generator output -> quantize -> features -> running stats) gives the statistics that
     pytorch-fid's own file-based pipeline gives for the same images written as PNGs."""
     from pytorch_fid.fid_score import calculate_activation_statistics
 
-    inception = metrics.load_inception(random_inception_file)
+    inception = metrics.load_inception(random_inception_file, sha256=random_inception_sha256)
     images = torch.rand(6, 3, 40, 36) * 2.2 - 1.1  # [-1, 1] and beyond: clamped like tensor2im's callers
 
     class Fixed(nn.Module):  # a "generator" that returns the images, so the test knows every pixel
@@ -180,18 +180,16 @@ def test_missing_inception_weights_name_both_options(tmp_path, monkeypatch):
         metrics.load_inception(download=False)
     assert "--inception-weights" in str(e.value) and str(tmp_path / "hub") in str(e.value)
 
-    import pytorch_fid.inception
-
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(pytorch_fid.inception, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(metrics.InceptionWeightsError, match=r"download failed.*--inception-weights"):
         metrics.load_inception()
     bad = tmp_path / "bad.pth"
     torch.save({"not": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="is not pytorch-fid's Inception state dict"):
-        metrics.load_inception(bad)
+        metrics.load_inception(bad, sha256=metrics.file_sha256(bad))
 
 
 def test_count_macs_differs_from_flop_counter_only_on_transposed_convs():

@@ -242,9 +242,11 @@ def test_the_report_labels_the_ablation_as_the_paper_does():
     assert any(r["method"] == "ACKD w/o ACK-F residual" for r in PUBLISHED["edges2shoes"]["rows"])
 
 
-def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, random_inception_file, capsys):
+def test_evaluate_on_the_sample_set_writes_the_report(tmp_path, teacher_ckpt, random_inception_file,
+                                                     random_inception_sha256, capsys):  # fmt: skip
     out = tmp_path / "report"
-    weights = ["--inception-weights", str(random_inception_file), "--kid-subsets", "3"]
+    weights = ["--inception-weights", str(random_inception_file), "--inception-sha256", random_inception_sha256,
+               "--kid-subsets", "3"]  # fmt: skip
     latency = ["--latency-runs", "2", "--latency-batch", "2", "--latency-dtypes", "fp32"]
     cli.main(["evaluate", "--checkpoint", teacher_ckpt, *weights, *latency, "--out-dir", str(out)])
     rows = json.loads(capsys.readouterr().out)
@@ -294,7 +296,7 @@ def test_evaluation_flags_check_their_values(tmp_path, paired_root, unpaired_roo
         train(_cfg(tmp_path, paired_root, job="teacher", eval_every=1, inception_weights=missing))
 
 
-def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_inception_file):
+def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_inception_file, random_inception_sha256):
     from ackd_fast.metrics import load_stats
 
     folder = Path(paired_root) / "test"
@@ -307,6 +309,8 @@ def test_fid_stats_command_writes_statistics(tmp_path, paired_root, random_incep
             "32",
             "--inception-weights",
             str(random_inception_file),
+            "--inception-sha256",
+            random_inception_sha256,
         ]
     )
     stats = load_stats(tmp_path / "ref.npz")
