@@ -9,7 +9,8 @@
     pt2   a `torch.export` ExportedProgram, saved with `torch.export.save`
 
 `dynamic`: H and W dynamic (onnx), H = W dynamic (pt2), in multiples of what the generator needs (4 for the ResNets,
-2**num_downs for a U-Net). Every file is written to a temporary name and renamed when complete.
+2**num_downs for a U-Net). Every file is written to a temporary name and renamed when complete. No export replaces
+its input, writes into a run's folder, or replaces an existing file unless asked (`overwrite`).
 """
 
 from __future__ import annotations
@@ -21,11 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
-from ackd_fast.errors import optional_import
+from ackd_fast.checkpoint import CHECKPOINT, WriteError, write_atomic, write_bytes_atomic
+from ackd_fast.errors import UsageError, optional_import
 from ackd_fast.models import TappedGenerator
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
+from ackd_fast.rundir import LOG
 
 FORMATS = ("pth", "peer", "onnx", "pt2")
 ONNX_TOLERANCE = 1e-4  # max abs difference (fp32) between onnxruntime and PyTorch that an onnx export accepts
@@ -51,14 +53,47 @@ def size_multiple(generator: TappedGenerator) -> int:
 def _check_size(generator: TappedGenerator, size: object) -> int:
     multiple = size_multiple(generator)
     if isinstance(size, bool) or not isinstance(size, int) or size < multiple or size % multiple:
-        raise ValueError(f"size (--size) must be a positive multiple of {multiple} for this generator, got {size!r}")
+        raise UsageError(f"size (--size) must be a positive multiple of {multiple} for this generator, got {size!r}")
     return size
+
+
+RUN_MARKERS = (CHECKPOINT, LOG)  # a folder holding one of these is a run's: its files are the run's own
+
+
+def _run_folder(path: Path) -> Path | None:
+    """The run folder `path` lies in (the nearest folder above it holding ckpt.pt or log.jsonl), or None."""
+    return next((folder for folder in path.parents if any((folder / name).is_file() for name in RUN_MARKERS)), None)
+
+
+def _check_targets(checkpoint: str | os.PathLike, fmt: str, out: Path, overwrite: bool) -> None:
+    """UsageError when a file the export would write is its input (or the input's sidecar), the other file it
+    writes, a file in a run folder, or an existing file (without `overwrite`). Paths are compared resolved, so a
+    symlink or `..` does not get past it."""
+    targets = [out, sidecar_path(out)] if fmt == "pth" else [out]
+    if fmt == "pth" and sidecar_path(out).resolve() == out.resolve():
+        raise UsageError(f"--out {out} would be overwritten by its own JSON sidecar ({sidecar_path(out)}): give "
+                         "--format pth an --out with another suffix, e.g. .pth")  # fmt: skip
+    inputs = {
+        Path(checkpoint).resolve(): "the checkpoint being exported",
+        sidecar_path(checkpoint).resolve(): f"the sidecar of the checkpoint being exported ({checkpoint})",
+    }
+    for target in targets:
+        resolved = target.resolve()
+        if resolved in inputs:
+            raise UsageError(f"--out {out} would overwrite {target}, {inputs[resolved]}: choose another --out")
+        run = _run_folder(resolved)
+        if run is not None:
+            held = " and ".join(n for n in RUN_MARKERS if (run / n).is_file())
+            raise UsageError(f"--out {out} lies in the run folder {run} (it holds {held}), whose files are the "
+                             "run's own: choose an --out outside it")  # fmt: skip
+        if target.exists() and not target.is_dir() and not overwrite:
+            raise UsageError(f"--out {out}: {target} exists; add --overwrite to replace it, or choose another --out")
 
 
 def _check_out(out: str | os.PathLike) -> Path:
     out = Path(out)
     if out.is_dir():
-        raise ValueError(f"cannot write --out {out}: it is a directory")
+        raise UsageError(f"cannot write --out {out}: it is a directory")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -158,15 +193,20 @@ def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: boo
 
 
 def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size: int = 256,
-           dynamic: bool = False) -> dict:  # fmt: skip
+           dynamic: bool = False, overwrite: bool = False) -> dict:  # fmt: skip
     """Exports the generator of `checkpoint` (any file `load_generator` reads) in format `fmt` (one of FORMATS) to
     `out`. Returns what was written: {"format", "files", "generator", "ngf", ...; onnx: "max_abs_diff"}.
     Bad input (an unknown format, a size the generator cannot take, an unwritable path, a file without a generator)
-    raises a ValueError (FileNotFoundError for a missing checkpoint) with a one-line message."""
+    raises a ValueError (FileNotFoundError for a missing checkpoint) with a one-line message; a bad flag value
+    (format, size, an --out that is the input, its own sidecar, in a run folder, or an existing file without
+    `overwrite`) is a UsageError. Nothing is written before every check has passed."""
     if fmt not in FORMATS:
-        raise ValueError(f"format (--format) must be one of {FORMATS}, got {fmt!r}")
+        raise UsageError(f"format (--format) must be one of {FORMATS}, got {fmt!r}")
     if not isinstance(dynamic, bool):
         raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
+    if not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
+    _check_targets(checkpoint, fmt, Path(out), overwrite)
     g = read_generator(checkpoint)
     _check_size(g.generator, size)
     out = _check_out(out)

@@ -52,7 +52,8 @@ def test_pth_round_trip_with_its_sidecar(tmp_path, student_ckpt):
 @pytest.mark.parametrize("name", ["resnet_9blocks", "mobile_resnet_9blocks", "unet_256_bn"])
 def test_peer_format_has_the_peers_keys_and_maps_back(tmp_path, name):
     g = build_generator(name, 2).eval()
-    ckpt = tmp_path / "ckpt.pt"
+    ckpt = tmp_path / "run" / "ckpt.pt"  # a run's folder: the export goes beside it, not into it
+    ckpt.parent.mkdir()
     save_checkpoint({"config": {"model": "pix2pix"}, "step": 1, "generator": {"name": name, "ngf": 2,
                      "state": g.state_dict()}}, ckpt)  # fmt: skip
     out = tmp_path / "latest_net_G.pth"
