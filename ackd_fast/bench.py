@@ -6,6 +6,7 @@ pytest-benchmark."""
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import time
@@ -18,7 +19,10 @@ from torch import Tensor, nn
 from ackd_fast import metrics
 from ackd_fast.checkpoint import write_atomic
 from ackd_fast.deploy import deploy
+from ackd_fast.errors import UsageError
+from ackd_fast.export import size_multiple
 from ackd_fast.metrics import ieee_fp32, time_paths
+from ackd_fast.report import check_writable
 from ackd_fast.runtimes import onnxruntime_session, openvino_model
 
 PATHS = ("eager", "compile", "onnxruntime", "openvino", "deploy")
@@ -32,6 +36,33 @@ def device_dtypes(device: torch.device) -> tuple[str, ...]:
         return ("fp32", "bf16", "fp16")
     return ("fp32", "bf16") if torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported() \
         else ("fp32",)  # fmt: skip
+
+
+def parse_batches(text: str) -> tuple[int, ...]:
+    """--batch's value: comma-separated positive ints; UsageError naming the flag otherwise."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise UsageError(f"--batch takes comma-separated positive ints (e.g. 1,4), got {text!r}")
+    return tuple(int(part) for part in parts)
+
+
+def check_options(generators: dict[str, nn.Module], device: str, size: int, batches: tuple[int, ...],
+                  dtypes: tuple[str, ...] | None, paths: tuple[str, ...], rounds: int) -> None:  # fmt: skip
+    """UsageError naming the flag for any value compare_paths could not run with, before anything is timed."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise UsageError(f"--device must be one of auto, cpu, cuda; got {device!r}")
+    for generator_name, generator in generators.items():
+        multiple = size_multiple(generator)
+        if isinstance(size, bool) or not isinstance(size, int) or size < multiple or size % multiple:
+            raise UsageError(f"--size must be a positive multiple of {multiple} for {generator_name}, got {size!r}")
+    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in batches):
+        raise UsageError(f"--batch takes comma-separated positive ints (e.g. 1,4), got {batches!r}")
+    for flag, values, allowed in (("--dtypes", dtypes or (), DTYPES), ("--paths", paths, PATHS)):
+        unknown = [v for v in values if v not in allowed]
+        if unknown or (flag == "--paths" and not values):
+            raise UsageError(f"{flag} takes comma-separated names among {', '.join(allowed)}; got {unknown or values}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise UsageError(f"--rounds must be an int >= 1 (timed calls per path), got {rounds!r}")
 
 
 def build_path(path: str, model: nn.Module, example: Tensor) -> Callable[[Tensor], Tensor]:
@@ -200,15 +231,15 @@ def bench_deploy(
 ) -> tuple[list[dict], list[dict]]:
     """compare_paths (options: its keywords) and speed_ratios, written to OUT_DIR/bench_deploy.md and .json
     (atomically) and printed. device: "auto" (CUDA when present), "cpu" or "cuda"."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be one of ('auto', 'cpu', 'cuda'), got {device!r}")
+    given = {k: p.default for k, p in inspect.signature(compare_paths).parameters.items()} | options
+    check_options(generators, device, *(given[k] for k in ("size", "batches", "dtypes", "paths", "rounds")))
+    out = Path(out_dir)
+    check_writable(out, "the results folder (--out)")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     rows = compare_paths(generators, device=device, **options)
     ratios = speed_ratios(rows)
     table = markdown(rows, ratios)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for name, text in (
         ("bench_deploy.md", table),
         ("bench_deploy.json", json.dumps({"rows": rows, "ratios": ratios, "deploy_leads": deploy_leads(rows)},

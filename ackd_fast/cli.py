@@ -36,14 +36,19 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from ackd_fast.report import EvaluationSettings, evaluate_checkpoints
 
-    result = evaluate_checkpoints(args.checkpoint, from_args(EvaluationSettings, args))
-    print(json.dumps(result["rows"], indent=1))
+    def print_row(row: dict, index: int, count: int) -> None:
+        # each row as soon as it is scored, so that a failure later (writing the report) loses no score; together
+        # the lines are one JSON list of the rows
+        print(("[\n" if index == 0 else "") + json.dumps(row) + ("," if index < count - 1 else "\n]"), flush=True)
+
+    evaluate_checkpoints(args.checkpoint, from_args(EvaluationSettings, args), on_row=print_row)
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     from ackd_fast.export import export
 
-    result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic)
+    result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic,
+                    overwrite=args.overwrite)  # fmt: skip
     if "max_abs_diff" in result:
         print(f"onnxruntime vs PyTorch: max abs difference {result['max_abs_diff']:.3g}")
     print(json.dumps(result, indent=1))
@@ -52,7 +57,6 @@ def cmd_export(args: argparse.Namespace) -> None:
 def cmd_fid_stats(args: argparse.Namespace) -> None:
     from ackd_fast import data, evaluation, metrics
 
-    files = data.list_images(args.folder)
     metrics.check_sha256(args.inception_sha256)
     files = data.list_images(args.folder)
     inception = metrics.load_inception(
@@ -80,7 +84,7 @@ def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
 
 
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
-    from ackd_fast.bench import PATHS, bench_deploy
+    from ackd_fast.bench import PATHS, bench_deploy, parse_batches
     from ackd_fast.models import build_generator
     from ackd_fast.peers import load_generator
 
@@ -95,7 +99,7 @@ def cmd_bench_deploy(args: argparse.Namespace) -> None:
     if not generators:
         raise UsageError("give checkpoints or --arch NAME:NGF")
     bench_deploy(
-        generators, args.out, device=args.device, size=args.size, batches=tuple(int(b) for b in args.batch.split(",")),
+        generators, args.out, device=args.device, size=args.size, batches=parse_batches(args.batch),
         dtypes=tuple(args.dtypes.split(",")) if args.dtypes else None,
         paths=tuple(args.paths.split(",")) if args.paths else PATHS, rounds=args.rounds,
     )  # fmt: skip
@@ -146,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (a pth's sidecar goes beside it, .json)")
     p.add_argument("--size", type=int, default=256, help="example input size for onnx / pt2 (default: %(default)s)")
     p.add_argument("--dynamic", action="store_true", help="onnx: dynamic H and W; pt2: dynamic H = W")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input, nor a file "
+                   "in a run's folder)")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("fid-stats", help="FID reference statistics (.npz: mu, sigma, features) of an image folder")
@@ -153,9 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", help="output .npz")
     p.add_argument("--size", type=int, default=0, help="resize images to SIZE x SIZE first (bicubic); 0 = as stored")
     p.add_argument("--inception-weights", default="", help="as for evaluate")
+    p.add_argument("--inception-sha256", default=INCEPTION_SHA256, help="as for evaluate")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=True, help="as for evaluate")
     p.add_argument("--batch-size", type=int, default=50, help="images per forward (default: %(default)s)")
-    p.add_argument("--inception-sha256", default=INCEPTION_SHA256, help="as for evaluate")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     p.set_defaults(func=cmd_fid_stats)
 

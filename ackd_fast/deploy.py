@@ -89,6 +89,14 @@ class DeployedGenerator:
         )
 
 
+def _eager_output(eager: nn.Module, example: Tensor) -> Tensor:
+    """What the fast path is checked against; ValueError when it is not finite (then no difference means anything,
+    and the cause is the generator, e.g. weights that hold NaN, not the fast path)."""
+    expected = eager(example)
+    if not torch.isfinite(expected).all():
+        raise ValueError("the generator's own (eager) output on example_input holds NaN or inf, so the fast path "
+                         "cannot be checked against it: are its weights finite?")  # fmt: skip
+    return expected
 
 
 def _resolve(method: str, device: torch.device, dtype: torch.dtype) -> str:
@@ -132,7 +140,7 @@ def _deploy_openvino(generator: nn.Module, example: Tensor, verify: bool, t0: fl
         y = deployed(example)
         deployed.setup_seconds = time.perf_counter() - t0
         if verify:
-            expected = eager(example)
+            expected = _eager_output(eager, example)
             deployed.max_abs_diff = (y - expected).abs().max().item()
             scale = max(1.0, expected.abs().max().item())
             if not deployed.max_abs_diff <= TOLERANCE[torch.float32] * scale:
@@ -166,6 +174,16 @@ def deploy(
         raise TypeError(f"example_input must be floating point, got dtype {example_input.dtype}")
     if example_input.dim() != 4 or example_input.numel() == 0:
         raise ValueError(f"example_input must be a non-empty (B, C, H, W), got shape {tuple(example_input.shape)}")
+    if example_input.device.type == "meta":
+        raise ValueError("example_input is on the meta device, which holds no values: deploy compiles for and checks "
+                         "against real inputs; give it a tensor on cpu or cuda")  # fmt: skip
+    first_conv = next((m for m in generator.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is not None and example_input.shape[1] != first_conv.in_channels:
+        raise ValueError(f"example_input has {example_input.shape[1]} channels (shape {tuple(example_input.shape)}); "
+                         f"the generator takes {first_conv.in_channels} (its first convolution)")  # fmt: skip
+    if not torch.isfinite(example_input).all():
+        raise ValueError("example_input holds NaN or inf values: deploy checks the fast path against the eager "
+                         "generator on it; give finite values, e.g. an image scaled to [-1, 1]")  # fmt: skip
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     device, dtype = example_input.device, example_input.dtype
@@ -210,7 +228,7 @@ def deploy(
         deployed(example_input)  # CUDA graphs record on a later call
         deployed.setup_seconds = time.perf_counter() - t0
         if verify:
-            expected = eager(example_input)
+            expected = _eager_output(eager, example_input)
             deployed.max_abs_diff = (y.float() - expected.float()).abs().max().item()
             scale = max(1.0, expected.abs().max().item())
             tolerance = TOLERANCE.get(dtype)

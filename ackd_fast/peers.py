@@ -277,8 +277,9 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
                 name, ngf = name or info.get("name"), ngf or info.get("ngf")
                 config = info.get("config")
                 if config is not None and not isinstance(config, dict):
+                    got = f"{type(config).__name__} {str(config)[:40]!r}"
                     raise ValueError(f"{side}, the sidecar of {path}: 'config' must be a JSON object (the run's "
-                                     f"config) or absent, got {type(config).__name__} {str(config)[:40]!r}")  # fmt: skip
+                                     f"config) or absent, got {got}")  # fmt: skip
                 source = "exported generator"
     fit = _match(path, state, name, ngf, layouts)
     generator = build_generator(fit.name, fit.ngf, init="default")  # the file overwrites every weight

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -304,9 +305,46 @@ def _check_settings(s: EvaluationSettings) -> None:
     check_device(s.device)
 
 
-def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | None = None, **overrides) -> dict:
+def check_writable(folder: Path, what: str) -> None:
+    """Creates `folder` (and its parents) when missing, then writes and deletes a probe file in it, so that work
+    whose results go there fails before it starts, not after: WriteError naming the folder."""
+    probe = folder / f".write-test.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WriteError(
+            e.errno, f"cannot write into {what} {folder}: {e.strerror or e}; nothing was computed"
+        ) from None
+
+
+def _check_layout(checkpoint: str, objective: str, root: str, mode: str, phase: str, direction: str) -> None:
+    """ValueError when `root` lacks the layout the checkpoint's objective is scored on and holds the other one:
+    which layout the checkpoint needs, which one the folder holds, and the flags that say otherwise."""
+    src = "A" if direction == "AtoB" else "B"
+    phases = data_lib.EVAL_PHASES if phase == "auto" else (phase,)
+    layouts = {"aligned": list(phases), "unaligned": [f"{p}{src}" for p in phases]}
+    if mode not in layouts or any((Path(root) / name).is_dir() for name in layouts[mode]):
+        return
+    other = "unaligned" if mode == "aligned" else "aligned"
+    held = [name for name in layouts[other] if (Path(root) / name).is_dir()]
+    if not held:
+        return  # neither layout: evaluation_phase / make_dataset say what was looked for
+    needs = {"aligned": "aligned pairs (A|B side by side: " + " or ".join(f"{p}/" for p in layouts["aligned"]) + ")",
+             "unaligned": "unaligned folders (" + " or ".join(f"{p}{src}/" for p in phases) + ")"}  # fmt: skip
+    raise ValueError(
+        f"{checkpoint} is a --model {objective} run, scored on {needs[mode]}, and {root} holds {other} data "
+        f"({', '.join(n + '/' for n in held)}): pass --dataroot of {mode} data, or --dataset-mode {other} to score it "
+        "on this data"
+    )
+
+
+def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | None = None, *,
+                         on_row: Callable[[dict, int, int], None] | None = None, **overrides) -> dict:  # fmt: skip
     """Scores every checkpoint (and the best.pt beside it, when training selected one) and writes the report.
-    Checkpoints are any files `peers.read_generator` reads; `settings` (fields replaced by `overrides`) say how.
+    Checkpoints are any files `peers.read_generator` reads; `settings` (fields replaced by `overrides`) say how;
+    `on_row(row, index, count)` gets each row as soon as it is scored. The report folder is checked writable first.
     Defaults come from the first checkpoint's run config when it carries one: its dataset, direction, objective
     (aligned or unaligned data) and crop size, its folder for the report. The split: "auto" = test when present,
     else val."""
@@ -316,6 +354,7 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
         raise UsageError("give at least one checkpoint (--checkpoint ckpt.pt ...)")
     batch_size, phase, direction = s.batch_size, s.phase, s.direction
     first = read_generator(checkpoints[0])
+    file_config(checkpoints[0], first.config)  # its values size what is allocated below: checked as flags are
     config = first.config or {}
     root = s.dataroot or config.get("dataroot", "")
     if not root:
@@ -329,6 +368,8 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
         mode = "aligned" if first.objective == "pix2pix" else "unaligned"
     elif mode == "auto":
         mode = "aligned" if any((Path(root) / p).is_dir() for p in ("train", *data_lib.EVAL_PHASES)) else "unaligned"
+    if s.dataset_mode == "auto" and first.objective:
+        _check_layout(checkpoints[0], first.objective, root, mode, phase, direction)
     notes = []
     if phase == "auto" and mode != "single":
         phase = data_lib.evaluation_phase(root, mode, direction)
@@ -338,6 +379,7 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
     size = s.crop_size or config.get("crop_size") or 256
     dataset = data_lib.make_dataset(root, mode, phase, train=False, direction=direction, load_size=size, crop_size=size)
     out = Path(s.out_dir or Path(checkpoints[0]).parent)
+    check_writable(out, "the report folder (--out-dir)")
     dev = torch.device(s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     latency_size = s.latency_size or size
     latency_dtypes = latency_dtypes_for(s.latency_dtypes, dev)
@@ -351,7 +393,6 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
         "device": metrics.device_name(dev),
         "latency_size": latency_size,
         "notes": notes,
-    file_config(checkpoints[0], first.config)  # its values size what is allocated below: checked as flags are
     }
 
     inception, reference = None, None
@@ -385,43 +426,46 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
             )
             print(info["notes"][-1])
 
-    rows = []
+    candidates = []  # (path, which), every one known before the first is scored (on_row says which is last)
     for ckpt in checkpoints:
-        candidates = [(ckpt, "final")]
+        candidates.append((ckpt, "final"))
         best = Path(ckpt).parent / BEST
         if best.is_file() and best.resolve() != Path(ckpt).resolve():
             candidates.append((str(best), "best"))
-        for path, which in candidates:
-            loaded = first if path == checkpoints[0] else read_generator(path)
-            g = loaded.generator
-            selected = f"final (step {loaded.step})" if loaded.step is not None else f"as loaded ({loaded.source})"
-            if which == "best":
-                sel = loaded.selection
-                selected = f"best on {sel['split']} (step {sel['step']}, {sel['metric']} {sel['value']:.3f})"
-            scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, s.kid_subsets,
-                                        s.kid_subset_size, f"scoring {path}" if s.progress else "")  # fmt: skip
-            row = {
-                "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
-                "selected": selected,
-                "checkpoint": path,
-                "params_M": metrics.count_params(g) / 1e6,
-                "GMACs@256": metrics.count_macs(g.cpu(), torch.zeros(1, 3, 256, 256)) / 1e9,
-                f"GMACs@{size}": metrics.count_macs(g, torch.zeros(1, 3, size, size)) / 1e9,
-            }
-            row |= {
-                "FID": scores.get("fid"),
-                "KID": scores.get("kid"),
-                "KID_std": scores.get("kid_std"),
-                "PSNR": scores.get("psnr"),
-                "SSIM": scores.get("ssim"),
-                "images": scores["images"],
-            }
-            if s.latency_runs > 0:
-                batches = (1, s.latency_batch)
-                for lat in metrics.measure_latency(g, latency_size, dev, batches, latency_dtypes, runs=s.latency_runs):
-                    row[f"ms_{lat['dtype']}_b{lat['batch']}"] = lat["median_ms"]
-                    row[f"img_s_{lat['dtype']}_b{lat['batch']}"] = lat["images_per_s"]
-            rows.append(row)
+    rows = []
+    for index, (path, which) in enumerate(candidates):
+        loaded = first if path == checkpoints[0] else read_generator(path)
+        g = loaded.generator
+        selected = f"final (step {loaded.step})" if loaded.step is not None else f"as loaded ({loaded.source})"
+        if which == "best":
+            sel = loaded.selection
+            selected = f"best on {sel['split']} (step {sel['step']}, {sel['metric']} {sel['value']:.3f})"
+        scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, s.kid_subsets,
+                                    s.kid_subset_size, f"scoring {path}" if s.progress else "")  # fmt: skip
+        row = {
+            "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
+            "selected": selected,
+            "checkpoint": path,
+            "params_M": metrics.count_params(g) / 1e6,
+            "GMACs@256": metrics.count_macs(g.cpu(), torch.zeros(1, 3, 256, 256)) / 1e9,
+            f"GMACs@{size}": metrics.count_macs(g, torch.zeros(1, 3, size, size)) / 1e9,
+        }
+        row |= {
+            "FID": scores.get("fid"),
+            "KID": scores.get("kid"),
+            "KID_std": scores.get("kid_std"),
+            "PSNR": scores.get("psnr"),
+            "SSIM": scores.get("ssim"),
+            "images": scores["images"],
+        }
+        if s.latency_runs > 0:
+            batches = (1, s.latency_batch)
+            for lat in metrics.measure_latency(g, latency_size, dev, batches, latency_dtypes, runs=s.latency_runs):
+                row[f"ms_{lat['dtype']}_b{lat['batch']}"] = lat["median_ms"]
+                row[f"img_s_{lat['dtype']}_b{lat['batch']}"] = lat["images_per_s"]
+        rows.append(row)
+        if on_row is not None:
+            on_row(row, index, len(candidates))
     task = s.task
     if task == "auto":
         task = task_of(root)
