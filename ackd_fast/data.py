@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +33,34 @@ DIRECTIONS = ("AtoB", "BtoA")
 MODES = ("aligned", "unaligned", "single")
 EVAL_PHASES = ("test", "val")  # the evaluation split: the first present
 SIZE_MULTIPLE = 4  # the ResNet generators halve the resolution twice
-
 MAX_SIZE = 4096  # the largest --load-size / --crop-size (a run config read from a file is checked against it too)
 
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """The image files under `folder` (sub-folders included), sorted; FileNotFoundError/ValueError naming the
-    folder when there are none."""
+    """The image files under `folder` (sub-folders included, linked ones too), sorted; FileNotFoundError/ValueError
+    naming the folder when there are none. A folder reached twice (a link loop, two links to one folder) is walked
+    once, and a file reached by two paths (links, hard links) is listed once, by the first of its paths in order."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (or is not a directory)")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    walked, found = set(), []
+    for parent, dirs, names in os.walk(folder, followlinks=True):
+        here = os.stat(parent)
+        if (here.st_dev, here.st_ino) in walked:
+            dirs[:] = []
+            continue
+        walked.add((here.st_dev, here.st_ino))
+        dirs.sort()
+        found += [Path(parent, name) for name in names if Path(name).suffix.lower() in IMAGE_EXTENSIONS]
+    files, seen = [], set()
+    for path in sorted(found):
+        try:
+            st = path.stat()  # the file a link points to; a dangling link is no image
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append(path)
     if not files:
         raise ValueError(f"image folder {folder} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)})")
     return files
@@ -62,12 +81,33 @@ def evaluation_phase(root: str | os.PathLike, mode: str, direction: str = "AtoB"
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """An RGB PIL image; ValueError naming the path when the file cannot be decoded."""
+    """An RGB PIL image (high-bit-depth and float images scaled to 8 bits: `eight_bit`); ValueError naming the path
+    when the file cannot be decoded or holds values no image has."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            return eight_bit(im).convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+SIXTEEN_BIT_MAX = 65535
+
+
+def eight_bit(im: Image.Image) -> Image.Image:
+    """`im` with 8-bit values where it has more: 16-bit integers (modes I;16*, and I, as PIL reads some 16-bit PNGs)
+    scaled from 0..65535, floats (mode F, e.g. a 32-bit TIFF) from 0..1; PIL's convert("RGB") would clip them (a
+    16-bit image comes out near white, a float one black). ValueError saying what it holds for values outside those
+    ranges or not finite (the caller names the file)."""
+    if im.mode not in ("F", "I") and not im.mode.startswith("I;16"):
+        return im
+    values = np.asarray(im)
+    top, kind = (1.0, "float") if im.mode == "F" else (SIXTEEN_BIT_MAX, "integer")
+    if not np.isfinite(values).all():
+        raise ValueError(f"holds {kind} values (mode {im.mode}) that are not finite (NaN or inf)")
+    low, high = values.min(initial=0), values.max(initial=0)
+    if low < 0 or high > top:
+        raise ValueError(f"holds {kind} values (mode {im.mode}) in [{low:g}, {high:g}]; expected them in [0, {top:g}]")
+    return Image.fromarray(np.rint(values.astype(np.float64) * (255 / top)).astype(np.uint8))  # mode L
 
 
 MIN_IMAGE_SIDE = 2  # smaller images are reported as bad (an aligned pair needs two columns)
@@ -75,14 +115,18 @@ MIN_IMAGE_SIDE = 2  # smaller images are reported as bad (an aligned pair needs 
 
 def check_image(path: str | os.PathLike, pair: bool = False) -> str:
     """Why `path` cannot be trained on ("" when it can): PIL cannot identify or fully decode it (empty, random bytes,
-    truncated), or it is smaller than MIN_IMAGE_SIDE a side (an aligned A|B pair: per half). JPEGs decode in draft
-    mode (1/8 scale), which still reads the whole stream."""
+    truncated), it holds values `eight_bit` refuses, or it is smaller than MIN_IMAGE_SIDE a side (an aligned A|B
+    pair: per half). JPEGs decode in draft mode (1/8 scale), which still reads the whole stream."""
     try:
         with Image.open(path) as im:
             w, h = im.size
             if im.format == "JPEG":
                 im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
             im.load()
+            try:
+                eight_bit(im)
+            except ValueError as e:
+                return str(e)
     except Exception as e:  # PIL raises many types for bad bytes (OSError, SyntaxError, ValueError, struct.error)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"cannot be decoded ({first})"
@@ -120,8 +164,9 @@ def names_digest(paths: list[Path], root: str | os.PathLike) -> str:
     """A digest of the file names under `root` (relative, sorted): what a checkpoint records of its training set."""
     import hashlib
 
-    names = sorted(str(Path(p).relative_to(root)) for p in paths)
-    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+    # os.fsencode: a name that is not UTF-8 (bytes Python keeps as surrogates) is hashed as the bytes it is
+    names = sorted(os.fsencode(Path(p).relative_to(root)) for p in paths)
+    return hashlib.sha256(b"\n".join(names)).hexdigest()[:16]
 
 
 def to_tensor(im: Image.Image) -> Tensor:
