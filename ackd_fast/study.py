@@ -16,7 +16,11 @@ seeds, and the arms that are not `Arm.main` (fewer seeds) stop sooner.
 Resumable: every run keeps its checkpoint (`--resume` semantics) and a finished run leaves `score.json`; running the
 same command again skips finished runs and continues an interrupted one from its last checkpoint. Writes, under
 `out_dir`: data/, teacher/, <arm>/seed<N>/ (runs), results.json, results.md, study.png; `ackd-fast study --report`
-rewrites the report from the runs that have finished.
+rewrites the report from the runs that have finished (their score.json; log.jsonl for the curves and diagnostics).
+
+Records: a study meant for the repository runs with `--out-dir benchmarks/results/DATE-study-PRESET/runs`, where
+.gitignore keeps each run's score.json and log.jsonl and the report for the commit and leaves out the checkpoints,
+the tile set, the samples and the loss plots (runs/ at the top level, the default, is not committed at all).
 """
 
 from __future__ import annotations
@@ -240,6 +244,40 @@ def run_study(sc: StudyConfig, argv: list[str] | None = None) -> dict:
     return write_report(out, arms, scale, command)
 
 
+# ----------------------------------------------------------------------------------------- records
+
+
+def scores_from_report(results_json: Path, runs_dir: Path) -> list[Path]:
+    """Writes the score.json of every run that `results_json` (a study's results.json) reports, under `runs_dir` as
+    a study lays them out (teacher/, <arm>/seed<N>/), for a study whose run folders were lost: `--report` and a
+    continuation read them as they read a finished run's. Each file says it is reconstructed. What results.json
+    holds per run is exact (the validation and test PSNR and SSIM of every seed; the teacher's whole score); the
+    per-run training time is not in it, so each run gets its arm's mean `train_s`, and `step` is the scale's
+    `student_steps` (a score is written only by a finished run). Returns the files written."""
+    results = json.loads(Path(results_json).read_text())
+    note = f"reconstructed from {Path(results_json).name}"
+    written = []
+    if "teacher" in results:
+        teacher = runs_dir / "teacher" / "score.json"
+        teacher.parent.mkdir(parents=True, exist_ok=True)
+        _write_json(teacher, results["teacher"] | {"reconstructed": f"{note}, which holds this score whole"})
+        written.append(teacher)
+    for arm, row in results["arms"].items():
+        # the report lists each arm's runs in the order _scores reads them: by folder name (seed10 before seed2)
+        seeds = sorted(row["seeds"], key=lambda seed: f"seed{seed}")
+        for i, seed in enumerate(seeds):
+            score = {split: {metric: row[f"{split}_{metric}"]["runs"][i] for metric in ("psnr", "ssim")}
+                     for split in ("val", "test")}  # fmt: skip
+            score |= {"train_s": row["train_s"], "step": results["scale"]["student_steps"],
+                      "reconstructed": f"{note}: val and test PSNR/SSIM are this run's own; train_s is the arm's "
+                      "mean (the per-run times were not kept); step is the scale's student_steps"}  # fmt: skip
+            path = runs_dir / arm / f"seed{seed}" / "score.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(path, score)
+            written.append(path)
+    return written
+
+
 # ----------------------------------------------------------------------------------------- the report
 
 
@@ -398,7 +436,10 @@ def plot_study(out: Path, results: dict) -> Path:
         if evals:
             ax.plot([r["step"] for r in evals], [r["psnr"] for r in evals], marker=".", label=name)
     ax.set(xlabel="step", ylabel="val PSNR (dB)", title="learning curves (first seed)")
-    ax.legend(fontsize=6)
+    if ax.get_lines():
+        ax.legend(fontsize=6)
+    else:  # runs without their log.jsonl (a study rebuilt from its results.json)
+        ax.set_title("learning curves: no run's log.jsonl", fontsize=9)
     for a in axes:
         a.grid(alpha=0.3)
     fig.tight_layout()
