@@ -39,7 +39,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     def print_row(row: dict, index: int, count: int) -> None:
         # each row as soon as it is scored, so that a failure later (writing the report) loses no score; together
         # the lines are one JSON list of the rows
-        print(("[\n" if index == 0 else "") + json.dumps(row) + ("," if index < count - 1 else "\n]"), flush=True)
+        line = json.dumps(row, default=float)
+        print(("[\n" if index == 0 else "") + line + ("," if index < count - 1 else "\n]"), flush=True)
 
     evaluate_checkpoints(args.checkpoint, from_args(EvaluationSettings, args), on_row=print_row)
 
