@@ -94,17 +94,17 @@ SIXTEEN_BIT_MAX = 65535
 
 
 def eight_bit(im: Image.Image) -> Image.Image:
-    """`im` with 8-bit values where it has more: 16-bit integers (modes I;16*, and I, as PIL reads some 16-bit PNGs)
-    scaled from 0..65535, floats (mode F, e.g. a 32-bit TIFF) from 0..1; PIL's convert("RGB") would clip them (a
-    16-bit image comes out near white, a float one black). ValueError saying what it holds for values outside those
-    ranges or not finite (the caller names the file)."""
+    """`im` with 8-bit values where it has more: integers (modes I;16* of 16-bit PNGs and TIFFs, and I, 32-bit, taken
+    as 16-bit values as older PIL read 16-bit PNGs) scaled from 0..65535, floats (mode F, e.g. a 32-bit TIFF) from
+    0..1; PIL's convert("RGB") would clip them (a 16-bit image comes out near white, a float one black). ValueError
+    saying what it holds for values outside those ranges or not finite (the caller names the file)."""
     if im.mode not in ("F", "I") and not im.mode.startswith("I;16"):
         return im
     values = np.asarray(im)
     top, kind = (1.0, "float") if im.mode == "F" else (SIXTEEN_BIT_MAX, "integer")
     if not np.isfinite(values).all():
         raise ValueError(f"holds {kind} values (mode {im.mode}) that are not finite (NaN or inf)")
-    low, high = values.min(initial=0), values.max(initial=0)
+    low, high = (values.min(), values.max()) if values.size else (0, 0)
     if low < 0 or high > top:
         raise ValueError(f"holds {kind} values (mode {im.mode}) in [{low:g}, {high:g}]; expected them in [0, {top:g}]")
     return Image.fromarray(np.rint(values.astype(np.float64) * (255 / top)).astype(np.uint8))  # mode L

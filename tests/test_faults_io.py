@@ -229,7 +229,7 @@ def test_study_records_are_not_ignored_but_checkpoints_are():
 
 
 def _grey(path: Path, values: np.ndarray) -> Path:
-    Image.fromarray(values).save(path)  # float32: mode F
+    Image.fromarray(values).save(path)  # float32: mode F, int32: mode I
     return path
 
 
@@ -248,8 +248,8 @@ def test_16_bit_and_float_images_keep_their_brightness(tmp_path):
 
 
 @pytest.mark.parametrize("values, reason", [
-    (np.full((8, 8), 1.5, np.float32), "holds float values (mode F) in [0, 1.5]; expected them in [0, 1]"),
-    (np.full((8, 8), -0.25, np.float32), "in [-0.25, 0]"),
+    (np.full((8, 8), 1.5, np.float32), "holds float values (mode F) in [1.5, 1.5]; expected them in [0, 1]"),
+    (np.linspace(-0.25, 0.5, 64, dtype=np.float32).reshape(8, 8), "in [-0.25, 0.5]"),
     (np.full((8, 8), np.nan, np.float32), "not finite (NaN or inf)"),
 ])  # fmt: skip
 def test_float_images_outside_0_1_are_refused_naming_the_file(tmp_path, values, reason):
@@ -258,6 +258,11 @@ def test_float_images_outside_0_1_are_refused_naming_the_file(tmp_path, values, 
     with pytest.raises(ValueError, match=r"cannot read image .*odd\.tif: ") as e:
         data.read_image(path)
     assert reason in str(e.value)
+
+
+def test_32_bit_integer_images_beyond_16_bits_are_refused(tmp_path):
+    path = _grey(tmp_path / "wide.tif", np.full((8, 8), 70000, np.int32))
+    assert data.check_image(path) == "holds integer values (mode I) in [70000, 70000]; expected them in [0, 65535]"
 
 
 def test_float_images_outside_0_1_stop_training_in_one_line(tmp_path, root, run_cli):
