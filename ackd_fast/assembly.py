@@ -243,7 +243,13 @@ class Config:
     )
     resume: bool = flag(
         False,
-        "continue from OUT_DIR/ckpt.pt when it exists (weights, optimizers, schedules, RNG, data order)",
+        "continue the run in OUT_DIR from its ckpt.pt (weights, optimizers, schedules, RNG, data order), or from "
+        "ckpt.prev.pt when ckpt.pt does not load; a folder holding a run without either is refused",
+    )
+    allow_world_change: bool = flag(
+        False,
+        "--resume a checkpoint written by another number of processes (the global batch and the data split change: "
+        "the run does not continue exactly)",
     )
     stop_at: int = flag(
         0,
@@ -280,8 +286,8 @@ class Config:
     # run safety (issue 21)
     overwrite: bool = flag(
         False,
-        "start afresh in an OUT_DIR that holds a run's checkpoint (its ckpt.pt, best.pt, log.jsonl and samples/ "
-        "are replaced); without it such a folder is refused unless --resume",
+        "start afresh in an OUT_DIR that holds a run (its checkpoints, best.pt, log.jsonl, losses.png and "
+        "samples/step_*.png are removed, nothing else); without it such a folder is refused unless --resume",
     )
     skip_bad_images: bool = flag(
         False,

@@ -13,6 +13,7 @@ import io
 import os
 import pickle
 import random
+import re
 import uuid
 import zipfile
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 CHECKPOINT = "ckpt.pt"  # a run's checkpoint, in its out_dir: everything needed to resume
+PREVIOUS_CHECKPOINT = "ckpt.prev.pt"  # the one before it, kept for when the newest does not load
 BEST = "best.pt"  # the generator of the best evaluation on the validation split (select_on="val")
 
 _PLAIN = (str, int, float, bool, type(None), torch.dtype, torch.device)
@@ -54,16 +56,39 @@ class WriteError(OSError):
     says that the previous file at that path, if any, is intact."""
 
 
-def write_atomic(path: str | os.PathLike, write) -> Path:
-    """Calls write(f) on a temporary file beside `path` (a name unique to this process and call), fsyncs it, then
-    renames it over `path`. A failure (WriteError naming the file and the cause) leaves the previous file intact."""
+def temporary_path(path: Path) -> Path:
+    """A name beside `path` unique to this process and call, that `sweep_temporaries` recognises."""
+    return path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+_TEMPORARY = re.compile(r".+\.(\d+)\.[0-9a-f]{8}\.tmp")
+
+
+def sweep_temporaries(folder: Path, alive) -> list[Path]:
+    """Removes the temporary files in `folder` (not below it) whose writing process has ended (`alive(pid)` is
+    False): what a write killed half-way leaves. Returns them."""
+    swept = []
+    for tmp in folder.glob("*.tmp"):
+        match = _TEMPORARY.fullmatch(tmp.name)
+        if match and not alive(int(match.group(1))):
+            tmp.unlink(missing_ok=True)
+            swept.append(tmp)
+    return swept
+
+
+def write_atomic(path: str | os.PathLike, write, keep_previous: str | os.PathLike | None = None) -> Path:
+    """Calls write(f) on a temporary file beside `path`, fsyncs it, then renames it over `path`; with
+    `keep_previous`, the file at `path` is first renamed to that name. A failure (WriteError naming the file and the
+    cause) leaves the previous file intact; a kill between the two renames leaves it at `keep_previous`."""
     path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temporary_path(path)
     try:
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous is not None and path.exists():
+            os.replace(path, keep_previous)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -75,21 +100,21 @@ def write_atomic(path: str | os.PathLike, write) -> Path:
     return path
 
 
-def write_bytes_atomic(path: str | os.PathLike, serialize) -> Path:
+def write_bytes_atomic(path: str | os.PathLike, serialize, keep_previous: str | os.PathLike | None = None) -> Path:
     """serialize(buffer) into memory first (torch's zip writer reports a full disk as an internal error, and some
     C++ writers abort), then the bytes through `write_atomic`."""
     buffer = io.BytesIO()
     serialize(buffer)
-    return write_atomic(path, lambda f: f.write(buffer.getbuffer()))
+    return write_atomic(path, lambda f: f.write(buffer.getbuffer()), keep_previous)
 
 
-def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
+def save_checkpoint(state: dict, path: str | os.PathLike, keep_previous: str | os.PathLike | None = None) -> None:
     """Writes `state` (tensors and plain values, numpy scalars made Python ones; TypeError naming the first entry
-    that is neither) to `path` atomically."""
+    that is neither) to `path` atomically; `keep_previous`: where the file it replaces goes (see write_atomic)."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
     state = _plain(state, "state")
-    write_bytes_atomic(path, lambda f: torch.save(state, f))
+    write_bytes_atomic(path, lambda f: torch.save(state, f), keep_previous)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -60,6 +60,7 @@ from ackd_fast.assembly import (
 from ackd_fast.checkpoint import (
     BEST,
     CHECKPOINT,
+    PREVIOUS_CHECKPOINT,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -106,6 +107,85 @@ class Runtime:
 # How long a rank waits in a collective: rank 0 evaluates and writes checkpoints alone while the others wait in the
 # next step's all-reduce, and an evaluation with FID can take far longer than NCCL's 10-minute default.
 COLLECTIVE_TIMEOUT = datetime.timedelta(hours=2)
+# How long a rank waits for the others to join: torchrun starts them together, so minutes mean a missing peer (or
+# WORLD_SIZE/RANK/MASTER_* left over from another job). The variable sets it, in seconds.
+RENDEZVOUS_TIMEOUT_VARIABLE, RENDEZVOUS_TIMEOUT_S = "ACKD_RENDEZVOUS_TIMEOUT", 120.0
+# Seconds a rank blocked in a collective gets to notice a stop signal before it ends without a checkpoint.
+BLOCKED_STOP_GRACE_S = 5.0
+
+
+def _env_int(name: str, default: int | None = None, low: int = 0, high: int | None = None) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        if default is None:
+            raise UsageError(f"environment variable {name} is not set; torchrun sets it for every process")
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise UsageError(f"environment variable {name} must be an integer, got {raw!r}") from None
+    if value < low or (high is not None and value > high):
+        top = f" and <= {high}" if high is not None else ""
+        raise UsageError(f"environment variable {name} must be >= {low}{top}, got {value}")
+    return value
+
+
+@dataclass
+class Launch:
+    """The processes of the run as torchrun's variables describe them (one process when WORLD_SIZE is unset or 1)."""
+
+    rank: int = 0
+    world: int = 1
+    local_world: int = 1  # processes on this node (torchrun's --nproc_per_node)
+    address: str = ""  # MASTER_ADDR:MASTER_PORT
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+
+def read_launch() -> Launch:
+    """torchrun's variables, checked before anything is written (UsageError naming the variable: a leftover
+    RANK >= WORLD_SIZE would wait for peers that can never come)."""
+    world = _env_int("WORLD_SIZE", 1, low=1)
+    if world == 1:
+        return Launch()
+    rank = _env_int("RANK", high=world - 1)
+    local_world = _env_int("LOCAL_WORLD_SIZE", world, low=1)
+    addr = os.environ.get("MASTER_ADDR", "")
+    if not addr:
+        raise UsageError("environment variable MASTER_ADDR is not set; torchrun sets it for every process")
+    port = _env_int("MASTER_PORT", low=1, high=65535)
+    return Launch(rank, world, local_world, f"{addr}:{port}")
+
+
+def _rendezvous_timeout() -> float:
+    raw = os.environ.get(RENDEZVOUS_TIMEOUT_VARIABLE, "")
+    try:
+        seconds = float(raw) if raw else RENDEZVOUS_TIMEOUT_S
+    except ValueError:
+        seconds = -1
+    if not seconds > 0:
+        raise UsageError(f"environment variable {RENDEZVOUS_TIMEOUT_VARIABLE} must be seconds > 0, got {raw!r}")
+    return seconds
+
+
+def join_process_group(launch: Launch, backend: str, options: dict) -> None:
+    """init_process_group, saying what it waits for and where, with a short rendezvous timeout (then the long
+    COLLECTIVE_TIMEOUT for the collectives); RuntimeError in one line when the others do not come."""
+    seconds = _rendezvous_timeout()
+    print(f"rank {launch.rank} of {launch.world}: waiting for the other {launch.world - 1} process(es) at "
+          f"{launch.address} (at most {seconds:g} s; {RENDEZVOUS_TIMEOUT_VARIABLE} sets it)", flush=True)  # fmt: skip
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=seconds), **options)
+    except (RuntimeError, TimeoutError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise RuntimeError(
+            f"rank {launch.rank}: the {launch.world} processes did not all join at {launch.address} within "
+            f"{seconds:g} s ({first}); start every rank (torchrun), or unset WORLD_SIZE, RANK, MASTER_ADDR and "
+            "MASTER_PORT if they are left over from another job"
+        ) from None
+    dist.set_timeout(COLLECTIVE_TIMEOUT)
 
 
 def auto_amp(device_type: str, capability: tuple[int, int] | None) -> str:
@@ -114,17 +194,16 @@ def auto_amp(device_type: str, capability: tuple[int, int] | None) -> str:
     return "bf16" if device_type == "cuda" and capability is not None and tuple(capability) >= (8, 0) else "none"
 
 
-def setup_runtime(cfg: Config) -> Runtime:
+def setup_runtime(cfg: Config, launch: Launch) -> Runtime:
     """Picks the device, joins the process group under torchrun (NCCL on CUDA, bound to this rank's GPU; gloo on
     CPU) and picks the precision."""
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    ddp = launch.ddp
     use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if use_cuda else "cpu")
+    device = torch.device(f"cuda:{_env_int('LOCAL_RANK', 0)}" if use_cuda else "cpu")
     if use_cuda:
         torch.cuda.set_device(device)  # before the process group, so NCCL binds this rank's GPU
     if ddp:
-        options = {"device_id": device} if use_cuda else {}
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=COLLECTIVE_TIMEOUT, **options)
+        join_process_group(launch, "nccl" if use_cuda else "gloo", {"device_id": device} if use_cuda else {})
     rank, world = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
     if use_cuda and cfg.tf32:  # the fp32_precision API only: mixing in the legacy allow_tf32 makes torch raise
         torch.backends.cuda.matmul.fp32_precision = "tf32"
@@ -194,8 +273,21 @@ def training_batches(
         dataset.set_epoch(epoch)
         order = list(sampler)
         batches = [order[i * batch_size : (i + 1) * batch_size] for i in range(skip, steps_per_epoch)]
-        yield from DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
-                              worker_init_fn=ignore_stop_signals if workers else None)  # fmt: skip
+        loader = iter(DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=pin_memory,
+                                 worker_init_fn=ignore_stop_signals if workers else None))  # fmt: skip
+        try:
+            yield from loader
+        except Exception as e:  # a worker's error comes as its whole traceback: keep the reason, its last line
+            lines = str(e).strip().splitlines()
+            if workers and len(lines) > 1 and "DataLoader worker" in lines[0]:
+                raise ValueError(lines[-1].split(": ", 1)[-1]) from None
+            raise
+        finally:
+            # The workers ignore the stop signals, and an iterator kept alive by the error's traceback would leave
+            # them to multiprocessing's exit handler, which SIGTERMs and then waits for them forever: end them here.
+            shutdown = getattr(loader, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
         epoch, skip = epoch + 1, 0
 
 
@@ -372,6 +464,12 @@ class FiniteGuard:
         return int(step), dict(zip(self.names, self.terms.tolist(), strict=True))
 
 
+# Flags that say how to start, not what the run is: never compared on resume, never in the resume command.
+START_FLAGS = ("job", "resume", "overwrite", "allow_world_change")
+# Flags naming files: compared as the paths they resolve to ("./DATA", "DATA/" and an absolute path are one).
+PATH_FLAGS = ("dataroot", "teacher", "teacher_d")
+
+
 def generator_state(cfg: Config, step: int, generator: nn.Module, spec: dict) -> dict:
     """What load_generator reads: the config, the step and the generator (architecture `spec` and weights)."""
     return {"config": asdict(cfg), "step": step, "generator": {**spec, "state": generator.state_dict()}}
@@ -387,14 +485,51 @@ def training_state(cfg: Config, step: int, stateful: dict, generator: nn.Module,
     }
 
 
-def restore_training_state(ckpt: dict, stateful: dict, evaluator) -> int:
-    """Loads what training_state saved into `stateful` and the RNGs; returns the step to continue from."""
-    for key, obj in stateful.items():
-        obj.load_state_dict(ckpt[key])
-    set_rng_state(ckpt["rng"])
-    if evaluator is not None:
-        evaluator.load_state_dict(ckpt.get("evaluation", {}))
-    return ckpt["step"]
+def restore_training_state(ckpt: dict, stateful: dict, evaluator, path: Path) -> int:
+    """Loads what training_state saved into `stateful` and the RNGs; returns the step to continue from. ValueError
+    naming `path` and the entry when it does not hold a whole training state of this run's models."""
+    entry = "step"
+    try:
+        for entry, obj in stateful.items():
+            obj.load_state_dict(ckpt[entry])
+        entry = "rng"
+        set_rng_state(ckpt["rng"])
+        entry = "evaluation"
+        if evaluator is not None:
+            evaluator.load_state_dict(ckpt.get("evaluation", {}))
+        entry = "step"
+        step = ckpt["step"]
+    except KeyError:
+        raise ValueError(f"{path} is not a whole training state: it has no {entry!r} entry") from None
+    except (RuntimeError, ValueError, TypeError, IndexError, AttributeError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{path} is not a whole training state: its {entry!r} entry does not load ({first})") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise ValueError(f"{path} is not a whole training state: its step is {step!r}")
+    return step
+
+
+def resume_run(cfg: Config, launch: Launch, data: dict, stateful: dict, evaluator, out_dir: Path):
+    """--resume: loads the newest checkpoint of out_dir that loads, ckpt.pt, else ckpt.prev.pt (with a notice
+    saying why), after `check_resume`. Returns (step, changed flags, the file resumed from or None when out_dir holds
+    none, the notice). ValueError naming every file when none loads."""
+    newest, previous = out_dir / CHECKPOINT, out_dir / PREVIOUS_CHECKPOINT
+    if not newest.is_file() and not previous.is_file():
+        return 0, {}, None, ""  # check_out_dir has refused a folder that holds a run without a checkpoint
+    failures = [] if newest.is_file() else [f"{newest} is missing"]
+    for path in (p for p in (newest, previous) if p.is_file()):
+        try:
+            ckpt = load_checkpoint(path)
+            changed = check_resume(ckpt, cfg, data, path, launch)
+            step = restore_training_state(ckpt, stateful, evaluator, path)
+        except UsageError:
+            raise  # the run's own checkpoint, and another run's flags or data: an older file would say the same
+        except ValueError as e:
+            failures.append(str(e))
+            continue
+        notice = f"notice: {'; '.join(failures)}: resuming from {path}, the previous checkpoint" if failures else ""
+        return step, changed, path, notice
+    raise ValueError(f"--resume: no checkpoint in {out_dir} loads: {'; '.join(failures)}")
 
 
 # ----------------------------------------------------------------------------------------- resume
@@ -406,12 +541,15 @@ RESUME_MAY_CHANGE = ("steps", "stop_at", "log_every", "sample_every", "ckpt_ever
                      "inception_sha256", "skip_bad_images")  # fmt: skip
 
 
-def resume_command(cfg: Config) -> str:
-    """The command that continues cfg's run: its job's command, every flag that differs from that command's
-    default, and --resume."""
+def resume_command(cfg: Config, world: int = 1, local_world: int = 1) -> str:
+    """The command that continues cfg's run: its job's command (under torchrun for `world` processes,
+    `local_world` a node), every flag that differs from that command's default, and --resume."""
     args = ["ackd-fast", COMMANDS[cfg.job]]
+    if world > 1:
+        nodes = [f"--nnodes={world // local_world}", "<your rendezvous flags>"] if world > local_world else []
+        args = ["torchrun", *nodes, f"--nproc_per_node={local_world}", "-m", "ackd_fast.cli", COMMANDS[cfg.job]]
     for f in fields(Config):
-        if f.name in ("job", "resume", "overwrite") or f.metadata.get("only") not in ("", cfg.job):
+        if f.name in START_FLAGS or f.metadata.get("only") not in ("", cfg.job):
             continue
         value, default = getattr(cfg, f.name), COMMAND_DEFAULTS[cfg.job].get(f.name, f.default)
         if value == default and f.name != "out_dir":
@@ -423,10 +561,19 @@ def resume_command(cfg: Config) -> str:
     return shlex.join([*args, "--resume"])
 
 
-def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, list]:
+def _same(name: str, old: object, new: object) -> bool:
+    if old == new:
+        return True
+    if name in PATH_FLAGS and isinstance(old, str) and isinstance(new, str) and old and new:
+        return Path(old).resolve() == Path(new).resolve()
+    return False
+
+
+def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path, launch: Launch) -> dict[str, list]:
     """UsageError when the checkpoint at `path` is not this command's run: another job's, written with other flags
-    (named with both values), beyond --steps, or over other training images (`data`: count and digest of the file
-    names). Returns the flags that may change on resume and did ({flag: [checkpoint's, now]})."""
+    (named with both values), beyond --steps, over other training images (`data`: count and digest of the file
+    names), or by another number of processes (unless --allow-world-change). --out-dir is where the run is now,
+    wherever it was written. Returns the flags that may change on resume and did ({flag: [checkpoint's, now]})."""
     stored = ckpt.get("config") or {}
     if stored.get("job") != cfg.job:
         kind = {"teacher": "a train-teacher run", "distill": "a distill run"}.get(stored.get("job"), "no run we know")
@@ -434,11 +581,13 @@ def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, l
             f"--resume: {path} is the checkpoint of {kind}, not of a {COMMANDS[cfg.job]} run; choose another "
             "--out-dir, or replace it with --overwrite"
         )
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is not a whole training state: its config is a {type(stored).__name__}")
     refused, changed = [], {}
     takes = {f.name for f in fields(Config) if f.metadata.get("only") in ("", cfg.job)}  # the job's own flags
-    takes -= {"resume", "overwrite"}
+    takes -= {*START_FLAGS, "out_dir"}
     for name, old in stored.items():
-        if name not in takes or getattr(cfg, name) == old:
+        if name not in takes or _same(name, old, getattr(cfg, name)):
             continue
         if name in RESUME_MAY_CHANGE:
             changed[name] = [old, getattr(cfg, name)]
@@ -449,7 +598,15 @@ def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path) -> dict[str, l
             f"--resume: {path} was written with other flags ({'; '.join(refused)}); give the run's own flags "
             "(its config is in the checkpoint), or start afresh with --overwrite"
         )
-    if cfg.steps < ckpt["step"]:
+    written_by = ckpt.get("world")  # absent before the world size was recorded
+    if isinstance(written_by, int) and written_by != launch.world and not cfg.allow_world_change:
+        raise UsageError(
+            f"--resume: {path} was written by {written_by} process(es) and this run has {launch.world}: the global "
+            "batch and each process's share of the data would change, so the run would not continue exactly; "
+            f"resume it as it ran ({resume_command(cfg, written_by, ckpt.get('world_per_node', written_by))}), or add "
+            "--allow-world-change"
+        )
+    if isinstance(ckpt.get("step"), int) and cfg.steps < ckpt["step"]:
         raise UsageError(f"--resume: {path} is at step {ckpt['step']}, beyond --steps {cfg.steps}")
     seen = ckpt.get("data")
     if seen and seen != data:
@@ -538,12 +695,14 @@ def train(cfg: Config) -> dict:
     if cfg.job == "distill":  # read once, before anything is written: a bad teacher file raises here
         teacher = read_teacher(cfg)
         cfg, teacher_note = resolve_teacher(cfg, teacher)
+    launch = read_launch()
     out_dir = Path(cfg.out_dir)
-    check_out_dir(out_dir, cfg.resume, cfg.overwrite, {"--teacher": cfg.teacher, "--teacher-d": cfg.teacher_d})
-    rt = setup_runtime(cfg)
+    check_out_dir(out_dir, cfg.resume, cfg.overwrite, {"--teacher": cfg.teacher, "--teacher-d": cfg.teacher_d},
+                  data_folders(cfg))  # fmt: skip
+    rt = setup_runtime(cfg, launch)
     lock = RunLock(out_dir) if rt.master else None  # a second run into out_dir is refused from here on
     try:
-        return _train(cfg, rt, teacher, teacher_note, out_dir)
+        return _train(cfg, rt, launch, teacher, teacher_note, out_dir)
     finally:
         if lock is not None:
             lock.release()
@@ -551,7 +710,18 @@ def train(cfg: Config) -> dict:
             dist.destroy_process_group()
 
 
-def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) -> dict:
+def data_folders(cfg: Config) -> dict[str, str]:
+    """The split folders of cfg.dataroot that a run may read ({what: folder}): an --out-dir inside one would feed
+    the run's own images back to it."""
+    if cfg.dataroot == "sample":  # built inside the run's own folder
+        return {}
+    root = Path(cfg.dataroot)
+    splits = ("train", *data_lib.EVAL_PHASES)
+    names = [*splits, *(f"{split}{side}" for split in splits for side in "AB")]
+    return {f"the {name} split of --dataroot": str(root / name) for name in names if (root / name).is_dir()}
+
+
+def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str, out_dir: Path) -> dict:
     seed_everything(cfg.seed)
 
     # --- data: every image opened first; DistributedSampler splits each epoch's permutation between the ranks
@@ -591,14 +761,14 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
             inception_sha256=cfg.inception_sha256,
         )
 
-    # --- resume: the checkpoint must be this command's run (kind, flags, training images)
-    step, changed = 0, {}
-    ckpt_path = out_dir / CHECKPOINT
-    if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
-        changed = check_resume(ckpt, cfg, data_record, ckpt_path)
-        step = restore_training_state(ckpt, stateful, evaluator)
-        del ckpt
+    # --- resume: the checkpoint must be this command's run (kind, flags, training images, processes)
+    step, changed, resumed_from, resume_notice = 0, {}, None, ""
+    ckpt_path, previous_path = out_dir / CHECKPOINT, out_dir / PREVIOUS_CHECKPOINT
+    if cfg.resume:
+        step, changed, resumed_from, resume_notice = resume_run(cfg, launch, data_record, stateful, evaluator, out_dir)
+    # where each checkpoint write moves the one it replaces; not a ckpt.pt that did not load over a good ckpt.prev.pt
+    keep_previous = None if resumed_from == previous_path else previous_path
+    world = {"world": launch.world, "world_per_node": launch.local_world}
 
     # --- every check has passed: from here on the run writes into out_dir
     end = min(cfg.steps, cfg.stop_at) if cfg.stop_at > 0 else cfg.steps
@@ -615,12 +785,18 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
         teacher_name = f"{teacher.name} ngf {teacher.ngf}" if teacher is not None else ""
         print(opening_summary(cfg, rt, objective, critic, generator, spec, data, macs, batch_size, step, end,
                               teacher_name), flush=True)  # fmt: skip
-        if step:
-            print(f"resumed {ckpt_path} at step {step}")
+        if resume_notice:
+            print(resume_notice)
+        if resumed_from is not None:
+            print(f"resumed {resumed_from} at step {step}")
+        elif cfg.resume:
+            print(f"--resume: no checkpoint in {out_dir}: starting at step 1")
         for name, (old, new) in changed.items():
             print(f"notice: --resume with {_flag(name)} {new!r} (the checkpoint's: {old!r})")
         state_bytes = sum(t.numel() * t.element_size() for m in (objective, critic) for t in m.state_dict().values())
-        check_free_space(out_dir, 4 * state_bytes if cfg.ckpt_every else 0, "a checkpoint (weights and Adam's moments)")
+        check_free_space(out_dir, 3 * 4 * state_bytes if cfg.ckpt_every else 0,
+                         "a checkpoint (weights and Adam's moments) three times over (the newest, the previous, "
+                         "the one being written)")  # fmt: skip
         trim_log(out_dir / LOG, step)
     log = RecordLog(out_dir / LOG, fresh=step == 0) if rt.master else None
     if log is not None and changed:
@@ -636,15 +812,24 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
     d_model.train()
 
     def keep_checkpoint() -> None:  # the state after `step`, atomically; the previous file stays on a failure
-        nonlocal saved_step
-        save_checkpoint(training_state(cfg, step, stateful, generator, spec, evaluator) | {"data": data_record},
-                        ckpt_path)  # fmt: skip
-        saved_step = step
+        nonlocal saved_step, keep_previous
+        if rt.master:  # every rank records it: their messages say what rank 0 wrote
+            state = training_state(cfg, step, stateful, generator, spec, evaluator) | {"data": data_record, **world}
+            save_checkpoint(state, ckpt_path, keep_previous)
+        saved_step, keep_previous = step, previous_path
+
+    def blocked_exit(signum: int) -> None:  # from StopSignals' watcher: the main thread is stuck in a collective
+        kept = f"the last is {ckpt_path} (step {saved_step})" if saved_step else "none of this run was written"
+        print(f"{signal.Signals(signum).name}: rank {rt.rank} is blocked waiting for another process (stopped, hung "
+              f"or gone) and cannot finish its step: ended without a checkpoint ({kept}); continue with: "
+              f"{resume_command(cfg, launch.world, launch.local_world)}", file=sys.stderr, flush=True)  # fmt: skip
+        os._exit(128 + signum)
 
     stopped_by = None
     try:
-        with StopSignals() as signals:
+        with StopSignals(blocked_exit if rt.ddp else None, BLOCKED_STOP_GRACE_S) as signals:
             while step < end:
+                step_start = time.perf_counter()
                 try:
                     batch = next(batches)
                 except (ValueError, OSError) as e:  # an image that broke after the check: keep the steps done
@@ -664,6 +849,9 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
                 meter.add(terms, a.shape[0] * rt.world)
                 guard.add(step, terms)
                 stopping = stop_requested(signals, rt)
+                signals.note_step(time.perf_counter() - step_start)
+                if stopping:
+                    signals.acknowledge()
                 keeps = [due(step, every, end) for every in (cfg.log_every, cfg.sample_every, cfg.eval_every)]
                 keeps.append(due(step, cfg.ckpt_every, end) or (stopping and cfg.ckpt_every > 0))
                 if any(keeps) or step == end:
@@ -690,7 +878,7 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
                     if best:  # the generator alone, loadable by load_generator like ckpt.pt
                         state = generator_state(cfg, step, generator, spec) | {"selection": evaluator.best}
                         save_checkpoint(state, out_dir / BEST)
-                if rt.master and keeps[3]:
+                if keeps[3]:
                     keep_checkpoint()
                 progress.step(step, logs if record else None, record["img_per_s"] if record else 0.0)
                 if stopping:
@@ -711,7 +899,7 @@ def _train(cfg: Config, rt: Runtime, teacher, teacher_note: str, out_dir: Path) 
         name = signal.Signals(stopped_by).name
         kept = f"checkpoint {ckpt_path} (step {step}) written" if saved_step == step else "no checkpoint written"
         raise RunInterrupted(stopped_by, f"{name}: stopped after step {step}; {kept}; continue with: "
-                                         f"{resume_command(cfg)}")  # fmt: skip
+                                         f"{resume_command(cfg, launch.world, launch.local_world)}")  # fmt: skip
     checkpoint = str(ckpt_path) if cfg.ckpt_every > 0 else None
     return {"checkpoint": checkpoint, "step": step, "wall_s": time.perf_counter() - start_time, "logs": logs}
 

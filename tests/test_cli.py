@@ -84,7 +84,7 @@ def test_each_command_answers_a_mistake_in_one_line(tmp_path, root, unpaired, te
         (["evaluate", "--checkpoint", teacher, "--no-fid", "--latency-dtypes", "fp8"], 2, "--latency-dtypes takes"),
         (["evaluate", "--checkpoint", tmp_path / "nope.pt"], 1, "nope.pt does not exist"),
         (["evaluate", "--checkpoint", teacher, "--device", "gpu"], 2, "--device must be auto, cpu, cuda or cuda:N"),
-        (["export", teacher, "--format", "tflite", "--out", tmp_path / "g"], 1, "--format"),
+        (["export", teacher, "--format", "tflite", "--out", tmp_path / "g"], 2, "--format"),
         (["bench-deploy"], 2, "give checkpoints or --arch NAME:NGF"),
         (["demo", "--seeds", "0"], 2, "seeds must be a positive int"),
         (["study", "--preset", "huge"], 2, "preset must be one of"),
