@@ -17,12 +17,11 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast import metrics
-from ackd_fast.checkpoint import write_atomic
+from ackd_fast.checkpoint import check_writable, write_atomic
 from ackd_fast.deploy import deploy
 from ackd_fast.errors import UsageError
 from ackd_fast.export import size_multiple
 from ackd_fast.metrics import ieee_fp32, time_paths
-from ackd_fast.report import check_writable
 from ackd_fast.runtimes import onnxruntime_session, openvino_model
 
 PATHS = ("eager", "compile", "onnxruntime", "openvino", "deploy")

@@ -100,6 +100,20 @@ def write_atomic(path: str | os.PathLike, write, keep_previous: str | os.PathLik
     return path
 
 
+def check_writable(folder: Path, what: str) -> None:
+    """Creates `folder` (and its parents) when missing, then writes and deletes a probe file in it, so that work
+    whose results go there fails before it starts, not after: WriteError naming the folder."""
+    probe = folder / f".write-test.{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise WriteError(
+            e.errno, f"cannot write into {what} {folder}: {e.strerror or e}; nothing was computed"
+        ) from None
+
+
 def write_bytes_atomic(path: str | os.PathLike, serialize, keep_previous: str | os.PathLike | None = None) -> Path:
     """serialize(buffer) into memory first (torch's zip writer reports a full disk as an internal error, and some
     C++ writers abort), then the bytes through `write_atomic`."""

@@ -22,12 +22,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ackd_fast.checkpoint import CHECKPOINT, WriteError, write_atomic, write_bytes_atomic
+from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
 from ackd_fast.errors import UsageError, optional_import
 from ackd_fast.models import TappedGenerator
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
-from ackd_fast.rundir import LOG
+from ackd_fast.rundir import SAMPLES, run_files
 
 FORMATS = ("pth", "peer", "onnx", "pt2")
 ONNX_TOLERANCE = 1e-4  # max abs difference (fp32) between onnxruntime and PyTorch that an onnx export accepts
@@ -57,14 +57,6 @@ def _check_size(generator: TappedGenerator, size: object) -> int:
     return size
 
 
-RUN_MARKERS = (CHECKPOINT, LOG)  # a folder holding one of these is a run's: its files are the run's own
-
-
-def _run_folder(path: Path) -> Path | None:
-    """The run folder `path` lies in (the nearest folder above it holding ckpt.pt or log.jsonl), or None."""
-    return next((folder for folder in path.parents if any((folder / name).is_file() for name in RUN_MARKERS)), None)
-
-
 def _check_targets(checkpoint: str | os.PathLike, fmt: str, out: Path, overwrite: bool) -> None:
     """UsageError when a file the export would write is its input (or the input's sidecar), the other file it
     writes, a file in a run folder, or an existing file (without `overwrite`). Paths are compared resolved, so a
@@ -81,11 +73,11 @@ def _check_targets(checkpoint: str | os.PathLike, fmt: str, out: Path, overwrite
         resolved = target.resolve()
         if resolved in inputs:
             raise UsageError(f"--out {out} would overwrite {target}, {inputs[resolved]}: choose another --out")
-        run = _run_folder(resolved)
-        if run is not None:
-            held = " and ".join(n for n in RUN_MARKERS if (run / n).is_file())
-            raise UsageError(f"--out {out} lies in the run folder {run} (it holds {held}), whose files are the "
-                             "run's own: choose an --out outside it")  # fmt: skip
+        run = resolved.parent.parent if resolved.parent.name == SAMPLES else resolved.parent
+        held = run_files(run)
+        if held:  # a file of the run (its checkpoints, log, samples): a sub-folder of the user's own is fine
+            raise UsageError(f"--out {out} lies in the run folder {run} (it holds {', '.join(held)}), whose files "
+                             "are the run's own: choose an --out outside it")  # fmt: skip
         if target.exists() and not target.is_dir() and not overwrite:
             raise UsageError(f"--out {out}: {target} exists; add --overwrite to replace it, or choose another --out")
 

@@ -23,7 +23,7 @@ import torch
 from ackd_fast import data as data_lib
 from ackd_fast import metrics
 from ackd_fast.assembly import check_device, file_config
-from ackd_fast.checkpoint import BEST, WriteError, write_atomic
+from ackd_fast.checkpoint import BEST, check_writable, write_atomic
 from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator, reference_stats
 from ackd_fast.flags import flag, flag_name
@@ -303,20 +303,6 @@ def _check_settings(s: EvaluationSettings) -> None:
         if getattr(s, name) not in allowed:
             raise UsageError(f"{flag_name(name)} must be one of {', '.join(allowed)}; got {getattr(s, name)!r}")
     check_device(s.device)
-
-
-def check_writable(folder: Path, what: str) -> None:
-    """Creates `folder` (and its parents) when missing, then writes and deletes a probe file in it, so that work
-    whose results go there fails before it starts, not after: WriteError naming the folder."""
-    probe = folder / f".write-test.{os.getpid()}"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as e:
-        raise WriteError(
-            e.errno, f"cannot write into {what} {folder}: {e.strerror or e}; nothing was computed"
-        ) from None
 
 
 def _check_layout(checkpoint: str, objective: str, root: str, mode: str, phase: str, direction: str) -> None:

@@ -74,7 +74,7 @@ def test_export_refuses_its_input_a_run_folder_and_its_own_sidecar(tmp_path, run
         (ckpt, "pth", "the checkpoint being exported"),  # probe 40: the run would no longer resume
         (link / "ckpt.pt", "peer", "the checkpoint being exported"),  # through a symlink
         (tmp_path / "x" / ".." / "link" / "ckpt.pt", "pt2", "the checkpoint being exported"),  # through ..
-        (run / "log.jsonl", "peer", f"lies in the run folder {run.resolve()} (it holds ckpt.pt and log.jsonl)"),
+        (run / "log.jsonl", "peer", f"lies in the run folder {run.resolve()} (it holds ckpt.pt"),
         (run / "g.onnx", "onnx", "lies in the run folder"),
         (run / "samples" / "step_1.png", "peer", "lies in the run folder"),
     ]
@@ -82,6 +82,9 @@ def test_export_refuses_its_input_a_run_folder_and_its_own_sidecar(tmp_path, run
         code, _, err = run_cli(["export", ckpt, "--format", fmt, "--out", out, "--size", 32, "--overwrite"])
         _one_line_error(code, err, 2, f"--out {out}", message)
     assert _snapshot(run) == before
+    # a folder of the user's own inside the run folder is not the run's
+    code, _, err = run_cli(["export", ckpt, "--format", "pth", "--out", run / "exports" / "g.pth"])
+    assert code == 0 and (run / "exports" / "g.pth").is_file(), err
     # probe 41: the sidecar would replace the weights
     code, _, err = run_cli(["export", ckpt, "--format", "pth", "--out", tmp_path / "model.json"])
     _one_line_error(code, err, 2, "model.json would be overwritten by its own JSON sidecar")
