@@ -1,4 +1,4 @@
-"""The `ackd-fast` command: train-teacher, distill, evaluate, export, bench-deploy, demo, study. It only parses flags
+"""The `ackd-fast` command: train-teacher, distill, evaluate, translate, export, bench-deploy, demo, study. It only parses flags
 and calls into the package.
 
 Multi-GPU / multi-node: start any training command under torchrun, e.g.
@@ -52,6 +52,16 @@ def cmd_export(args: argparse.Namespace) -> None:
                     overwrite=args.overwrite)  # fmt: skip
     if "max_abs_diff" in result:
         print(f"onnxruntime vs PyTorch: max abs difference {result['max_abs_diff']:.3g}")
+    print(json.dumps(result, indent=1))
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    from ackd_fast.translate import translate
+
+    result = translate(args.checkpoint, args.input, args.output, size=args.size, batch_size=args.batch_size,
+                       device=args.device, amp=args.amp, fast=args.fast, direction=args.direction,
+                       aligned=args.aligned, index=args.index, strict=args.strict, overwrite=args.overwrite,
+                       progress=args.progress)  # fmt: skip
     print(json.dumps(result, indent=1))
 
 
@@ -154,6 +164,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input, nor a file "
                    "in a run's folder)")  # fmt: skip
     p.set_defaults(func=cmd_export)
+
+    from ackd_fast.translate import AMP_CHOICES, DIRECTION_CHOICES
+
+    p = commands.add_parser("translate", help="apply a generator to image files and folders; writes the results "
+                            "(and, with --index, index.html)")  # fmt: skip
+    p.add_argument("checkpoint", help="ckpt.pt / best.pt of a run, an exported generator, or a peer's generator file")
+    p.add_argument("--input", nargs="+", required=True, help="image files and folders (searched recursively)")
+    p.add_argument("--output", required=True, help="output folder: each result keeps its input's path relative to "
+                   "the folder given, and its name")  # fmt: skip
+    p.add_argument("--size", type=int, default=0, help="resize inputs to SIZE x SIZE first (bicubic); 0 = each at "
+                   "its own size, padded to what the generator takes and cropped back (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=8, help="images of one size per forward (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--amp", default="none", choices=AMP_CHOICES, help="bf16: autocast (default: %(default)s)")
+    p.add_argument("--fast", action="store_true", help="through ackd_fast.deploy (compiled once per image size, "
+                   "about a minute on a 2-core CPU)")  # fmt: skip
+    p.add_argument("--direction", default="auto", choices=DIRECTION_CHOICES, help="AtoB or BtoA: the half of an "
+                   "--aligned pair that is the input, and a CycleGAN checkpoint's generator (needed); auto = the "
+                   "checkpoint's own (default: %(default)s)")  # fmt: skip
+    p.add_argument("--aligned", action="store_true", help="inputs are A|B pairs side by side (pix2pix's layout): "
+                   "--direction's input half is translated, the other half is the index page's target")
+    p.add_argument("--index", action="store_true", help="write OUTPUT/index.html: input, output (and target) side "
+                   "by side per image")  # fmt: skip
+    p.add_argument("--strict", action="store_true", help="refuse every input when one cannot be read (default: "
+                   "named in a warning and skipped)")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist (default: refused, "
+                   "they are kept)")  # fmt: skip
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="a progress bar on a terminal (default: %(default)s)")  # fmt: skip
+    p.set_defaults(func=cmd_translate)
 
     p = commands.add_parser("fid-stats", help="FID reference statistics (.npz: mu, sigma, features) of an image folder")
     p.add_argument("folder", help="folder of real images")
