@@ -1,5 +1,5 @@
-"""The `ackd-fast` command: train-teacher, distill, evaluate, translate, export, bench-deploy, demo, study. It only parses flags
-and calls into the package.
+"""The `ackd-fast` command: train-teacher, distill, evaluate, translate, export, bench-deploy, demo, study. It only
+parses flags and calls into the package.
 
 Multi-GPU / multi-node: start any training command under torchrun, e.g.
     torchrun --nproc_per_node 8 -m ackd_fast.cli distill --teacher runs/teacher/ckpt.pt ...
