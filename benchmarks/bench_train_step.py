@@ -3,7 +3,9 @@
 The step is `ackd_fast.train.train_step`: teacher forward (no grad), the ACK refiners and the teacher-path decodes,
 student forward and backward, Adam step, then the discriminator step. The task is built as `train.build_task` builds
 it for `--recipe compress` on a pix2pix teacher (random weights: speed does not depend on them), with the loop's
-defaults from `train.Config` (channels_last and TF32 on CUDA).
+defaults from `train.Config` (channels_last and TF32 on CUDA). Config.tf32 is applied around every step of both paths,
+as `train.setup_runtime` applies it (matmul and cuDNN convolution fp32_precision "tf32", else "ieee"): the fp32 rows
+of both paths run the same precision, and extra_info records it.
 
 Paths, measured in one run so their ratios hold (group = setting, device, precision, eager or compiled):
   ackd       Distiller(backend="auto"): the Triton ACK-A kernels (CUDA) and the fused ACK-F ops
@@ -53,11 +55,27 @@ TEACHER, STUDENT = "resnet_9blocks", "mobile_resnet_9blocks"
 pytestmark = pytest.mark.skipif(not ops.EXTENSION_LOADED, reason=f"ackd_fast._C did not load: {ops.EXTENSION_ERROR}")
 
 
+@contextlib.contextmanager
+def fp32_precision(setting: str):
+    """torch's fp32 matmul and cuDNN convolution precision set to `setting` ("tf32" or "ieee"), restored after."""
+    knobs = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+    saved = [k.fp32_precision for k in knobs]
+    try:
+        for k in knobs:
+            k.fp32_precision = setting
+        yield
+    finally:
+        for k, value in zip(knobs, saved, strict=True):
+            k.fp32_precision = value
+
+
 class Task:
     """What train() holds for a distillation run: objective, critic, optimizers, precision, one fixed batch."""
 
     def __init__(self, setting: str, backend: str, precision: str, compiled: bool):
         cfg = Config(job="distill")  # the loop's defaults
+        # what train.setup_runtime applies on CUDA (the fp32_precision API; TF32 is a CUDA setting)
+        self.fp32_precision = "tf32" if cfg.tf32 and GPU else "ieee"
         batch, size, ngf, student_ngf = SETTINGS[setting]
         teacher, student = build_generator(TEACHER, ngf), build_generator(STUDENT, student_ngf)
         # a pix2pix teacher: the critic judges (A, B) pairs, 6 channels
@@ -82,9 +100,11 @@ class Task:
         self.b = (torch.rand(shape, device=DEVICE) * 2 - 1).contiguous(memory_format=memory_format)
 
     def step(self) -> None:
-        train_step(
-            self.objective, self.critic, self.critic, self.g_opt, self.d_opt, self.scaler, self.autocast, self.a, self.b
-        )
+        with fp32_precision(self.fp32_precision):
+            train_step(
+                self.objective, self.critic, self.critic, self.g_opt, self.d_opt, self.scaler, self.autocast, self.a,
+                self.b,
+            )  # fmt: skip
         if GPU:
             torch.cuda.synchronize()
 
@@ -133,6 +153,7 @@ def test_train_step(benchmark, setting, precision, compiled, path):
             "ackd_fast": path == "ackd",
             "setting": setting,
             "precision": precision,
+            "fp32_precision": task.fp32_precision,
             "compiled": compiled,
             "images": task.a.shape[0],
             "images_per_s": task.a.shape[0] / stats.stats.median if stats else None,

@@ -1,19 +1,22 @@
 """Ahead-of-time compilation of the ACK-A kernels for GPUs that are not here (sm_80, sm_90).
 
 What compiles is what a launch would run. `ack_attention.forward_launches` and `backward_launches` build the
-launches from example maps on the meta device, and Triton's own binder specialises their arguments for the
-target exactly as a launch does (dtypes, 16-byte alignment of pointers and ints, unit strides as constants).
-The examples span what a launch can pass: fp16, bf16 and fp32 (as tf32 and as full fp32: `_precision`
-follows torch's fp32 matmul precision), head dims 16, 32, 64, 128 (every padded BLOCK_D), 1 to 4 sources,
-contiguous and channels_last maps; each with every autotune config `configs.gpu_candidates` lets through,
-for sm_80 and sm_90. Cases that specialise to the same kernel compile once: the number of sources never
-changes it (the kernels take MAX_SOURCES slots), the layout does (its unit stride moves from the token to the
-channel dimension). The example maps have token counts and widths divisible by 16, as at the paper's sizes;
-odd sizes specialise to kernels with fewer aligned accesses, which are not compiled here.
+launches from example maps on the meta device, the kernels' heuristics add their flags (EVEN_M, ...), and
+Triton's own binder specialises the arguments for the target exactly as a launch does (dtypes, 16-byte alignment
+of pointers and ints, unit strides as constants). The examples span what a launch can pass: fp16, bf16 and fp32
+(as tf32 and as full fp32, which runs as tf32x3: `_precision` follows torch's fp32 matmul precision), head dims
+16, 32, 64, 128 (every padded BLOCK_D), 1 to 4 sources, contiguous and channels_last maps; each with every
+autotune config `configs.gpu_candidates` lets through, for sm_80 and sm_90. Cases that specialise to the same
+kernel compile once; the number of sources and the layout each change the kernel (a loop per source; the unit
+stride moves from the token to the channel dimension). The example maps have token counts divisible by 128 and
+head dims equal to their padded width, as at the paper's sizes: the full-block kernels (EVEN_*), which are the
+ones timed; odd sizes specialise to masked kernels, which are not compiled here.
 
 Each compilation reports what decides whether it runs well: shared memory, tensor-core instructions in the
-PTX, and registers and spills from the -v log of the ptxas run that built the cubin (a stage hook keeps that
-log in the kernel's metadata, which Triton caches with it). The compilations run in a process pool.
+PTX, registers, spills and stack from the -v log of the ptxas run that built the cubin (a stage hook keeps that
+log in the kernel's metadata, which Triton caches with it), resident blocks per SM, whether a requested warp
+specialisation survived (TTIR asks, TTGIR has it), the MMA waits that serialise, and static SASS counts.
+`problems` says what disqualifies a kernel from shipping; the compilations run in a process pool.
 """
 
 from __future__ import annotations
@@ -37,15 +40,19 @@ from triton.runtime.jit import create_function_from_signature
 from ackd_fast.checks import MAX_SOURCES
 from ackd_fast.kernels import ack_attention, configs
 
-# Dynamic shared memory a block may use (bytes): sm_80 (A100) 163 KB, sm_90 (H100) 227 KB.
+# Dynamic shared memory a block may use (bytes): sm_80 (A100) 163 KB, sm_90 (H100) 227 KB; per SM 164 / 228 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
-ARCHS = (80, 90)
+SHARED_PER_SM = {80: 164 * 1024, 90: 228 * 1024}
+# SASS opcodes counted per kernel (static): tensor-core MMA (HGMMA on sm_90, HMMA), fp32 FMA, exp2, selects, and
+# local-memory loads/stores (spills or stack arrays).
+SASS_OPS = ("HGMMA", "HMMA", "FFMA", "MUFU.EX2", "FSEL", "LDL", "STL")
+ARCHS = configs.ARCHS
 # name: (dtype, torch.backends.cuda.matmul.fp32_precision, the tl.dot precision the launchers pick under it).
 DTYPES = {
     "fp16": (torch.float16, "ieee", "ieee"),
     "bf16": (torch.bfloat16, "ieee", "ieee"),
     "tf32": (torch.float32, "tf32", "tf32"),
-    "fp32": (torch.float32, "ieee", "ieee"),
+    "fp32": (torch.float32, "ieee", "tf32x3"),
 }
 HEAD_DIMS = configs.BLOCK_D_SIZES  # one head dim per padded width: each pads to itself
 LAYOUTS = ("contiguous", "channels_last")
@@ -68,10 +75,29 @@ class Report:
     wgmma: bool  # wgmma (Hopper warpgroup tensor cores)
     registers: int
     spill_bytes: int
+    stack_bytes: int = 0  # ptxas's stack frame: local memory other than spills (an array indexed at run time)
+    asks_warp_specialize: bool = False  # a loop asks for it (tl.range(..., warp_specialize=True): TTIR attribute)
+    warp_specialized: bool = False  # the TTGIR holds ttg.warp_specialize (Triton drops the request silently)
+    mma_waits_all: int = 0  # warp_group_dot_wait {pendings = 0}: each one serialises MMA and the softmax (A2)
+    sass: tuple[tuple[str, int], ...] = ()  # static counts of the instructions in SASS_OPS (cuobjdump -sass)
 
     @property
     def shared_limit(self) -> int:
         return SHARED_LIMIT[self.arch]
+
+    @property
+    def ctas_per_sm(self) -> int:
+        """Resident blocks per multiprocessor by registers and shared memory (64 K registers, allocated per warp
+        in units of 256; the shared-memory limit per SM) on sm_80 and sm_90."""
+        threads = 32 * self.tile.num_warps
+        per_warp = -(-self.registers * 32 // 256) * 256
+        by_registers = 65536 // (per_warp * self.tile.num_warps) if self.registers else 32
+        by_shared = SHARED_PER_SM[self.arch] // max(self.shared + 1024, 1)  # + the 1 KB the runtime reserves
+        return max(0, min(by_registers, by_shared, 2048 // threads, 32))
+
+    @property
+    def tensor_cores(self) -> str:
+        return "wgmma" if self.wgmma else "mma" if self.mma else "-"
 
 
 @dataclass(frozen=True)
@@ -147,12 +173,10 @@ def _specialise(case: Case):
     meta = {"BLOCK_M": case.tile.block_m} if case.tile.block_n == 0 else {
         "BLOCK_M": case.tile.block_m, "BLOCK_N": case.tile.block_n,
     }  # fmt: skip
-    kwargs = {
-        **_example_args(case.kernel, case.dtype, case.head_dim, case.layout, case.sources),
-        **meta,
-        "num_warps": case.tile.num_warps,
-        "num_stages": case.tile.num_stages,
-    }
+    kwargs = {**_example_args(case.kernel, case.dtype, case.head_dim, case.layout, case.sources), **meta}
+    # the flags the kernel's heuristics derive from the arguments and the config (EVEN_M, ...), as at a launch
+    kwargs.update({name: rule(kwargs) for name, rule in ack_attention.HEURISTICS[case.kernel].items()})
+    kwargs.update(num_warps=case.tile.num_warps, num_stages=case.tile.num_stages)
     binder = _binder(case.kernel, case.arch)
     bound_args, specialization, options = binder(**kwargs)
     return fn._pack_args(backend, kwargs, bound_args, specialization, options)
@@ -205,6 +229,7 @@ def compile_case(case: Case, covers: tuple[tuple[str, str, int], ...] = ()) -> R
     finally:
         knobs.runtime.add_stages_inspection_hook = saved_hook
     ptx, log = compiled.asm["ptx"], compiled.metadata.ptxas_log
+    ttgir = compiled.asm["ttgir"]
     return Report(
         kernel=case.kernel,
         dtype=case.dtype,
@@ -217,20 +242,54 @@ def compile_case(case: Case, covers: tuple[tuple[str, str, int], ...] = ()) -> R
         wgmma=re.search(r"\bwgmma\.mma_async", ptx) is not None,
         registers=max(int(n) for n in re.findall(r"Used (\d+) registers", log)),
         spill_bytes=sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", log)),
+        stack_bytes=max((int(n) for n in re.findall(r"(\d+) bytes stack frame", log)), default=0),
+        asks_warp_specialize="tt.warp_specialize" in compiled.asm["ttir"],
+        warp_specialized="ttg.warp_specialize" in ttgir,
+        mma_waits_all=len(re.findall(r"warp_group_dot_wait[^\n]*pendings = 0", ttgir)),
+        sass=_sass_counts(compiled.asm["cubin"]),
     )
 
 
-def cases() -> list[Case]:
-    """Every launch of the examples with every config the autotuner may pick for it, for every arch."""
+def _sass_counts(cubin: bytes) -> tuple[tuple[str, int], ...]:
+    """Static counts of SASS_OPS in the cubin (cuobjdump -sass, shipped with Triton); () when it cannot run."""
+    import subprocess
+    import tempfile
+
+    import triton.backends.nvidia
+
+    tool = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "cuobjdump")
+    if not os.path.exists(tool):
+        return ()
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        try:
+            sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+        except (OSError, subprocess.CalledProcessError):
+            return ()
+    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass)
+    return tuple((op, sum(1 for o in opcodes if o == op or o.startswith(op + "."))) for op in SASS_OPS)
+
+
+def cases(
+    archs: tuple[int, ...] = ARCHS,
+    source_counts: tuple[int, ...] = SOURCE_COUNTS,
+    head_dims: tuple[int, ...] = HEAD_DIMS,
+    dtypes: tuple[str, ...] = tuple(DTYPES),
+) -> list[Case]:
+    """Every launch of the examples with every config the autotuner may pick for it, for every arch (or the
+    subset named)."""
     out = []
     for kernel in configs.KERNELS:
-        for dtype, (torch_dtype, _, precision) in DTYPES.items():
+        for dtype in dtypes:
+            torch_dtype, _, precision = DTYPES[dtype]
             element_size = torch.empty((), dtype=torch_dtype).element_size()
-            for head_dim in HEAD_DIMS:
-                for tile in configs.gpu_candidates(kernel, element_size, configs.block_d(head_dim), precision):
-                    for layout in LAYOUTS:
-                        for sources in SOURCE_COUNTS:
-                            out.extend(Case(kernel, dtype, head_dim, layout, sources, tile, a) for a in ARCHS)
+            for head_dim in head_dims:
+                for arch in archs:
+                    block_d = configs.block_d(head_dim)
+                    for tile in configs.gpu_candidates(kernel, element_size, block_d, precision, arch):
+                        for layout in LAYOUTS:
+                            out.extend(Case(kernel, dtype, head_dim, layout, n, tile, arch) for n in source_counts)
     return out
 
 
@@ -246,10 +305,10 @@ def _compile_one(item: tuple[Case, tuple[tuple[str, str, int], ...]]) -> Report:
     return compile_case(*item)
 
 
-def compile_all(workers: int | None = None) -> tuple[list[Report], int]:
+def compile_all(workers: int | None = None, **subset) -> tuple[list[Report], int]:
     """(a report per distinct compiled kernel, the number of cases they cover): every config of every kernel
-    that a launch of the examples may pick, for sm_80 and sm_90."""
-    all_cases = cases()
+    that a launch of the examples may pick, for sm_80 and sm_90 (`subset`: `cases`' filters)."""
+    all_cases = cases(**subset)
     todo = sorted(distinct(all_cases).items(), key=lambda item: -_cost(item[0]))  # longest first
     workers = workers or os.cpu_count() or 1
     if workers == 1:
@@ -264,30 +323,49 @@ def _cost(case: Case) -> int:
     return case.tile.block_m * max(case.tile.block_n, 1) * case.head_dim * case.tile.num_stages
 
 
+def problems(report: Report) -> list[str]:
+    """What disqualifies a compiled kernel from shipping: spills or a stack frame (local memory), shared memory
+    over the limit, a matmul kernel without tensor-core instructions (fp32 on the FMA units), or a warp
+    specialisation it asked for and lost."""
+    found = []
+    if report.spill_bytes or report.stack_bytes:
+        found.append(f"local memory: {report.spill_bytes} bytes of spills, {report.stack_bytes} bytes of stack")
+    if report.shared > report.shared_limit:
+        found.append(f"shared memory {report.shared} > {report.shared_limit}")
+    if report.kernel != "preprocess" and not (report.mma or report.wgmma):
+        found.append("tl.dot compiled to FMA instructions, no tensor-core MMA")
+    if report.asks_warp_specialize and not report.warp_specialized:
+        found.append("asks for warp specialisation, which the compiler dropped")
+    return found
+
+
 def table(reports: list[Report]) -> str:
-    """One row per compiled kernel and arch pair; `covers` says which layouts and source counts it serves."""
-    head = f"{'kernel':<10} {'dtype':<5} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'covers':<18} | " + (
-        " | ".join(f"sm_{a}: {'smem KB':>7} {'TC':<5} {'regs':>4} {'spill':>5}" for a in ARCHS)
+    """One row per compiled kernel; `covers` says which layouts and source counts it serves. CTA: resident blocks
+    per SM by registers and shared memory; WS: warp specialisation asked/got; wait0: MMA waits on all pending
+    (serialising); the SASS columns are static instruction counts (MMA = HGMMA + HMMA)."""
+    head = (
+        f"{'kernel':<10} {'dtype':<5} {'D':>3} {'BM':>4} {'BN':>4} {'warps':>5} {'stages':>6} {'covers':<16} "
+        f"{'arch':>5} {'smem KB':>7} {'TC':<5} {'regs':>4} {'spill':>5} {'stack':>5} {'CTA':>3} {'WS':>3} "
+        f"{'wait0':>5} {'MMA':>4} {'FFMA':>5} {'EX2':>4} {'FSEL':>4}  problems"
     )
     lines = [head, "-" * len(head)]
-    by_key: dict[tuple, dict[int, Report]] = {}
-    for r in reports:
-        by_key.setdefault((r.kernel, r.dtype, r.block_d, r.tile, r.covers), {})[r.arch] = r
     kernels, dtypes = list(configs.KERNELS), list(DTYPES)
-    for (kernel, dtype, block_d, tile, _), per_arch in sorted(
-        by_key.items(), key=lambda kv: (kernels.index(kv[0][0]), dtypes.index(kv[0][1]), kv[0][2], kv[0][4])
-    ):
-        cells = []
-        for a in ARCHS:
-            r = per_arch.get(a)
-            if r is None:  # the other arch's kernel serves other cases: it has its own row
-                cells.append(f"sm_{a}: {'':<24}")
-                continue
-            tc = "wgmma" if r.wgmma else "mma" if r.mma else "-"
-            cells.append(f"sm_{a}: {r.shared / 1024:7.1f} {tc:<5} {r.registers:>4} {r.spill_bytes:>5}")
+    order = sorted(reports, key=lambda r: (kernels.index(r.kernel), dtypes.index(r.dtype), r.block_d, r.tile,
+                                           r.covers, r.arch))  # fmt: skip
+    for r in order:
+        sass = dict(r.sass)
+        ws = ("y" if r.asks_warp_specialize else "n") + ("y" if r.warp_specialized else "n")
+
+        def count(op, sass=sass):
+            return str(sass[op]) if op in sass else "?"
+
+        mma = str(sass["HGMMA"] + sass["HMMA"]) if sass else "?"
         lines.append(
-            f"{kernel:<10} {dtype:<5} {block_d:>3} {tile.block_m:>4} {tile.block_n:>4} {tile.num_warps:>5} "
-            f"{tile.num_stages:>6} {_describe(next(iter(per_arch.values()))):<18} | " + " | ".join(cells)
+            f"{r.kernel:<10} {r.dtype:<5} {r.block_d:>3} {r.tile.block_m:>4} {r.tile.block_n:>4} "
+            f"{r.tile.num_warps:>5} {r.tile.num_stages:>6} {_describe(r):<16} {'sm_' + str(r.arch):>5} "
+            f"{r.shared / 1024:7.1f} {r.tensor_cores:<5} {r.registers:>4} {r.spill_bytes:>5} {r.stack_bytes:>5} "
+            f"{r.ctas_per_sm:>3} {ws:>3} {r.mma_waits_all:>5} {mma:>4} {count('FFMA'):>5} {count('MUFU.EX2'):>4} "
+            f"{count('FSEL'):>4}  {'; '.join(problems(r))}"
         )
     return "\n".join(lines)
 
@@ -298,14 +376,20 @@ def _describe(report: Report) -> str:
     for layout in dict.fromkeys(layout for _, layout, _ in report.covers):
         counts = sorted({n for _, lay, n in report.covers if lay == layout})
         span = f"{counts[0]}-{counts[-1]}" if counts == list(range(counts[0], counts[-1] + 1)) else str(counts)
+        span = str(counts[0]) if len(counts) == 1 else span
         parts.append(f"{'cl' if layout == 'channels_last' else 'contig'} {span}")
     others = [d for d in dict.fromkeys(d for d, _, _ in report.covers) if d != report.dtype]
     return ", ".join(parts) + (f" +{'+'.join(others)}" if others else "")
 
 
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(","))
+
+
 def main() -> None:
-    """`python -m ackd_fast.kernels.aot [--json] [--workers N]`: compile every distinct kernel, print the table
-    (or JSON lines) and a summary."""
+    """`python -m ackd_fast.kernels.aot [--json] [--workers N] [--archs 90] [--sources 3] [--head-dims 64]
+    [--dtypes bf16,fp32]`: compile every distinct kernel (or the subset named), print the table (or JSON lines)
+    and a summary; exit 1 when a kernel has `problems`."""
     import argparse
     import dataclasses
     import json
@@ -317,20 +401,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m ackd_fast.kernels.aot")
     parser.add_argument("--json", action="store_true", help="one JSON object per compiled kernel")
     parser.add_argument("--workers", type=int, default=None, help="compile processes (default: one per CPU)")
+    parser.add_argument("--archs", type=_ints, default=ARCHS, help="e.g. 90 or 80,90 (default: both)")
+    parser.add_argument("--sources", type=_ints, default=SOURCE_COUNTS, help="source counts (default: 1,2,3,4)")
+    parser.add_argument("--head-dims", type=_ints, default=HEAD_DIMS, help="default: 16,32,64,128")
+    parser.add_argument("--dtypes", type=lambda t: tuple(t.split(",")), default=tuple(DTYPES), help=",".join(DTYPES))
     args = parser.parse_args()
     start = time.perf_counter()
-    reports, n_cases = compile_all(args.workers)
+    subset = {"archs": args.archs, "source_counts": args.sources, "head_dims": args.head_dims, "dtypes": args.dtypes}
+    reports, n_cases = compile_all(args.workers, **subset)
+    bad = [r for r in reports if problems(r)]
     summary = (
         f"{n_cases} cases (kernel x dtype x head dim x config x layout x sources x arch) compiled as "
         f"{len(reports)} distinct kernels in {time.perf_counter() - start:.0f} s; "
-        f"spills in {sum(r.spill_bytes > 0 for r in reports)}"
+        f"spills in {sum(r.spill_bytes > 0 for r in reports)}; problems in {len(bad)}"
     )
     if args.json:
         for r in reports:
-            print(json.dumps({**dataclasses.asdict(r), "tile": list(r.tile), "shared_limit": r.shared_limit}))
+            row = {**dataclasses.asdict(r), "tile": list(r.tile), "shared_limit": r.shared_limit}
+            print(json.dumps({**row, "ctas_per_sm": r.ctas_per_sm, "problems": problems(r)}))
     else:
         print(table(reports))
     print(summary, file=sys.stderr)
+    sys.exit(1 if bad else 0)
 
 
 if __name__ == "__main__":

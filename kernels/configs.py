@@ -12,6 +12,7 @@ Under TRITON_INTERPRET=1 there is a single small config: the autotuner cannot ti
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import NamedTuple
 
@@ -31,26 +32,36 @@ class Tile(NamedTuple):
 
 # Hopper/Ampere choices by (kernel, dot class, BLOCK_D class). Dot classes: "16bit" (fp16/bf16), "tf32" (fp32 on
 # the tensor cores, twice the shared memory and registers of 16-bit tiles, hence smaller tiles and shallower
-# pipelines) and "fp32" (full-precision fp32, torch's "highest" matmul precision: tl.dot runs on the FMA units and
-# holds whole operand rows in registers, so only narrow tiles compile without spills). BLOCK_D classes: "small"
-# for BLOCK_D <= 64, "large" for 128. Each compiles for sm_80 and sm_90 without register spills (kernels/aot.py).
+# pipelines), "tf32x3" (full-precision fp32, torch's "highest" matmul precision, as three tf32 tensor-core passes
+# with fp32 accuracy: three times tf32's registers for the split operands, hence the smallest tensor-core tiles) and
+# "fp32" (tl.dot on the FMA units, ~5 TFLOP/s on an H100: no launch picks it, gpu_tune times it as a baseline).
+# BLOCK_D classes: "small" for BLOCK_D <= 64, "large" for 128. Each shipped tile compiles for its arch without
+# register spills and with tensor-core instructions (kernels/aot.py, tests/test_aot_compile.py). _TILES are
+# Hopper's (sm_90 and later); _SM80_TILES replace the entries that spill on Ampere's mma.sync path (its
+# accumulators and split tf32x3 operands live in registers where wgmma reads shared memory).
 _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("forward", "16bit", "small"): (Tile(128, 64, 8, 3), Tile(128, 128, 8, 3), Tile(64, 64, 4, 3)),
     ("forward", "16bit", "large"): (Tile(128, 32, 8, 3), Tile(128, 64, 8, 3), Tile(64, 64, 4, 2)),
     ("forward", "tf32", "small"): (Tile(128, 64, 8, 2), Tile(64, 64, 4, 2)),
     ("forward", "tf32", "large"): (Tile(64, 64, 8, 2), Tile(128, 32, 8, 1)),
+    ("forward", "tf32x3", "small"): (Tile(64, 32, 4, 2),),
+    ("forward", "tf32x3", "large"): (Tile(16, 32, 4, 1),),
     ("forward", "fp32", "small"): (Tile(16, 32, 4, 1),),
     ("forward", "fp32", "large"): (Tile(16, 32, 4, 1),),
     ("dkdv", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
     ("dkdv", "16bit", "large"): (Tile(64, 64, 8, 2), Tile(32, 64, 8, 2), Tile(16, 128, 8, 2)),
     ("dkdv", "tf32", "small"): (Tile(16, 64, 4, 2), Tile(32, 32, 4, 2)),
     ("dkdv", "tf32", "large"): (Tile(32, 64, 8, 2), Tile(16, 64, 8, 1), Tile(32, 32, 8, 2)),
+    ("dkdv", "tf32x3", "small"): (Tile(16, 64, 4, 2), Tile(32, 64, 8, 2)),
+    ("dkdv", "tf32x3", "large"): (Tile(16, 16, 8, 1),),
     ("dkdv", "fp32", "small"): (Tile(16, 32, 8, 1),),
     ("dkdv", "fp32", "large"): (Tile(16, 32, 8, 1),),
     ("dq", "16bit", "small"): (Tile(128, 64, 8, 2), Tile(64, 32, 4, 2)),
     ("dq", "16bit", "large"): (Tile(128, 32, 8, 2), Tile(64, 64, 8, 2), Tile(64, 32, 4, 2)),
     ("dq", "tf32", "small"): (Tile(64, 32, 4, 2), Tile(32, 32, 4, 2)),
     ("dq", "tf32", "large"): (Tile(32, 32, 4, 2),),
+    ("dq", "tf32x3", "small"): (Tile(64, 32, 4, 2),),
+    ("dq", "tf32x3", "large"): (Tile(16, 16, 4, 1),),
     ("dq", "fp32", "small"): (Tile(16, 16, 4, 1),),
     ("dq", "fp32", "large"): (Tile(16, 16, 4, 1),),
     # A row-sum without tl.dot: the dot class only sets the element size.
@@ -58,9 +69,27 @@ _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("preprocess", "16bit", "large"): (Tile(128, 0, 4, 1),),
     ("preprocess", "tf32", "small"): (Tile(64, 0, 4, 1),),
     ("preprocess", "tf32", "large"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "tf32x3", "small"): (Tile(64, 0, 4, 1),),
+    ("preprocess", "tf32x3", "large"): (Tile(64, 0, 4, 1),),
     ("preprocess", "fp32", "small"): (Tile(64, 0, 4, 1),),
     ("preprocess", "fp32", "large"): (Tile(64, 0, 4, 1),),
 }
+
+_SM80_TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
+    ("forward", "tf32x3", "small"): (Tile(32, 32, 4, 2),),
+    ("dkdv", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(32, 64, 8, 2)),
+    ("dkdv", "16bit", "large"): (Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
+    ("dkdv", "tf32x3", "small"): (Tile(16, 32, 4, 2),),
+    ("dq", "16bit", "small"): (Tile(64, 32, 4, 2),),
+    ("dq", "tf32x3", "small"): (Tile(16, 32, 4, 2),),
+}
+ARCHS = (80, 90)  # the tile lists: Ampere (sm_80, sm_86, sm_89) and Hopper (sm_90 and later)
+
+
+def arch_of(capability: tuple[int, int]) -> int:
+    """The tile list of a GPU of this compute capability: 90 from Hopper on, else 80."""
+    return 90 if tuple(capability) >= (9, 0) else 80
+
 
 # Interpreter: tl.dot needs every dim >= 16; 32 keeps the program count (each one costs milliseconds) low
 # while still splitting the odd token counts of the tests into several blocks.
@@ -74,31 +103,42 @@ def block_d(head_dim: int) -> int:
     return max(16, triton.next_power_of_2(head_dim))
 
 
-PRECISIONS = ("ieee", "tf32")  # tl.dot's input_precision for fp32 (16-bit inputs: "ieee")
+# tl.dot's input_precision: fp32 inputs take "tf32" or "tf32x3" (fp32-accurate) on a GPU, "ieee" (the FMA units)
+# in the interpreter and in gpu_tune's baseline; 16-bit inputs always "ieee" (it is their only mode).
+PRECISIONS = ("ieee", "tf32", "tf32x3")
 
 
 def dot_class(element_size: int, precision: str) -> str:
-    """How tl.dot computes for inputs of `element_size` bytes at `precision`: "16bit", "tf32" or "fp32"."""
+    """How tl.dot computes for inputs of `element_size` bytes at `precision`: "16bit", "tf32", "tf32x3" or
+    "fp32" (the FMA units)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if element_size == 2:
         return "16bit"
-    return "tf32" if precision == "tf32" else "fp32"
+    return "fp32" if precision == "ieee" else precision
 
 
-def candidates(kernel: str, element_size: int, block_d: int, precision: str) -> tuple[Tile, ...]:
+def candidates(kernel: str, element_size: int, block_d: int, precision: str, arch: int = 90) -> tuple[Tile, ...]:
     """The tiles `kernel` may use for inputs of `element_size` bytes, padded head dim `block_d` and tl.dot
-    `precision` (the single interpreter tile under TRITON_INTERPRET=1)."""
-    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d, precision)
+    `precision` on `arch` (the single interpreter tile under TRITON_INTERPRET=1)."""
+    return (_INTERPRET_TILE,) if INTERPRET else gpu_candidates(kernel, element_size, block_d, precision, arch)
 
 
-def gpu_candidates(kernel: str, element_size: int, block_d: int, precision: str) -> tuple[Tile, ...]:
-    """The tiles a launch on a GPU may use: what the ahead-of-time check compiles."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+def block_d_class(block_d: int) -> str:
     if block_d not in BLOCK_D_SIZES:
         raise ValueError(f"block_d must be one of {BLOCK_D_SIZES}, got {block_d}")
-    return _TILES[kernel, dot_class(element_size, precision), "small" if block_d <= 64 else "large"]
+    return "small" if block_d <= 64 else "large"
+
+
+def gpu_candidates(kernel: str, element_size: int, block_d: int, precision: str, arch: int = 90) -> tuple[Tile, ...]:
+    """The tiles a launch on a GPU of tile list `arch` (`arch_of`) may use: what the ahead-of-time check compiles
+    for that arch."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    key = (kernel, dot_class(element_size, precision), block_d_class(block_d))
+    return _SM80_TILES.get(key, _TILES[key]) if arch == 80 else _TILES[key]
 
 
 def _config(tile: Tile) -> triton.Config:
@@ -108,7 +148,8 @@ def _config(tile: Tile) -> triton.Config:
 
 def autotune_configs(kernel: str) -> list[triton.Config]:
     """Every distinct config of `kernel` over all dtypes and head dims; `prune` narrows it per launch."""
-    tiles = dict.fromkeys(t for (k, _, _), ts in _TILES.items() if k == kernel for t in ts)
+    tiles = dict.fromkeys(t for table in (_TILES, _SM80_TILES) for (k, _, _), ts in table.items() if k == kernel
+                          for t in ts)  # fmt: skip
     return [_config(t) for t in ((_INTERPRET_TILE,) if INTERPRET else tiles)]
 
 
@@ -122,8 +163,16 @@ def prune(kernel: str, tensor_arg: str):
 
     def early_config_prune(configs, named_args, **kwargs):
         args = {**named_args, **kwargs}
-        element_size = args[tensor_arg].element_size()
-        allowed = set(candidates(kernel, element_size, args["BLOCK_D"], args.get("PRECISION", "ieee")))
+        x = args[tensor_arg]
+        arch = arch_of(_capability(x.device)) if x.device.type == "cuda" else 90
+        allowed = set(candidates(kernel, x.element_size(), args["BLOCK_D"], args.get("PRECISION", "ieee"), arch))
         return [c for c in configs if _tile(c) in allowed]
 
     return early_config_prune
+
+
+@functools.cache
+def _capability(device) -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability(device)

@@ -102,7 +102,12 @@ def test_forward_and_backward_match_reference(count, heads, head_dim, dtype, kin
     names = ["out", "dq", *(f"dkeys[{j}]" for j in range(count)), *(f"dvalues[{j}]" for j in range(count))]
     for name, err, ref_err in zip(names, max_errors(got, exact), max_errors(torch_same_dtype, exact), strict=True):
         assert err <= 2 * ref_err + ATOL[dtype], f"{name}: error {err:.3g}, PyTorch in {dtype}: {ref_err:.3g}"
-    assert got[0].is_contiguous() and all(g.is_contiguous() for g in got[1:])
+    # outputs and gradients come back in their input's memory format (channels_last in, channels_last out; a
+    # sliced view's as torch.empty_like suggests it: NCHW here)
+    inputs = [q, q, *keys, *values]
+    for name, g, x in zip(["out", *names[1:]], got, inputs, strict=True):
+        want = torch.channels_last if kind == "channels_last" and min(x.shape[2:]) > 1 else torch.contiguous_format
+        assert g.is_contiguous(memory_format=want), f"{name}: strides {g.stride()}, {kind} input"
 
 
 def test_scale_and_large_logits(device):
@@ -232,6 +237,85 @@ def test_outputs_poisoned_with_nan_come_back_fully_written(device):
         assert torch.isfinite(g).all()
 
 
+def _exact_and_torch(q, keys, values, heads, grad, scale=None):
+    exact = run(reference.ack_attention, q.double(), [k.double() for k in keys], [v.double() for v in values],
+                heads, grad, scale)  # fmt: skip
+    return exact, run(reference.ack_attention, q, keys, values, heads, grad, scale)
+
+
+def _assert_close_to_reference(got, exact, torch_same_dtype, dtype=torch.float32):
+    for i, (err, ref_err) in enumerate(zip(max_errors(got, exact), max_errors(torch_same_dtype, exact), strict=True)):
+        assert err <= 2 * ref_err + ATOL[dtype], f"result {i}: error {err:.3g}, PyTorch in {dtype}: {ref_err:.3g}"
+
+
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_full_blocks_take_the_unmasked_path(kind, device):
+    """Token counts that fill every block (64 queries, 32 and 64 keys: multiples of the interpreter's 32 and of
+    the GPU tiles' 16-64) and head dims equal to their padded width, so EVEN_M, EVEN_N and EVEN_D hold: values,
+    gradients and every element written (NaN-poisoned buffers), in both layouts."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    heads, head_dim = 2, 16
+    q = layout(torch.randn(2, heads * head_dim, 8, 8, device=device), kind)
+    keys = [layout(torch.randn(2, heads * head_dim, *hw, device=device), kind) for hw in ((4, 8), (8, 8))]
+    values = [layout(torch.randn(2, heads * head_dim, *hw, device=device), kind) for hw in ((4, 8), (8, 8))]
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact, torch_same_dtype = _exact_and_torch(q, keys, values, heads, grad)
+    _assert_close_to_reference(run(ops.ack_attention, q, keys, values, heads, grad), exact, torch_same_dtype)
+
+    def nan(x):
+        return torch.full_like(x, float("nan"))
+
+    lse = torch.full((2 * heads, 64), float("nan"), device=device)
+    out, lse = kernels.forward(q, keys, values, heads, out=nan(q), lse=lse)
+    dq, dkeys, dvalues = kernels.backward(grad.float(), q, keys, values, out, lse, heads, dq=nan(q),
+                                          dkeys=[nan(k) for k in keys], dvalues=[nan(v) for v in values])  # fmt: skip
+    for g in (out, lse, dq, *dkeys, *dvalues):
+        assert torch.isfinite(g).all()
+    _assert_close_to_reference([out, dq, *dkeys, *dvalues], exact, torch_same_dtype)
+
+
+@pytest.mark.parametrize("scale", [-0.3, 0.0])
+def test_scales_that_cannot_be_folded(scale, device):
+    """A scale <= 0 takes the unfolded softmax (max(s) * scale is not max(s * scale) there; 0 * -inf is NaN)."""
+    q, keys, values = make_inputs(3, 2, 16, torch.float32, device, batch=1)
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact, torch_same_dtype = _exact_and_torch(q, keys, values, 2, grad, scale)
+    _assert_close_to_reference(run(ops.ack_attention, q, keys, values, 2, grad, scale), exact, torch_same_dtype)
+
+
+def test_launch_cache_reuses_the_plan_and_still_checks_inputs(device, monkeypatch):
+    """A second call with the same shapes, strides and dtypes launches from the cached plan (the launchers do not
+    run again) on fresh inputs, and gives the right values and gradients in the inputs' layout; a bad call after
+    it still raises the checks' error, naming the argument."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    heads = 2
+    q, keys, values = make_inputs(2, heads, 16, torch.float32, device, batch=1)
+    q = q.to(memory_format=torch.channels_last)
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    run(ops.ack_attention, q, keys, values, heads, grad)  # plans the key
+    assert kernels._launch_key(q, keys, values, heads, None) in kernels._FORWARD_PLANS
+
+    def no_launcher(*args, **kwargs):
+        raise AssertionError("the launchers ran although the launch key has a plan")
+
+    monkeypatch.setattr(kernels, "forward_launches", no_launcher)
+    monkeypatch.setattr(kernels, "backward_launches", no_launcher)
+    fresh = [torch.randn_like(x) for x in (q, *keys, *values)]
+    q, keys, values = fresh[0], fresh[1:3], fresh[3:]
+    exact, torch_same_dtype = _exact_and_torch(q, keys, values, heads, grad)
+    got = run(ops.ack_attention, q, keys, values, heads, grad)
+    _assert_close_to_reference(got, exact, torch_same_dtype)
+    assert got[0].is_contiguous(memory_format=torch.channels_last) and got[1].is_contiguous(
+        memory_format=torch.channels_last
+    )
+    with pytest.raises(TypeError, match=r"values\[1\] has dtype torch.float16, expected torch.float32"):
+        ops.ack_attention(q, keys, [values[0], values[1].half()], heads)
+    with pytest.raises(ValueError, match=r"values\[0\] has shape"):
+        ops.ack_attention(q, keys, [values[0][:, :, :2], values[1]], heads)
+
+
 def test_opcheck(device):
     q, keys, values = make_inputs(2, 2, 16, torch.float32, device, batch=1)
     for t in (q, *keys, *values):
@@ -303,14 +387,15 @@ def test_fp32_precision_follows_torch(monkeypatch):
     matmul = torch.backends.cuda.matmul
     saved = (matmul.fp32_precision, torch.backends.fp32_precision)
     try:
-        for setting, want in (("ieee", "ieee"), ("tf32", "tf32")):
+        # full fp32 asked for: three tf32 passes on the tensor cores (fp32-accurate), never the FMA units
+        for setting, want in (("ieee", "tf32x3"), ("tf32", "tf32")):
             matmul.fp32_precision = setting
             assert kernels._precision(torch.float32) == want
         matmul.fp32_precision = "none"
-        for setting, want in (("tf32", "tf32"), ("ieee", "ieee"), ("none", "ieee")):
+        for setting, want in (("tf32", "tf32"), ("ieee", "tf32x3"), ("none", "tf32x3")):
             torch.backends.fp32_precision = setting
             assert kernels._precision(torch.float32) == want
-        for setting, want in (("highest", "ieee"), ("high", "tf32")):  # the legacy setter, after the new API
+        for setting, want in (("highest", "tf32x3"), ("high", "tf32")):  # the legacy setter, after the new API
             torch.set_float32_matmul_precision(setting)
             assert kernels._precision(torch.float32) == want
         assert kernels._precision(torch.float16) == kernels._precision(torch.bfloat16) == "ieee"

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ackd_fast import checks
+from ackd_fast.kernels import layout
 from ackd_fast.ops import dispatch
 
 
@@ -29,18 +30,45 @@ def ack_attention(
     """Multi-head cross-attention of q over the tokens of all key/value sources under one softmax (Triton).
 
     q: (B, heads*d, Hq, Wq); keys[j], values[j]: (B, heads*d, H_j, W_j), 1 to 4 sources, any strides;
-    fp16, bf16 or fp32 (fp32 follows torch.backends.cuda.matmul.fp32_precision: tf32 or ieee); d <= 128. Returns
-    (B, heads*d, Hq, Wq), NCHW contiguous; `scale` defaults to 1/sqrt(d). Differentiable in q, keys, values.
+    fp16, bf16 or fp32 (fp32 follows torch.backends.cuda.matmul.fp32_precision: "tf32" runs tl.dot in tf32, full
+    fp32 as tf32x3, three tf32 passes with fp32 accuracy); d <= 128. Returns (B, heads*d, Hq, Wq) in q's memory
+    format (channels_last in, channels_last out); `scale` defaults to 1/sqrt(d). Differentiable in q, keys, values;
+    the gradients come back in their inputs' memory formats.
     Runs on CUDA, and on CPU under the Triton interpreter (TRITON_INTERPRET=1) for tests;
     `ackd_fast.reference.ack_attention` is the same computation in plain PyTorch.
     """
-    q, keys, values = checks.attention_inputs(q, keys, values, heads)
+    key = _checked_key(q, keys, values, heads)
+    if key is None or key not in _CHECKED:
+        q, keys, values = checks.attention_inputs(q, keys, values, heads)
+        reason = dispatch._unavailable("triton", q.device.type, dispatch.compute_dtype(q), sources=len(keys))
+        if reason is not None:
+            raise RuntimeError(f"ack_attention (Triton) cannot run on {q.device.type}: {reason}")
+        if key is not None:
+            if len(_CHECKED) >= 1024:  # shapes seen in training are few; a stream of new ones starts over
+                _CHECKED.clear()
+            _CHECKED.add(key)
     if scale is not None:
         scale = float(scale)
-    reason = dispatch._unavailable("triton", q.device.type, dispatch.compute_dtype(q), sources=len(keys))
-    if reason is not None:
-        raise RuntimeError(f"ack_attention (Triton) cannot run on {q.device.type}: {reason}")
-    return torch.ops.ackd_fast.ack_attention(q, keys, values, heads, scale)[0]
+    return torch.ops.ackd_fast.ack_attention(q, list(keys), list(values), heads, scale)[0]
+
+
+# The inputs of calls that passed checks.attention_inputs and the backend check, by what those checks read (shapes,
+# dtypes, devices, heads, counts, whether autocast changes the dtype the op computes in): a later call with the same
+# key skips them (the kernels' launch cache, kernels/ack_attention.py, skips the launch-side work likewise). A call
+# that differs in anything the checks read gets another key, or None (not plain Tensors in a list or tuple), and is
+# checked in full, so a bad call still raises the same ValueError/TypeError before any memory is touched.
+_CHECKED: set[tuple] = set()
+
+
+def _checked_key(q, keys, values, heads) -> tuple | None:
+    if type(q) is not Tensor or type(heads) is not int or type(keys) not in (list, tuple):
+        return None
+    if type(values) not in (list, tuple) or len(keys) != len(values):
+        return None
+    maps = (q, *keys, *values)
+    if any(type(x) is not Tensor for x in maps):
+        return None
+    return (heads, len(keys), dispatch.compute_dtype(q), *((x.shape, x.dtype, x.device) for x in maps))
 
 
 SDPA_DTYPES = ("float16", "bfloat16", "float32", "float64")
@@ -74,7 +102,7 @@ def _kernels():
 def _ack_attention_op(
     q: Tensor, keys: list[Tensor], values: list[Tensor], heads: int, scale: float | None
 ) -> tuple[Tensor, Tensor]:
-    """(out, lse): out NCHW contiguous in q's dtype, lse (B*heads, Hq*Wq) fp32, the log-sum-exp of each query's
+    """(out, lse): out in q's memory format and dtype, lse (B*heads, Hq*Wq) fp32, the log-sum-exp of each query's
     scores that the backward needs (its base is the kernels' business)."""
     return _kernels().forward(q, keys, values, heads, scale)
 
@@ -82,7 +110,7 @@ def _ack_attention_op(
 @_ack_attention_op.register_fake
 def _ack_attention_fake(q, keys, values, heads, scale):
     batch, _channels, height, width = q.shape
-    out = q.new_empty(q.shape)
+    out = layout.output_like(q)
     lse = q.new_empty((batch * heads, height * width), dtype=torch.float32)
     return out, lse
 
@@ -98,15 +126,13 @@ def _ack_attention_backward_op(
     heads: int,
     scale: float | None,
 ) -> tuple[Tensor, list[Tensor], list[Tensor]]:
-    """(dq, dkeys, dvalues), NCHW contiguous, from the forward's inputs, out and lse."""
+    """(dq, dkeys, dvalues), each in its input's memory format, from the forward's inputs, out and lse."""
     return _kernels().backward(grad_out, q, keys, values, out, lse, heads, scale)
 
 
 @_ack_attention_backward_op.register_fake
 def _ack_attention_backward_fake(grad_out, q, keys, values, out, lse, heads, scale):
-    def like(x):
-        return x.new_empty(x.shape)
-
+    like = layout.output_like
     return like(q), [like(k) for k in keys], [like(v) for v in values]
 
 
