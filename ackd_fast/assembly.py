@@ -27,6 +27,7 @@ from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller
 from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
 from ackd_fast.flags import flag_name as _flag
+from ackd_fast.loggers import parse_loggers
 from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
 from ackd_fast.metrics import INCEPTION_SHA256, INCEPTION_SHA256_HELP, check_sha256, count_macs
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
@@ -237,6 +238,11 @@ class Config:
         "updates; 0 = none",
     )
     sample_every: int = flag(200, "steps between sample grids (input / output / target) in OUT_DIR/samples; 0 = none")
+    logger: str = flag(
+        "none",
+        "comma-separated among tensorboard, wandb, trackio: they get the losses, scores, diagnostics, sample grids "
+        "and settings too (rank 0; W&B offline unless logged in or WANDB_MODE says); none = log.jsonl alone",
+    )
     ckpt_every: int = flag(
         200,
         "steps between checkpoints (OUT_DIR/ckpt.pt, written atomically; also at the last step); 0 = none",
@@ -554,6 +560,7 @@ def check_values(cfg: Config) -> None:
     _one_of(cfg, "model", OBJECTIVES)
     _one_of(cfg, "dataset_mode", ("auto", "aligned", "unaligned"))
     _one_of(cfg, "direction", data_lib.DIRECTIONS)
+    parse_loggers(cfg.logger)
     _in_range(cfg, "crop_size", data_lib.SIZE_MULTIPLE, data_lib.MAX_SIZE)
     if cfg.crop_size % data_lib.SIZE_MULTIPLE:
         raise UsageError(

@@ -24,6 +24,7 @@ from ackd_fast.errors import UsageError
 LOCK = ".lock"
 LOG = "log.jsonl"
 LOSSES_PLOT = "losses.png"
+METRICS_CSV = "metrics.csv"  # log.jsonl's records as a table (loggers.write_metrics_csv)
 SAMPLES = "samples"  # the sample grids, samples/step_NNNNNNN.png
 RUN_FILES = (CHECKPOINT, PREVIOUS_CHECKPOINT, BEST, LOG)  # a folder holding one of these holds a run
 
@@ -82,7 +83,8 @@ def clear_run(out_dir: Path) -> list[str]:
     if not run_files(out_dir):
         return []
     removed = []
-    for path in [*(out_dir / name for name in (*RUN_FILES, LOSSES_PLOT)), *(out_dir / SAMPLES).glob("step_*.png")]:
+    files = (*RUN_FILES, LOSSES_PLOT, METRICS_CSV)
+    for path in [*(out_dir / name for name in files), *(out_dir / SAMPLES).glob("step_*.png")]:
         if path.is_file():
             path.unlink()
             removed.append(str(path.relative_to(out_dir)))

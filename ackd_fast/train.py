@@ -70,11 +70,13 @@ from ackd_fast.checkpoint import (
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.flags import flag_name as _flag
+from ackd_fast.loggers import Loggers, check_loggers, open_loggers, parse_loggers, write_metrics_csv
 from ackd_fast.losses import Critic
 from ackd_fast.metrics import count_params
-from ackd_fast.plots import plot_run
+from ackd_fast.plots import plot_run, read_log
 from ackd_fast.rundir import (
     LOG,
+    METRICS_CSV,
     STOP_SIGNALS,
     RecordLog,
     RunLock,
@@ -538,7 +540,7 @@ def resume_run(cfg: Config, launch: Launch, data: dict, stateful: dict, evaluato
 # checkpoint's config is refused, since the run would no longer be the one it continues.
 RESUME_MAY_CHANGE = ("steps", "stop_at", "log_every", "sample_every", "ckpt_every", "eval_every", "diag_every",
                      "progress", "workers", "device", "compile", "compile_mode", "inception_weights",
-                     "inception_sha256", "skip_bad_images")  # fmt: skip
+                     "inception_sha256", "skip_bad_images", "logger")  # fmt: skip
 
 
 def resume_command(cfg: Config, world: int = 1, local_world: int = 1) -> str:
@@ -657,8 +659,9 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
     lines.append(f"  steps: {step + 1}..{end} of {cfg.steps}, batch {batch_size} per process, lr {cfg.lr:g} "
                  f"(linear decay over the last {decay_steps(cfg)})")  # fmt: skip
     every = lambda n: f"every {n} steps" if n else "never"
-    lines.append(f"  output: {cfg.out_dir}/: ckpt.pt {every(cfg.ckpt_every)}, log.jsonl and losses.png "
-                 f"{every(cfg.log_every)}, samples/ {every(cfg.sample_every)}")  # fmt: skip
+    lines.append(f"  output: {cfg.out_dir}/: ckpt.pt {every(cfg.ckpt_every)}, log.jsonl (metrics.csv) and "
+                 f"losses.png {every(cfg.log_every)}, samples/ {every(cfg.sample_every)}"
+                 + (f"; loggers: {cfg.logger}" if parse_loggers(cfg.logger) else ""))  # fmt: skip
     return "\n".join(lines)
 
 
@@ -696,6 +699,8 @@ def train(cfg: Config) -> dict:
         teacher = read_teacher(cfg)
         cfg, teacher_note = resolve_teacher(cfg, teacher)
     launch = read_launch()
+    if launch.rank == 0:  # the one process that logs: its logger packages are there, or nothing starts
+        check_loggers(cfg.logger)
     out_dir = Path(cfg.out_dir)
     check_out_dir(out_dir, cfg.resume, cfg.overwrite, {"--teacher": cfg.teacher, "--teacher-d": cfg.teacher_d},
                   data_folders(cfg))  # fmt: skip
@@ -825,6 +830,8 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
               f"{resume_command(cfg, launch.world, launch.local_world)}", file=sys.stderr, flush=True)  # fmt: skip
         os._exit(128 + signum)
 
+    settings = asdict(cfg) | {"batch_size": batch_size, "world": launch.world, "start_step": step, "end_step": end}
+    loggers = open_loggers(cfg.logger, out_dir, settings) if rt.master else Loggers([])
     stopped_by = None
     try:
         with StopSignals(blocked_exit if rt.ddp else None, BLOCKED_STOP_GRACE_S) as signals:
@@ -864,17 +871,21 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
                     record = {"step": step, "lr": g_sched.get_last_lr()[0], **logs, "img_per_s": images_per_s}
                     if log is not None:
                         log.write(record)
+                        loggers.scalars(step, {k: v for k, v in record.items() if k != "step"}, "train")
                 diag_due = step == 1 or due(step, cfg.diag_every, end)
                 if rt.master and cfg.job == "distill" and cfg.diag_every > 0 and diag_due:
                     diag = objective.diagnostics(a[:1])  # the refiners, on this batch's first image
                     if diag:
                         log.write({"step": step, "diag": diag})
+                        loggers.scalars(step, diag, "diag")
                 if grid is not None and keeps[1]:
-                    save_grid(out_dir / "samples" / f"step_{step:07d}.png", sample_columns(objective, generator, grid,
-                              cfg.job, rt))  # fmt: skip
+                    grid_path = out_dir / "samples" / f"step_{step:07d}.png"
+                    save_grid(grid_path, sample_columns(objective, generator, grid, cfg.job, rt))
+                    loggers.picture(step, "samples", grid_path)
                 if evaluator is not None and keeps[2]:
                     scores, best = evaluator(generator, step)
                     log.write({"step": step, "eval": eval_split, **scores})
+                    loggers.scalars(step, scores, f"eval_{eval_split}")
                     if best:  # the generator alone, loadable by load_generator like ckpt.pt
                         state = generator_state(cfg, step, generator, spec) | {"selection": evaluator.best}
                         save_checkpoint(state, out_dir / BEST)
@@ -889,10 +900,12 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
         # SIGTERM them and wait forever)
         batches.close()
         progress.close()
+        loggers.close()
         if log is not None:
             log.close()
             if cfg.log_every > 0:
                 plot_run(out_dir / LOG, out_dir / "losses.png")
+            write_metrics_csv(read_log(out_dir / LOG), out_dir / METRICS_CSV)
     if rt.ddp:
         dist.barrier()
     if stopped_by is not None:
