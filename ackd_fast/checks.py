@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from torch import Tensor
 
-MAX_SOURCES = 4  # DESIGN.md: 1 to 4 accumulated shallow sources
+MAX_SOURCES = 4  # docs/DESIGN.md: 1 to 4 accumulated shallow sources
 
 
 def positive_int(name: str, value: object) -> int:

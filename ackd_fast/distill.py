@@ -1,4 +1,4 @@
-"""ACKD distillation (DESIGN.md section 1): a frozen teacher, ACK refiners over its taps, 1x1 connectors from the
+"""ACKD distillation (docs/DESIGN.md section 1): a frozen teacher, ACK refiners over its taps, 1x1 connectors from the
 student's taps, and the student's losses, as one nn.Module whose forward is the generator side of a step.
 
 Taps F_0 .. F_{K-1} come from the config by name (default: GAN Compression's four, stem, block3, block6, block9).

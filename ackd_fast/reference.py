@@ -1,4 +1,4 @@
-"""The reference spec: ACK-A and ACK-F in plain PyTorch, exactly as DESIGN.md section 1 writes them.
+"""The reference spec: ACK-A and ACK-F in plain PyTorch, exactly as docs/DESIGN.md section 1 writes them.
 
 Every fast path is tested against these functions, run in fp64. They take parameters as plain tensors so a test
 can build them from any source (a module, random draws) and `gradcheck` them. The block functions
@@ -32,7 +32,7 @@ def conv1x1(x: Tensor, proj: Projection) -> Tensor:
 
 
 def pool_tokens(x: Tensor, stride: int) -> Tensor:
-    """`pool_s` of DESIGN.md: average pool of kernel and stride `stride`. ceil_mode keeps the border rows and
+    """`pool_s` of docs/DESIGN.md: average pool of kernel and stride `stride`. ceil_mode keeps the border rows and
     columns of odd-sized maps (their partial windows average what they cover), so no source pixel is dropped."""
     if stride == 1:
         return x

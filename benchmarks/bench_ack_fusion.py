@@ -9,7 +9,7 @@ Paths, measured in one run so their ratios hold:
     ACKD_BENCH_SMOKE=1 pytest benchmarks/bench_ack_fusion.py --benchmark-disable   # CI: tiny shapes, one call each
     python benchmarks/report.py results.json                       # ratio table from --benchmark-json output
 
-Shapes (DESIGN.md): paper = B 4, 256 channels, 64x64 target, sources at 64x64, 32x32 and 128x128;
+Shapes (docs/DESIGN.md): paper = B 4, 256 channels, 64x64 target, sources at 64x64, 32x32 and 128x128;
 student = the same with 64 channels. fp32 on CPU; fp32 and bf16 on CUDA.
 
 extra_info: `bytes` for the memory-bound ops (every tensor argument read once and every result written once per

@@ -122,7 +122,7 @@ def attention_module(m, deep: Tensor, sources) -> Tensor:
 
 
 def fusion_module(m, deep: Tensor, sources) -> Tensor:
-    """ACKFusion's output, from its parameters, in DESIGN.md's order: resize first, then align."""
+    """ACKFusion's output, from its parameters, in docs/DESIGN.md's order: resize first, then align."""
     size = tuple(deep.shape[-2:])
     acc = torch.zeros_like(deep)
     for j, (a, align) in enumerate(zip(sources, m.align, strict=True)):

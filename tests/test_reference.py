@@ -195,7 +195,7 @@ def fusion_params(c, src_channels):
 @pytest.mark.parametrize("mode", reference.RESIZE_MODES)
 @pytest.mark.parametrize("residual", [True, False])
 def test_ack_fusion_block_matches_independent(mode, residual):
-    """Also checks that aligning before resizing (the reference's order) equals DESIGN.md's resize-then-align."""
+    """Also checks that aligning before resizing (the reference's order) equals docs/DESIGN.md's resize-then-align."""
     c, src_channels, src_sizes = 4, [4, 3, 6], [(9, 7), (4, 3), (13, 11)]
     (deep,) = maps((2, c, 7, 6))
     sources = maps(*[(2, cj, *s) for cj, s in zip(src_channels, src_sizes, strict=True)])

@@ -18,8 +18,8 @@ GENERATORS = {
 }
 DISCRIMINATORS = ("n_layers", "multi_scale")
 
-# The taps the distiller reads by default: the ResNet's end of stem and blocks 3, 6, 9 (DESIGN.md section 1). A U-Net
-# has no such convention; its config must name its taps.
+# The taps the distiller reads by default: the ResNet's end of stem and blocks 3, 6, 9 (docs/DESIGN.md section 1).
+# A U-Net has no such convention; its config must name its taps.
 DEFAULT_TAPS = {
     "resnet_9blocks": ("stem", "block3", "block6", "block9"),
     "mobile_resnet_9blocks": ("stem", "block3", "block6", "block9"),

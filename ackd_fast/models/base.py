@@ -2,7 +2,7 @@
 
 A `TappedGenerator` runs an ordered list of stages. Some stages end at a *tap*, a named feature map the distiller
 may read (`taps=`) or replace (`replace=`: the map given continues the forward in place of the computed one, which
-is how the ACK refiners are trained through the frozen teacher, DESIGN.md section 1).
+is how the ACK refiners are trained through the frozen teacher, docs/DESIGN.md section 1).
 """
 
 from __future__ import annotations

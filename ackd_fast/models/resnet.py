@@ -7,7 +7,7 @@ clamped to [-1, 1] first, as GAN Compression's and OMGD's forward does. The inst
 are not affine and every conv has a bias, as in the original: at ngf 64 that is 11,378,179 parameters and 56.8 GMACs
 (torchprofile convention) at 1x3x256x256.
 
-Taps (DESIGN.md section 1): "stem" (end of the downsampling stem), then one tap every `n_blocks // 3` blocks,
+Taps (docs/DESIGN.md section 1): "stem" (end of the downsampling stem), then one tap every `n_blocks // 3` blocks,
 named after the block count: "block3", "block6", "block9" for 9 blocks. All taps have 4*ngf channels at H/4 x W/4.
 """
 
