@@ -2,7 +2,10 @@
 
 - `evaluate_generator`: PSNR/SSIM (paired data) and FID/KID of a generator on a split, streaming batch by batch.
 - `reference_stats`: the real images' Inception statistics under the peers' protocol (GAN Compression's and OMGD's):
-  paired tasks against the real test images, CycleGAN against the real train+test images of the target domain.
+  paired tasks against the real test images, CycleGAN against the real train+test images of the target domain;
+  `cached_reference_stats`: the same, kept in a cache (`fid_cache_dir`) under a checksum of the file list (paths,
+  sizes, modification times) and the protocol (split, domain, size, Inception weights' sha256), reused while all of
+  that is unchanged.
 - `image_stats`, `ImageFiles`: Inception statistics of any image folder (`ackd-fast fid-stats`).
 - `PeriodicEvaluation`: what the loop calls every `eval_every` steps, with the best step kept for `--select-on val`.
 
@@ -12,6 +15,9 @@ carved from the training data instead. The report beside the published figures i
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -172,14 +178,76 @@ def reference_stats(
     """The real statistics for `dataset` under the peers' protocol, with the protocol recorded beside them."""
     real = real_target_images(dataset, phases)
     stats = image_stats(real, inception, batch_size, progress="FID reference statistics" if progress else "")
-    stats["protocol"] = {
-        "dataroot": str(dataset.root),
+    stats["protocol"] = {"dataroot": str(dataset.root)} | _protocol(dataset, phases) | {"images": stats["n"]}
+    return stats
+
+
+def _protocol(dataset, phases) -> dict:
+    """How the real statistics of `dataset` are made: which images, at which size."""
+    return {
         "split": dataset.phase if dataset.paired else "+".join(phases),
         "domain": "B of each pair" if dataset.paired else ("B" if dataset.direction == "AtoB" else "A"),
-        "images": stats["n"],
         "size": dataset.augment.crop_size,
         "resize": "bicubic to size (evaluation transform), then bilinear to 299 inside pytorch-fid's InceptionV3",
     }
+
+
+FID_CACHE_ENV = "ACKD_FAST_CACHE"  # the cache's root folder; default $XDG_CACHE_HOME/ackd_fast or ~/.cache/ackd_fast
+
+
+def fid_cache_dir() -> Path:
+    """Where cached_reference_stats keeps its files: $ACKD_FAST_CACHE/fid_stats, else under the user's cache."""
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return Path(os.environ.get(FID_CACHE_ENV) or user_cache / "ackd_fast") / "fid_stats"
+
+
+def _real_files(real: Dataset) -> list[Path]:
+    """The image files a real_target_images dataset reads."""
+    return list(real.dataset.image_files() if isinstance(real, _TargetsOf) else real.files)
+
+
+def reference_key(dataset, phases, inception_sha256: str) -> tuple[str, dict]:
+    """(the cache key, the protocol it stands for) of dataset's real statistics: a sha256 over the real files (their
+    resolved paths, sizes and modification times, in order) and the protocol (split, domain, size, resize, the
+    Inception weights' sha256)."""
+    real = real_target_images(dataset, phases)
+    listing = hashlib.sha256()
+    for path in _real_files(real):
+        st = path.stat()
+        listing.update(os.fsencode(path.resolve()) + f"\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    protocol = _protocol(dataset, phases) | {"inception_sha256": inception_sha256, "files_sha256": listing.hexdigest()}
+    key = hashlib.sha256(json.dumps(protocol, sort_keys=True).encode()).hexdigest()
+    return key, protocol
+
+
+def cached_reference_stats(dataset, inception: nn.Module, inception_sha256: str, cache: str | os.PathLike | None = None,
+                           batch_size: int = 50, phases=("train", "test"), progress: bool = False) -> dict:  # fmt: skip
+    """reference_stats, from the cache when it holds them under the same key (reference_key), else computed and
+    stored there (`cache`: the folder, default fid_cache_dir(); "none": no cache). The protocol records the key and
+    whether they were reused ("cache": "reused PATH" / "computed, cached in PATH" / "off"); a cache that cannot be
+    read or written is noted there and worked around."""
+    if cache is not None and str(cache) == "none":
+        stats = reference_stats(dataset, inception, batch_size, phases, progress)
+        stats["protocol"]["cache"] = "off"
+        return stats
+    key, protocol = reference_key(dataset, phases, inception_sha256)
+    path = Path(cache or fid_cache_dir()) / f"{key[:32]}.npz"
+    if path.is_file():
+        try:
+            stats = metrics.load_stats(path)
+        except (OSError, ValueError):
+            stats = {"protocol": {}}  # unreadable: computed again and replaced below
+        if stats["protocol"].get("key") == key:
+            stats["protocol"]["cache"] = f"reused {path}"
+            return stats
+    stats = reference_stats(dataset, inception, batch_size, phases, progress)
+    stats["protocol"] |= {"inception_sha256": protocol["inception_sha256"], "files_sha256": protocol["files_sha256"],
+                          "key": key}  # fmt: skip
+    try:
+        metrics.save_stats(path, stats, stats["protocol"])
+        stats["protocol"]["cache"] = f"computed, cached in {path}"
+    except OSError as e:
+        stats["protocol"]["cache"] = f"computed; not cached ({e})"
     return stats
 
 
@@ -204,6 +272,7 @@ class PeriodicEvaluation:
         inception_sha256: str = metrics.INCEPTION_SHA256,
     ):
         self.dataset, self.split, self.device, self.batch_size = dataset, split, device, batch_size
+        self.inception_sha256 = inception_sha256
         self.inception, self.reference, self.note = None, None, None
         try:
             self.inception = metrics.load_inception(inception_weights or None, device, False, inception_sha256)
@@ -226,7 +295,7 @@ class PeriodicEvaluation:
             # unpaired: the real side of a validation split is the training target folder; of the test split, the
             # peers' train+test
             phases = (self.dataset.phase,) if self.split == "val" else ("train", "test")
-            self.reference = reference_stats(self.dataset, self.inception, phases=phases)
+            self.reference = cached_reference_stats(self.dataset, self.inception, self.inception_sha256, phases=phases)
         scores = evaluate_generator(
             generator, self.dataset, self.device, self.batch_size, self.inception, self.reference
         )

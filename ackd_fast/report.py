@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from ackd_fast import metrics
 from ackd_fast.assembly import check_device, file_config
 from ackd_fast.checkpoint import BEST, check_writable, write_atomic
 from ackd_fast.errors import UsageError
-from ackd_fast.evaluation import evaluate_generator, reference_stats
+from ackd_fast.evaluation import cached_reference_stats, evaluate_generator
 from ackd_fast.flags import flag, flag_name
 from ackd_fast.peers import read_generator
 
@@ -257,7 +258,13 @@ class EvaluationSettings:
     fid_stats: str = flag(
         "",
         "real statistics .npz (ours or GAN Compression's, keys mu, sigma); default: computed from the data (paired: "
-        "the split's B images; unpaired: train+test B)",
+        "the split's B images; unpaired: train+test B), or reused from --fid-cache",
+    )
+    fid_cache: str = flag(
+        "",
+        "folder of computed reference statistics, reused while the real files (paths, sizes, times), split, size "
+        "and Inception weights are the same; empty = $ACKD_FAST_CACHE/fid_stats or ~/.cache/ackd_fast/fid_stats; "
+        "none = no cache",
     )
     kid_subsets: int = flag(100, "KID subsets")
     kid_subset_size: int = flag(1000, "KID subset size")
@@ -398,11 +405,16 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
             if reference.get("features") is None:
                 info["notes"].append(f"{fid_stats} has no features: no KID")
         else:
-            reference = reference_stats(dataset, inception, batch_size=max(batch_size, 16), phases=("train", phase),
-                                        progress=s.progress)  # fmt: skip
+            reference = cached_reference_stats(dataset, inception, s.inception_sha256, s.fid_cache or None,
+                                               batch_size=max(batch_size, 16), phases=("train", phase),
+                                               progress=s.progress)  # fmt: skip
             saved = out / "fid_reference.npz"
             metrics.save_stats(saved, reference, reference["protocol"])
             info["fid_reference"] = f"{saved} ({json.dumps(reference['protocol'])})"
+            protocol = reference["protocol"]
+            info["fid_reference_split"] = f"{protocol['split']} ({protocol['domain']}, {protocol['images']} images)"
+            info["fid_reference_cache"] = protocol["cache"]
+            print(f"FID reference statistics of {protocol['split']}: {protocol['cache']}", file=sys.stderr)
     else:
         info["notes"].append("FID/KID not computed (--no-fid)")
         if not dataset.paired:
