@@ -135,11 +135,13 @@ def evaluate_generator(
     kid_subsets: int = 100,
     kid_subset_size: int = 1000,
     progress: str = "",
+    on_batch=None,
 ) -> dict:
     """generator(A) over `dataset` (not shuffled): mean PSNR/SSIM against B when the data is paired, and FID/KID
     against `reference` (from `reference_stats` or `metrics.load_stats`) when `inception` is given. Images are
     dropped after their batch; only the 2048-d features are kept, for KID (when the reference has features).
-    `progress`: a description, to show the progress of a long pass (batches_with_progress)."""
+    `progress`: a description, to show the progress of a long pass (batches_with_progress). `on_batch(indices,
+    inputs, outputs, targets or None)` gets each batch's uint8 images as scored (evaluate --save-images)."""
     was_training = generator.training
     generator = generator.to(device).eval()
     if inception is not None and reference is None:
@@ -149,6 +151,9 @@ def evaluate_generator(
     for batch in batches_with_progress(DataLoader(dataset, batch_size=batch_size, shuffle=False), progress):
         fake = metrics.quantize(generator(batch["A"].to(device)))
         n += fake.shape[0]
+        if on_batch is not None:
+            targets = data_lib.to_uint8(batch["B"]) if dataset.paired else None
+            on_batch(batch["index"].tolist(), data_lib.to_uint8(batch["A"]), fake.cpu(), targets)
         if dataset.paired:
             p, s = metrics.psnr_ssim(fake.cpu(), data_lib.to_uint8(batch["B"]))
             psnr += p

@@ -29,6 +29,7 @@ from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import cached_reference_stats, evaluate_generator
 from ackd_fast.flags import flag, flag_name
 from ackd_fast.peers import read_generator
+from ackd_fast.results_page import write_index
 
 # The papers' own figures: FID (lower is better) at 256x256, MACs in torchprofile's convention; "approx" ones ("~" in
 # the report) are read off a figure. SOURCES names the paper behind each row.
@@ -281,6 +282,12 @@ class EvaluationSettings:
         "map2aerial",
     )  # fmt: skip
     out_dir: str = flag("", "report folder (default: the first checkpoint's folder)")
+    save_images: str = flag(
+        "",
+        "folder for the images scored, as PNG: each checkpoint's outputs in a folder of its own (the input's path "
+        "relative to the split, and its name), the inputs and targets as scored, and index.html with them side by "
+        "side; files there are never replaced; empty = none",
+    )
     progress: bool = flag(True, "progress and an estimate for long metric passes")
 
 
@@ -333,6 +340,75 @@ def _check_layout(checkpoint: str, objective: str, root: str, mode: str, phase: 
     )
 
 
+class ScoredImages:
+    """What `--save-images DIR` writes: DIR/<checkpoint>/<path of the input relative to the split>.png (each
+    checkpoint's outputs), DIR/inputs/... and DIR/targets/... (as scored: resized to the evaluation size), and
+    DIR/index.html (results_page.write_index). Every check runs when it is made, before anything is scored: DIR is
+    not inside the data, is writable, and none of the files exists."""
+
+    RESERVED = ("inputs", "targets")
+
+    def __init__(self, folder: str | os.PathLike, dataset, checkpoints: list[str], dataroot: str):
+        from ackd_fast.translate import check_output
+
+        self.folder = Path(folder)
+        check_output(self.folder, [Path(dataroot)])
+        files = [Path(p) for p in getattr(dataset, dataset.INPUTS)]
+        split = Path(os.path.commonpath([p.parent for p in files]))
+        self.names = [p.relative_to(split).with_suffix(".png").as_posix() for p in files]
+        if len(set(self.names)) < len(self.names):
+            twice = next(n for n in self.names if self.names.count(n) > 1)
+            raise UsageError(f"--save-images: two inputs of the split would be saved as {twice} (one name, two "
+                             "formats)")  # fmt: skip
+        self.labels = []
+        for path in checkpoints:
+            label = f"{Path(path).resolve().parent.name}_{Path(path).stem}"
+            while label in (*self.labels, *self.RESERVED):
+                label += "_"
+            self.labels.append(label)
+        self.paired = dataset.paired
+        kinds = ["inputs", *self.labels, *(["targets"] if self.paired else [])]
+        planned = [self.folder / "index.html", *(self.folder / k / n for k in kinds for n in self.names)]
+        existing = [p for p in planned if p.exists()]
+        if existing:
+            raise UsageError(f"--save-images {folder}: {len(existing)} of the files it would write exist "
+                             f"({existing[0]}{', ...' if len(existing) > 1 else ''}); they are kept: choose another "
+                             "folder")  # fmt: skip
+        check_writable(self.folder, "the images folder (--save-images)")
+        self.scored = [0] * len(checkpoints)
+
+    def saver(self, which: int):
+        """The on_batch callback of evaluate_generator for checkpoint number `which`."""
+        from PIL import Image
+
+        from ackd_fast.translate import save_image
+
+        def save(indices: list[int], inputs, outputs, targets) -> None:
+            columns = [(self.labels[which], outputs)]
+            if which == 0:
+                columns += [("inputs", inputs)] + ([("targets", targets)] if targets is not None else [])
+            for kind, images in columns:
+                for i, image in zip(indices, images, strict=True):
+                    picture = Image.fromarray(image.permute(1, 2, 0).numpy())
+                    save_image(self.folder / kind / self.names[i], picture)
+            self.scored[which] += len(indices)
+
+        return save
+
+    def write_index(self, title: str) -> Path:
+        """index.html over the checkpoints scored so far: input, each one's output, target."""
+        done = [label for label, n in zip(self.labels, self.scored, strict=True) if n]
+        columns = ["input", *done, *(["target"] if self.paired else [])]
+        rows = []
+        for name in self.names:
+            row = {"name": name, "input": self.folder / "inputs" / name}
+            row |= {label: self.folder / label / name for label in done}
+            if self.paired:
+                row["target"] = self.folder / "targets" / name
+            rows.append(row)
+        return write_index(self.folder, title, rows, columns)
+
+
 def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | None = None, *,
                          on_row: Callable[[dict, int, int], None] | None = None, **overrides) -> dict:  # fmt: skip
     """Scores every checkpoint (and the best.pt beside it, when training selected one) and writes the report.
@@ -371,6 +447,13 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
             print(notes[-1])
     size = s.crop_size or config.get("crop_size") or 256
     dataset = data_lib.make_dataset(root, mode, phase, train=False, direction=direction, load_size=size, crop_size=size)
+    candidates = []  # (path, which), every one known before the first is scored (on_row says which is last)
+    for ckpt in checkpoints:
+        candidates.append((ckpt, "final"))
+        best = Path(ckpt).parent / BEST
+        if best.is_file() and best.resolve() != Path(ckpt).resolve():
+            candidates.append((str(best), "best"))
+    pages = ScoredImages(s.save_images, dataset, [path for path, _ in candidates], root) if s.save_images else None
     out = Path(s.out_dir or Path(checkpoints[0]).parent)
     check_writable(out, "the report folder (--out-dir)")
     dev = torch.device(s.device if s.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -424,12 +507,6 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
             )
             print(info["notes"][-1])
 
-    candidates = []  # (path, which), every one known before the first is scored (on_row says which is last)
-    for ckpt in checkpoints:
-        candidates.append((ckpt, "final"))
-        best = Path(ckpt).parent / BEST
-        if best.is_file() and best.resolve() != Path(ckpt).resolve():
-            candidates.append((str(best), "best"))
     rows = []
     for index, (path, which) in enumerate(candidates):
         loaded = first if path == checkpoints[0] else read_generator(path)
@@ -439,7 +516,8 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
             sel = loaded.selection
             selected = f"best on {sel['split']} (step {sel['step']}, {sel['metric']} {sel['value']:.3f})"
         scores = evaluate_generator(g, dataset, dev, batch_size, inception, reference, s.kid_subsets,
-                                    s.kid_subset_size, f"scoring {path}" if s.progress else "")  # fmt: skip
+                                    s.kid_subset_size, f"scoring {path}" if s.progress else "",
+                                    on_batch=pages.saver(index) if pages else None)  # fmt: skip
         row = {
             "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
             "selected": selected,
@@ -462,6 +540,8 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
                 row[f"ms_{lat['dtype']}_b{lat['batch']}"] = lat["median_ms"]
                 row[f"img_s_{lat['dtype']}_b{lat['batch']}"] = lat["images_per_s"]
         rows.append(row)
+        if pages is not None:
+            info["saved_images"] = str(pages.write_index(f"{root}: the images scored ({phase}, {size}x{size})"))
         if on_row is not None:
             on_row(row, index, len(candidates))
     task = s.task

@@ -227,7 +227,8 @@ def padded(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
-def _save(path: Path, image: Image.Image) -> None:
+def save_image(path: Path, image: Image.Image) -> None:
+    """`image` to `path` (its folders made) atomically, in the format its suffix names (SAVE_OPTIONS)."""
     fmt = _format_of(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(path, lambda f: image.save(f, format=fmt, **SAVE_OPTIONS.get(fmt, {})))
@@ -313,11 +314,11 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
                 with torch.no_grad():
                     y = forward(padded(x, multiple).to(dev))[: len(batch), :, :h, :w]
                 for job, (a, b), out in zip(batch, pictures, y, strict=True):
-                    _save(job.output, _to_image(out))
+                    save_image(job.output, _to_image(out))
                     row = {"name": job.name, "input": job.input_picture or job.source, "output": job.output}
                     if job.input_picture is not None:
-                        _save(job.input_picture, a)
-                        _save(job.target_picture, b)
+                        save_image(job.input_picture, a)
+                        save_image(job.target_picture, b)
                         row["target"] = job.target_picture
                     rows[job.name] = row
                 bar.update(len(batch))
@@ -338,4 +339,4 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
     return result
 
 
-__all__ = ["check_output", "gather_inputs", "padded", "pick_generator", "plan_jobs", "translate"]
+__all__ = ["check_output", "gather_inputs", "padded", "pick_generator", "plan_jobs", "save_image", "translate"]
