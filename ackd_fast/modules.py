@@ -1,4 +1,4 @@
-"""ACKAttention, ACKFusion, ACKRefiner: the drop-in nn.Modules of ACKD (DESIGN.md section 1).
+"""ACKAttention, ACKFusion, ACKRefiner: the drop-in nn.Modules of ACKD (docs/DESIGN.md section 1).
 
 Each takes the teacher's deep-stage map `deep` (B, C, H, W) and its shallow `sources` (1 to 4 maps
 (B, C_j, H_j, W_j) of any channels and resolution) and returns a refined map of the shape of `deep`.
@@ -75,6 +75,12 @@ class ACKAttention(nn.Module):
 
     def forward(self, deep: Tensor, sources: Sequence[Tensor]) -> Tensor:
         deep, sources = checks.feature_maps(deep, sources, self.deep_channels, self.source_channels)
+        measured = {}
+        if deep.device.type == "cuda":  # the size class "auto" looks up in the committed GPU measurements
+            s = self.kv_stride  # key tokens after pool_tokens (ceil mode)
+            kv_tokens = sum(-(-a.shape[2] // s) * -(-a.shape[3] // s) for a in sources)
+            shape = (deep.shape[2] * deep.shape[3], kv_tokens, deep.shape[0] * self.heads)
+            measured = {"shape": shape, "training": torch.is_grad_enabled()}
         backend = resolve_backend(
             "ack_attention",
             self.backend,
@@ -82,6 +88,7 @@ class ACKAttention(nn.Module):
             compute_dtype(deep),
             head_dim=self.head_dim,
             sources=len(sources),
+            **measured,
         )
         attention = {"triton": ops.ack_attention, "sdpa": ops.sdpa_attention}.get(backend, reference.ack_attention)
         return reference.ack_attention_block(
@@ -183,7 +190,7 @@ class ACKFusion(nn.Module):
 
 
 class ACKRefiner(nn.Module):
-    """The refined knowledge T*_k of one deep stage F_k = `deep` from its sources S_k (DESIGN.md section 1).
+    """The refined knowledge T*_k of one deep stage F_k = `deep` from its sources S_k (docs/DESIGN.md section 1).
 
     mode="both" composes ACK-A and ACK-F as `composition` says:
         "parallel" (default): T*_k = ACK-A(F_k, S_k) + ConvBlock(acc(S_k)), ACK-A with its own residual

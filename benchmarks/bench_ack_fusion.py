@@ -72,7 +72,7 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
 
     grad = []  # the output's gradient, made once: a fresh buffer per step would time its page faults too
 
-    def step():
+    def unsynced():
         if backward:
             out = call()
             if not grad:
@@ -81,6 +81,9 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
         else:
             with torch.no_grad():
                 call()
+
+    def step():  # synced per call: what an eager user pays
+        unsynced()
         if device == "cuda":
             torch.cuda.synchronize()
 
@@ -91,6 +94,9 @@ def measure(benchmark, name: str, call, leaves, backward: bool, shape, device: s
     benchmark.pedantic(step, rounds=1 if SMOKE else 10, iterations=1, warmup_rounds=0 if SMOKE else 1)
     if device == "cuda":
         benchmark.extra_info["peak_memory_bytes"] = torch.cuda.max_memory_allocated() - base
+        import triton  # kernel-only: CUDA events over back-to-back calls (report.py's kernel-only ratio)
+
+        benchmark.extra_info["kernel_ms"] = triton.testing.do_bench(unsynced, warmup=5, rep=25, return_mode="median")
 
 
 def nbytes(*tensors) -> int:

@@ -3,7 +3,10 @@
 # cold machine: builds ackd_fast._C with CUDA for the GPU present, checks every Triton tile numerically, runs the
 # other tests marked `cuda`, measures the device's ceilings, then the benchmarks in order of value (ACK-A at the
 # paper's shape, the training step, ACK-F, deploy), and writes the JSON, the logs and summary.md
-# (benchmarks/README.md explains it).
+# (benchmarks/README.md explains it). summary.md gives each group's ratio twice: synced per call (every call ends
+# in a synchronize, what an eager user pays, Python included) and kernel-only (extra_info kernel_ms: CUDA events over
+# back-to-back calls, where the ACK-A and ACK-F benchmarks record it). Tuning comes first, in its own command:
+# benchmarks/gpu_tune.py.
 #
 #   benchmarks/gpu_suite.sh [OUT_DIR]            # OUT_DIR: default $OUT, else benchmarks/results/<date>-<gpu>
 #   benchmarks/gpu_suite.sh --quick [OUT_DIR]    # 4 minutes: build, per-tile correctness, the headline ACK-A and step

@@ -142,15 +142,25 @@ def rate(bench: dict, ceilings: dict | None) -> tuple[str, str]:
     return ", ".join(cells) or "-", percent
 
 
+def _kernel_only_ratio(fast: dict | None, benches: list[dict]) -> str:
+    """The best PyTorch path's kernel-only time over the fast path's (extra_info["kernel_ms"]: CUDA events over
+    back-to-back calls, the host's per-call overhead hidden), beside the synced per-call ratio; "-" where not
+    recorded."""
+    others = [b["extra_info"]["kernel_ms"] for b in benches if not _is_fast(b) and b["extra_info"].get("kernel_ms")]
+    if not fast or not fast["extra_info"].get("kernel_ms") or not others:
+        return "-"
+    return f"{min(others) / fast['extra_info']['kernel_ms']:.2f}x"
+
+
 def table(data: dict, ceilings: dict | None) -> list[str]:
     groups: dict[str, list[dict]] = defaultdict(list)
     for bench in data["benchmarks"]:
         if bench.get("stats") and bench["stats"].get("median"):  # --benchmark-disable writes no timings
             groups[bench["group"] or bench["name"]].append(bench)
     lines = [
-        "| group | fast path | ms | best PyTorch path | ms | ratio | fast path rate | of ceiling | peak MiB fast "
-        "| peak MiB PyTorch |",
-        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| group | fast path | ms | best PyTorch path | ms | ratio | kernel-only ratio | fast path rate | of ceiling "
+        "| peak MiB fast | peak MiB PyTorch |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, benches in groups.items():
         fast = min((b for b in benches if _is_fast(b)), key=lambda b: b["stats"]["median"], default=None)
@@ -159,6 +169,7 @@ def table(data: dict, ceilings: dict | None) -> list[str]:
         for b in (fast, other):
             cells += [b["extra_info"]["path"], f"{b['stats']['median'] * 1e3:.3g}"] if b else ["-", "-"]
         cells.append(f"{other['stats']['median'] / fast['stats']['median']:.2f}x" if fast and other else "-")
+        cells.append(_kernel_only_ratio(fast, benches))
         cells += rate(fast, ceilings) if fast else ["-", "-"]
         cells += [_mib(_peak(fast)) if fast else "-", _mib(_peak(other)) if other else "-"]
         lines.append("| " + " | ".join(cells) + " |")

@@ -49,7 +49,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ackd_fast.kernels import configs, layout
+from ackd_fast.kernels import configs, layout, tuning
 
 INTERPRET = configs.INTERPRET
 LOG2E = 1.4426950408889634
@@ -476,14 +476,7 @@ def _check_limits(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], h
             )
 
 
-def _tune_bucket(q_tokens: int, kv_tokens: int, batch_heads: int) -> int:
-    """The autotune key's size class: the next powers of two of the query tokens, all key tokens and batch x heads
-    in one int, so a new image size retunes only when it changes class."""
-
-    def log2_ceil(n: int) -> int:
-        return max(0, n - 1).bit_length()
-
-    return (log2_ceil(q_tokens) * 64 + log2_ceil(kv_tokens)) * 64 + log2_ceil(batch_heads)
+_tune_bucket = tuning.tune_bucket
 
 
 def _check_device(q: Tensor) -> None:

@@ -287,7 +287,7 @@ def cases(
             for head_dim in head_dims:
                 for arch in archs:
                     block_d = configs.block_d(head_dim)
-                    for tile in configs.gpu_candidates(kernel, element_size, block_d, precision, arch):
+                    for tile in configs.shipped_tiles(kernel, element_size, block_d, precision, arch):
                         for layout in LAYOUTS:
                             out.extend(Case(kernel, dtype, head_dim, layout, n, tile, arch) for n in source_counts)
     return out
@@ -309,13 +309,18 @@ def compile_all(workers: int | None = None, **subset) -> tuple[list[Report], int
     """(a report per distinct compiled kernel, the number of cases they cover): every config of every kernel
     that a launch of the examples may pick, for sm_80 and sm_90 (`subset`: `cases`' filters)."""
     all_cases = cases(**subset)
-    todo = sorted(distinct(all_cases).items(), key=lambda item: -_cost(item[0]))  # longest first
+    return compile_cases(list(distinct(all_cases).items()), workers), len(all_cases)
+
+
+def compile_cases(todo: list[tuple[Case, tuple]], workers: int | None = None) -> list[Report]:
+    """A report per (case, covers) item, compiled in a process pool (longest first)."""
+    todo = sorted(todo, key=lambda item: -_cost(item[0]))
     workers = workers or os.cpu_count() or 1
     if workers == 1:
-        return [_compile_one(item) for item in todo], len(all_cases)
+        return [_compile_one(item) for item in todo]
     # spawn: a fresh interpreter per worker (forking a process that has started threads is unsafe).
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(_compile_one, todo)), len(all_cases)
+        return list(pool.map(_compile_one, todo))
 
 
 def _cost(case: Case) -> int:

@@ -18,6 +18,8 @@ from typing import NamedTuple
 
 import triton
 
+from ackd_fast.kernels import tuning
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 KERNELS = ("forward", "preprocess", "dkdv", "dq")
@@ -86,6 +88,20 @@ _SM80_TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
 ARCHS = (80, 90)  # the tile lists: Ampere (sm_80, sm_86, sm_89) and Hopper (sm_90 and later)
 
 
+def _grid(block_m, block_n, warps, stages) -> tuple[Tile, ...]:
+    return tuple(Tile(m, n, w, s) for m in block_m for n in block_n for w in warps for s in stages)
+
+
+# The wide space benchmarks/gpu_tune.py searches for 16-bit inputs at head dims <= 64 (the paper's d = 64), by
+# (kernel, dot class). `python -m ackd_fast.kernels.tuning --prune` keeps the tiles that compile cleanly for an
+# arch (kernels/tuned/sm<arch>.json "candidates"); only measured winners reach the autotuner.
+SEARCH_SPACE: dict[tuple[str, str], tuple[Tile, ...]] = {
+    ("forward", "16bit"): _grid((64, 128), (64, 128), (4, 8), (2, 3, 4, 5)),
+    ("dkdv", "16bit"): _grid((16, 32, 64), (64, 128), (4, 8), (2, 3, 4)),
+    ("dq", "16bit"): _grid((64, 128), (32, 64), (4, 8), (2, 3, 4)),
+}
+
+
 def arch_of(capability: tuple[int, int]) -> int:
     """The tile list of a GPU of this compute capability: 90 from Hopper on, else 80."""
     return 90 if tuple(capability) >= (9, 0) else 80
@@ -130,15 +146,29 @@ def block_d_class(block_d: int) -> str:
     return "small" if block_d <= 64 else "large"
 
 
-def gpu_candidates(kernel: str, element_size: int, block_d: int, precision: str, arch: int = 90) -> tuple[Tile, ...]:
-    """The tiles a launch on a GPU of tile list `arch` (`arch_of`) may use: what the ahead-of-time check compiles
-    for that arch."""
+def gpu_candidates(
+    kernel: str, element_size: int, block_d: int, precision: str, arch: int = 90, bucket: int | None = None
+) -> tuple[Tile, ...]:
+    """The tiles a launch on a GPU of tile list `arch` (`arch_of`) may use: the measured winner of its size class
+    `bucket` where kernels/tuned/sm<arch>.json has one (the autotuner then times nothing), else the default list."""
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     key = (kernel, dot_class(element_size, precision), block_d_class(block_d))
+    if bucket is not None:
+        winner = tuning.load(arch).winners.get((*key, bucket))
+        if winner is not None:
+            return (Tile(*winner),)
     return _SM80_TILES.get(key, _TILES[key]) if arch == 80 else _TILES[key]
+
+
+def shipped_tiles(kernel: str, element_size: int, block_d: int, precision: str, arch: int) -> tuple[Tile, ...]:
+    """Every tile a launch on `arch` may run: the default list and the measured winners of every size class
+    (what the ahead-of-time check compiles)."""
+    key = (kernel, dot_class(element_size, precision), block_d_class(block_d))
+    winners = [Tile(*t) for (*k, _bucket), t in tuning.load(arch).winners.items() if tuple(k) == key]
+    return tuple(dict.fromkeys((*gpu_candidates(kernel, element_size, block_d, precision, arch), *winners)))
 
 
 def _config(tile: Tile) -> triton.Config:
@@ -150,6 +180,8 @@ def autotune_configs(kernel: str) -> list[triton.Config]:
     """Every distinct config of `kernel` over all dtypes and head dims; `prune` narrows it per launch."""
     tiles = dict.fromkeys(t for table in (_TILES, _SM80_TILES) for (k, _, _), ts in table.items() if k == kernel
                           for t in ts)  # fmt: skip
+    winners = (Tile(*t) for arch in ARCHS for (k, *_), t in tuning.load(arch).winners.items() if k == kernel)
+    tiles.update(dict.fromkeys(winners))
     return [_config(t) for t in ((_INTERPRET_TILE,) if INTERPRET else tiles)]
 
 
@@ -165,7 +197,12 @@ def prune(kernel: str, tensor_arg: str):
         args = {**named_args, **kwargs}
         x = args[tensor_arg]
         arch = arch_of(_capability(x.device)) if x.device.type == "cuda" else 90
-        allowed = set(candidates(kernel, x.element_size(), args["BLOCK_D"], args.get("PRECISION", "ieee"), arch))
+        precision = args.get("PRECISION", "ieee")
+        if INTERPRET:
+            allowed = {_INTERPRET_TILE}
+        else:
+            allowed = set(gpu_candidates(kernel, x.element_size(), args["BLOCK_D"], precision, arch,
+                                         args.get("tune_bucket")))  # fmt: skip
         return [c for c in configs if _tile(c) in allowed]
 
     return early_config_prune

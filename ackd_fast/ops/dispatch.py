@@ -153,6 +153,30 @@ def check_backend(op: str, backend: str) -> str:
     return backend
 
 
+def measured_attention_backend(
+    device: torch.device, dtype: torch.dtype | None, head_dim: int | None, shape: tuple[int, int, int] | None,
+    training: bool,
+) -> str | None:
+    """"triton" or "sdpa" where the committed GPU measurements (kernels/tuned/sm<arch>.json "backends") cover this
+    call's class (dtype, forward or training, head-dim class, size class of (query tokens, key tokens, batch x
+    heads)), else None."""
+    if device.type != "cuda" or dtype is None or head_dim is None or shape is None:
+        return None
+    capability = cuda_capability(device)
+    if capability is None:
+        return None
+    arch = 90 if tuple(capability) >= (9, 0) else 80
+    return _measured_winner(arch, str(dtype).removeprefix("torch."), training, head_dim, *shape)
+
+
+@torch.compiler.assume_constant_result  # a lookup in committed files: torch.compile takes its answer as a constant
+def _measured_winner(arch: int, dtype: str, training: bool, head_dim: int, q_tokens: int, kv_tokens: int,
+                     batch_heads: int) -> str | None:  # fmt: skip
+    from ackd_fast.kernels import tuning  # no Triton import: the committed files only
+
+    return tuning.backend_winner(arch, dtype, training, head_dim, tuning.tune_bucket(q_tokens, kv_tokens, batch_heads))
+
+
 def resolve_backend(
     op: str,
     backend: str,
@@ -161,10 +185,14 @@ def resolve_backend(
     *,
     head_dim: int | None = None,
     sources: int | None = None,
+    shape: tuple[int, int, int] | None = None,
+    training: bool = False,
 ) -> str:
     """The backend that runs `op` on `device` for inputs that compute in `dtype`, with heads of `head_dim` channels
     and `sources` source maps (each when given): the named one (or a RuntimeError saying why it cannot run), or for
-    "auto" the fastest that can."""
+    "auto" the fastest that can. For ACK-A on a GPU, "auto" follows the committed measurements where they cover the
+    call (`measured_attention_backend`, given `shape` = (query tokens, key tokens, batch x heads) and whether it
+    trains), so the module is not slower than SDPA where that was measured; elsewhere Triton before SDPA."""
     device = torch.device(device)
     device_type = device.type
     capability = cuda_capability(device) if device_type == "cuda" else None
@@ -173,8 +201,11 @@ def resolve_backend(
         if reason is not None:
             raise RuntimeError(f"backend {backend!r} for {op} cannot run on {device_type}: {reason}")
         return backend
+    measured = measured_attention_backend(device, dtype, head_dim, shape, training) if op == "ack_attention" else None
     for candidate in BACKENDS[op]:
         if (candidate, device_type) in AUTO_SKIPS:
+            continue
+        if candidate == "triton" and measured == "sdpa":  # measured slower than SDPA for this class
             continue
         if _unavailable(candidate, device_type, dtype, head_dim, sources, capability) is None:
             return candidate
@@ -183,7 +214,8 @@ def resolve_backend(
 
 def backends() -> dict:
     """What is built and present, what each backend takes, and which backend each op runs per device under
-    backend="auto" for float32 inputs (`resolve_backend` answers for other dtypes, head dims and source counts)."""
+    backend="auto" for float32 inputs (`resolve_backend` answers for other dtypes, head dims, source counts and, for
+    ACK-A on a GPU, shape classes with committed measurements: triton.tuned says which exist)."""
     triton_version = None
     if TRITON_IMPORTABLE:
         import triton
@@ -206,9 +238,21 @@ def backends() -> dict:
             "dtypes": _names(TRITON_DTYPES),
             "max_head_dim": MAX_HEAD_DIM,
             "max_sources": MAX_SOURCES,
+            # the committed tuning per arch (kernels/tuned/sm<arch>.json): measured tile winners, which the
+            # autotuner runs alone, and measured backend rules, which ack_attention's "auto" follows per shape class
+            "tuned": _tuned_summary(),
         },
         "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "ops": {
             op: {dev: resolve_backend(op, "auto", dev, torch.float32) for dev in ("cpu", "cuda")} for op in BACKENDS
         },
     }
+
+
+def _tuned_summary() -> dict:
+    from ackd_fast.kernels import tuning
+
+    try:
+        return {f"sm{arch}": tuning.load(arch).summary() for arch in (80, 90)}
+    except (OSError, ValueError) as exc:  # a malformed file: say so here, the kernels raise when they read it
+        return {"error": f"{type(exc).__name__}: {exc}"}
