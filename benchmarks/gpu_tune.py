@@ -355,10 +355,33 @@ def phase_correct(run: Run, tiles: dict, shapes: dict, device: str) -> dict:
                            pytorch_rel_errors=[round(r, 6) for _, r, _ in errs])  # fmt: skip
                 if not ok:
                     passed[kernel].remove(tile)
+        _check_op(run, check, q, keys, values, heads, grad, exact, scale)
         del exact, scale, launches
         if device == "cuda":
             torch.cuda.empty_cache()
     return passed
+
+
+def _check_op(run: Run, check: str, q, keys, values, heads, grad, exact, scale) -> None:
+    """The op as users call it, twice with fresh inputs of the same layout: the first call plans (autotuner,
+    binder), the second launches the cached plan's compiled kernels with positional arguments. Both must match the
+    reference; a failure here means the launch cache is broken on this stack (ACKD_LAUNCH_CACHE=0 turns it off)."""
+    from ackd_fast import ops
+
+    for call in ("first call (plans)", "second call (cached plan)"):
+        leaves = [t.detach().clone().requires_grad_() for t in (q, *keys, *values)]
+        n = len(keys)
+        try:
+            out = ops.ack_attention(leaves[0], leaves[1 : 1 + n], leaves[1 + n :], heads)
+            got = [out.detach(), *torch.autograd.grad(out, leaves, grad.to(out.dtype))]
+            sync()
+        except Exception as exc:
+            run.record(event="correct_op", check=check, call=call, ok=False, error=f"{type(exc).__name__}: {exc}"[:300])
+            continue
+        errs = _errors(got, exact, scale)
+        ok = all(finite and err <= 2 * ref + 1e-3 for err, ref, finite in errs)
+        run.record(event="correct_op", check=check, call=call, ok=ok, rel_errors=[round(e, 6) for e, _, _ in errs],
+                   pytorch_rel_errors=[round(r, 6) for _, r, _ in errs])  # fmt: skip
 
 
 def _fresh_outputs(launch):
@@ -689,6 +712,10 @@ def summary(run: Run) -> str:
     lines += ["", f"correctness: {sum(r.get('event') == 'correct' for r in run.rows)} checks, {len(failed)} failed"]
     lines += [f"- {r['check']} {r['kernel']} {tuple(r['tile'])}: {r.get('error') or r.get('rel_errors')}"
               for r in failed]  # fmt: skip
+    op_checks = [r for r in run.rows if r.get("event") == "correct_op"]
+    for r in op_checks:
+        verdict = "ok" if r["ok"] else f"FAILED {r.get('error') or r['rel_errors']}"
+        lines.append(f"- op, {r['check']}, {r['call']}: {verdict}")
     return "\n".join(lines) + "\n"
 
 
