@@ -49,7 +49,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ackd_fast.export import export
 
     result = export(args.checkpoint, args.format, args.out, size=args.size, dynamic=args.dynamic,
-                    overwrite=args.overwrite)  # fmt: skip
+                    overwrite=args.overwrite, io=args.io)  # fmt: skip
     if "max_abs_diff" in result:
         print(f"onnxruntime vs PyTorch: max abs difference {result['max_abs_diff']:.3g}")
     print(json.dumps(result, indent=1))
@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output file (a pth's sidecar goes beside it, .json)")
     p.add_argument("--size", type=int, default=256, help="example input size for onnx / pt2 (default: %(default)s)")
     p.add_argument("--dynamic", action="store_true", help="onnx: dynamic H and W; pt2: dynamic H = W")
+    p.add_argument("--io", default="float", help="onnx / pt2: float ((B, 3, H, W) in [-1, 1] in and out) or uint8 "
+                   "((B, H, W, 3) RGB images in and out, scaling, layout and clamping inside) (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out (never the input, nor a file "
                    "in a run's folder)")  # fmt: skip
     p.set_defaults(func=cmd_export)

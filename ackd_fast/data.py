@@ -171,7 +171,11 @@ def names_digest(paths: list[Path], root: str | os.PathLike) -> str:
 
 def to_tensor(im: Image.Image) -> Tensor:
     """PIL RGB -> (3, H, W) float in [-1, 1]."""
-    x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+    return from_uint8(torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1))
+
+
+def from_uint8(x: Tensor) -> Tensor:
+    """uint8 image values -> floats in [-1, 1], the generators' input scale (any layout)."""
     return x.float().div(127.5).sub(1.0)
 
 

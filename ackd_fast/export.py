@@ -9,8 +9,11 @@
     pt2   a `torch.export` ExportedProgram, saved with `torch.export.save`
 
 `dynamic`: H and W dynamic (onnx), H = W dynamic (pt2), in multiples of what the generator needs (4 for the ResNets,
-2**num_downs for a U-Net). Every file is written to a temporary name and renamed when complete. No export replaces
-its input, writes into a run's folder, or replaces an existing file unless asked (`overwrite`).
+2**num_downs for a U-Net). `io` "uint8" (onnx, pt2): the file takes and gives images as they are stored, uint8
+(B, H, W, 3) RGB, with the scaling to [-1, 1], the layout and the clamped, truncated quantisation (`metrics.quantize`,
+what `ackd-fast translate` writes) inside; "float" (default): float (B, 3, H, W) in [-1, 1] in and out. Every file
+is written to a temporary name and renamed when complete. No export replaces its input, writes into a run's folder,
+or replaces an existing file unless asked (`overwrite`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,9 @@ import torch
 from torch import Tensor, nn
 
 from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
+from ackd_fast.data import from_uint8
 from ackd_fast.errors import UsageError, optional_import
+from ackd_fast.metrics import quantize
 from ackd_fast.models import TappedGenerator
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
@@ -31,6 +36,8 @@ from ackd_fast.rundir import SAMPLES, run_files
 
 FORMATS = ("pth", "peer", "onnx", "pt2")
 ONNX_TOLERANCE = 1e-4  # max abs difference (fp32) between onnxruntime and PyTorch that an onnx export accepts
+UINT8_TOLERANCE = 1  # with --io uint8: one step (a value within 1e-4 of a step's edge may truncate either way)
+IO_CHOICES = ("float", "uint8")
 MAX_DYNAMIC_SIZE = 4096
 
 
@@ -43,6 +50,18 @@ class ImageToImage(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.generator(x)
+
+
+class Uint8Images(nn.Module):
+    """generator on images as stored: uint8 (B, H, W, 3) RGB in, uint8 (B, H, W, 3) RGB out, scaled as
+    data.from_uint8 reads and quantised as metrics.quantize writes (clamped, truncated)."""
+
+    def __init__(self, generator: TappedGenerator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, x: Tensor) -> Tensor:
+        return quantize(self.generator(from_uint8(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
 def size_multiple(generator: TappedGenerator) -> int:
@@ -95,16 +114,23 @@ def _check_out(out: str | os.PathLike) -> Path:
     return out
 
 
-def _example(size: int, batch: int = 1) -> Tensor:
+def _example(size: int, batch: int = 1, io: str = "float") -> Tensor:
+    if io == "uint8":
+        return torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8)
     # outside [-1, 1] too: the ResNet's input clamp is part of what is exported
     return torch.randn(batch, 3, size, size)
 
 
-def _dims(generator: TappedGenerator, size: int, square: bool):
+def _model(g: GeneratorFile, io: str) -> nn.Module:
+    return (Uint8Images if io == "uint8" else ImageToImage)(g.generator).eval()
+
+
+def _dims(generator: TappedGenerator, size: int, square: bool, io: str = "float"):
     multiple = size_multiple(generator)
     h = torch.export.Dim("h", min=1, max=MAX_DYNAMIC_SIZE // multiple)
     w = h if square else torch.export.Dim("w", min=1, max=MAX_DYNAMIC_SIZE // multiple)
-    return {"x": {2: multiple * h, 3: multiple * w}}
+    height, width = (1, 2) if io == "uint8" else (2, 3)
+    return {"x": {height: multiple * h, width: multiple * w}}
 
 
 def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
@@ -124,35 +150,37 @@ def export_peer(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
 
 
 @torch.no_grad()
-def onnx_max_abs_diff(path: str | os.PathLike, generator: TappedGenerator, sizes: list[int]) -> float:
-    """Max abs difference between onnxruntime (CPU) running `path` and the PyTorch generator, over one random
-    input of each size."""
+def onnx_max_abs_diff(path: str | os.PathLike, model: nn.Module, sizes: list[int], io: str = "float") -> float:
+    """Max abs difference between onnxruntime (CPU) running `path` and the PyTorch `model` (what was exported),
+    over one random input of each size."""
     onnxruntime = optional_import("onnxruntime", "checking an ONNX export")
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     worst = 0.0
     for s in sizes:
-        x = _example(s)
+        x = _example(s, io=io)
         (y,) = session.run(None, {name: x.numpy()})
-        worst = max(worst, (torch.from_numpy(y) - generator(x)).abs().max().item())
+        worst = max(worst, (torch.from_numpy(y).float() - model(x).float()).abs().max().item())
     return worst
 
 
-def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool) -> tuple[list[Path], float]:
+def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool,
+                io: str = "float") -> tuple[list[Path], float]:  # fmt: skip
     """ONNX through torch.onnx.export(dynamo=True), checked against PyTorch by onnxruntime; ValueError (and
-    nothing written) when they differ by more than ONNX_TOLERANCE."""
+    nothing written) when they differ by more than ONNX_TOLERANCE (io "uint8": UINT8_TOLERANCE)."""
     for module in ("onnx", "onnxscript", "onnxruntime"):  # the exporter's and the check's
         optional_import(module, "--format onnx")
     out = Path(out)
-    model = ImageToImage(g.generator).eval()
+    model = _model(g, io)
+    tolerance = UINT8_TOLERANCE if io == "uint8" else ONNX_TOLERANCE
     tmp = out.with_name(out.name + ".tmp.onnx")
     try:
         program = torch.onnx.export(
             model,
-            (_example(size),),
+            (_example(size, io=io),),
             dynamo=True,
-            dynamic_shapes=_dims(g.generator, size, square=False) if dynamic else None,
+            dynamic_shapes=_dims(g.generator, size, square=False, io=io) if dynamic else None,
             input_names=["image"],
             output_names=["output"],
             verbose=False,
@@ -162,11 +190,11 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
         except OSError as e:
             raise WriteError(e.errno, f"cannot write {out}: {e.strerror or e}; nothing was written there") from None
         sizes = [size] + ([size + size_multiple(g.generator)] if dynamic else [])
-        diff = onnx_max_abs_diff(tmp, g.generator, sizes)
-        if not diff <= ONNX_TOLERANCE:
+        diff = onnx_max_abs_diff(tmp, model, sizes, io)
+        if not diff <= tolerance:
             raise ValueError(
                 f"the ONNX export differs from PyTorch by {diff:.3g} (max abs, onnxruntime on sizes {sizes}), over "
-                f"the tolerance {ONNX_TOLERANCE:g}; nothing written to {out}"
+                f"the tolerance {tolerance:g}; nothing written to {out}"
             )
         write_atomic(out, lambda f: f.write(tmp.read_bytes()))
     finally:
@@ -174,18 +202,18 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
     return [out], diff
 
 
-def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool) -> list[Path]:
+def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool, io: str = "float") -> list[Path]:
     """A torch.export ExportedProgram (dynamic H = W with `dynamic`), saved with torch.export.save."""
-    model = ImageToImage(g.generator).eval()
     program = torch.export.export(
-        model, (_example(size),), dynamic_shapes=_dims(g.generator, size, square=True) if dynamic else None
-    )
+        _model(g, io), (_example(size, io=io),),
+        dynamic_shapes=_dims(g.generator, size, square=True, io=io) if dynamic else None,
+    )  # fmt: skip
     write_bytes_atomic(out, lambda f: torch.export.save(program, f))
     return [Path(out)]
 
 
 def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size: int = 256,
-           dynamic: bool = False, overwrite: bool = False) -> dict:  # fmt: skip
+           dynamic: bool = False, overwrite: bool = False, io: str = "float") -> dict:  # fmt: skip
     """Exports the generator of `checkpoint` (any file `load_generator` reads) in format `fmt` (one of FORMATS) to
     `out`. Returns what was written: {"format", "files", "generator", "ngf", ...; onnx: "max_abs_diff"}.
     Bad input (an unknown format, a size the generator cannot take, an unwritable path, a file without a generator)
@@ -194,6 +222,11 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size
     `overwrite`) is a UsageError. Nothing is written before every check has passed."""
     if fmt not in FORMATS:
         raise UsageError(f"format (--format) must be one of {FORMATS}, got {fmt!r}")
+    if io not in IO_CHOICES:
+        raise UsageError(f"io (--io) must be one of {IO_CHOICES}, got {io!r}")
+    if io != "float" and fmt not in ("onnx", "pt2"):
+        raise UsageError(f"--io {io} is for --format onnx or pt2 (a program with its input and output); --format "
+                         f"{fmt} holds weights only")  # fmt: skip
     if not isinstance(dynamic, bool):
         raise TypeError(f"dynamic must be a bool, got {type(dynamic).__name__}")
     if not isinstance(overwrite, bool):
@@ -210,10 +243,10 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size
         files = export_peer(g, out)
         result["layout"] = "GAN Compression / OMGD" if not g.name.startswith("unet") else "pytorch-CycleGAN-and-pix2pix"
     elif fmt == "onnx":
-        files, result["max_abs_diff"] = export_onnx(g, out, size, dynamic)
+        files, result["max_abs_diff"] = export_onnx(g, out, size, dynamic, io)
     else:
-        files = export_pt2(g, out, size, dynamic)
+        files = export_pt2(g, out, size, dynamic, io)
     if fmt in ("onnx", "pt2"):
-        result |= {"size": size, "dynamic": dynamic}
+        result |= {"size": size, "dynamic": dynamic, "io": io}
     result["files"] = [str(f) for f in files]
     return result
