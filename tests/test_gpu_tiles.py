@@ -50,7 +50,10 @@ def _launch(launch, tile=None):
     while not isinstance(fn, triton.JITFunction):
         fn = fn.fn
     meta = {"BLOCK_M": tile.block_m} | ({"BLOCK_N": tile.block_n} if tile.block_n else {})
-    fn[launch.grid(meta)](**launch.args, **meta, num_warps=tile.num_warps, num_stages=tile.num_stages)
+    args = {**launch.args, **meta}
+    # the flags the kernel's heuristics would set (EVEN_M, ...), which the raw JIT kernel takes as arguments
+    args.update({name: rule(args) for name, rule in kernels.HEURISTICS[launch.kernel].items()})
+    fn[launch.grid(meta)](**args, num_warps=tile.num_warps, num_stages=tile.num_stages)
 
 
 @pytest.mark.parametrize(("kernel", "dtype", "precision", "head_dim", "tile"), list(_cases()))
