@@ -227,6 +227,16 @@ def padded(x: Tensor, multiple: int) -> Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
 
 
+def fast_method(device: torch.device, dtype: torch.dtype) -> str:
+    """The `deploy` path --fast takes: deploy's "auto" without its OpenVINO candidate (which "auto" builds and times
+    too on a CPU where OpenVINO is installed: a second compile, and a check it can fail), i.e. the CPU kernels and
+    inductor where they run, else inductor."""
+    from ackd_fast.ops.inference import KERNEL_DTYPES, kernels_available
+
+    usable = device.type == "cpu" and dtype in KERNEL_DTYPES and kernels_available() is None
+    return "kernels+inductor" if usable else "inductor"
+
+
 def save_image(path: Path, image: Image.Image) -> None:
     """`image` to `path` (its folders made) atomically, in the format its suffix names (SAVE_OPTIONS)."""
     fmt = _format_of(path)
@@ -287,7 +297,7 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
             if key not in deployed:
                 from ackd_fast.deploy import deploy
 
-                deployed[key] = deploy(generator, x.to(dtype))
+                deployed[key] = deploy(generator, x.to(dtype), method=fast_method(x.device, dtype))
             return deployed[key](x.to(dtype)).float()
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp == "bf16"):
             return generator(x).float()
@@ -328,8 +338,10 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
     method = "eager" + (" (bf16 autocast)" if amp == "bf16" else "")
     if deployed:
         method = next(iter(deployed.values())).method
+    setup = sum(d.setup_seconds for d in deployed.values())  # compiling, inside `seconds`
     result = about | {"images": len(jobs), "skipped": [str(p) for p, _ in bad], "output": str(output),
-                      "seconds": seconds, "method": method, "device": metrics.device_name(dev)}  # fmt: skip
+                      "seconds": seconds, "setup_seconds": setup, "method": method,
+                      "device": metrics.device_name(dev)}  # fmt: skip
     if index:
         columns = ["input", "output", *(["target"] if aligned else [])]
         notes = [f"{about['checkpoint']} ({about['generator']} ngf {about['ngf']}, {about['source']}), "

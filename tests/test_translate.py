@@ -285,3 +285,16 @@ def test_a_missing_input_is_named(tmp_path, generator, run_cli):
     ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
     code, _, err = run_cli(["translate", ckpt, "--input", tmp_path / "nowhere", "--output", tmp_path / "out"])
     _one_line_error(code, err, 1, str(tmp_path / "nowhere"))
+
+
+def test_fast_goes_through_deploy_with_the_same_outputs(tmp_path, images, generator, run_cli, monkeypatch):
+    from ackd_fast import translate
+
+    # deploy's "kernels" path: the same rewrite as --fast's kernels+inductor on a CPU, without the minute of compiling
+    monkeypatch.setattr(translate, "fast_method", lambda device, dtype: "kernels")
+    ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(["translate", ckpt, "--input", images, "--output", out, "--fast", "--batch-size", 4])
+    assert code == 0, err
+    assert "ackd_fast." in json.loads(stdout)["method"]  # the kernels swapped in
+    _check_outputs(generator, images, out)
