@@ -10,42 +10,29 @@ import sys
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import CROP, TINY, assert_one_line_error, sample_set, tiny_config
 
 import ackd_fast
-from ackd_fast import data, metrics
-from ackd_fast.assembly import Config
+from ackd_fast import metrics
 from ackd_fast.report import latency_dtypes_for
 from ackd_fast.train import train
-
-SIZE, CROP = 36, 32
-TINY = ["--load-size", SIZE, "--crop-size", CROP, "--ngf", 4, "--ndf", 8, "--workers", 0, "--batch-size", 2]
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=1)
+    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
 @pytest.fixture(scope="module")
 def unpaired(tmp_path_factory):
-    path = tmp_path_factory.mktemp("unpaired")
-    return data.build_sample_set(path, size=SIZE, train_per_photo=2, test_per_photo=1, unpaired=True)
+    return sample_set(tmp_path_factory.mktemp("unpaired"), unpaired=True)
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory, root):
     out = tmp_path_factory.mktemp("teacher")
-    cfg = Config(out_dir=str(out), dataroot=str(root), load_size=SIZE, crop_size=CROP, ngf=4, ndf=8, batch_size=2,
-                 workers=0, steps=2, device="cpu", progress=False)  # fmt: skip
-    train(cfg)
+    train(tiny_config(out, root, steps=2))
     return out / "ckpt.pt"
-
-
-def _one_line(code, err, expected, *parts):
-    assert code == expected, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
 
 
 def test_version_has_one_source(run_cli):
@@ -61,7 +48,7 @@ def test_version_has_one_source(run_cli):
 def test_debug_shows_the_traceback(tmp_path, monkeypatch, run_cli):
     argv = ["train-teacher", "--dataroot", tmp_path / "missing", "--out-dir", tmp_path / "run"]
     code, _, err = run_cli(argv)
-    _one_line(code, err, 1, "ackd-fast train-teacher: error: dataset root", "missing does not exist")
+    assert_one_line_error(code, err, 1, "ackd-fast train-teacher: error: dataset root", "missing does not exist")
     with pytest.raises(FileNotFoundError):
         from ackd_fast import cli
 
@@ -71,7 +58,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, run_cli):
         cli.main(list(map(str, argv)))
 
 
-def test_each_command_answers_a_mistake_in_one_line(tmp_path, root, unpaired, teacher, run_cli):
+def test_each_command_answers_a_mistake_inassert_one_line_error(tmp_path, root, unpaired, teacher, run_cli):
     jpg = tmp_path / "photo.jpg"
     Image.new("RGB", (8, 8)).save(jpg)
     cases = [
@@ -93,7 +80,7 @@ def test_each_command_answers_a_mistake_in_one_line(tmp_path, root, unpaired, te
         out_dir = tmp_path / "run"
         extra = ["--out-dir", out_dir] if argv[0] in ("train-teacher", "distill") else []
         code, _, err = run_cli([*argv, *extra])
-        _one_line(code, err, expected, f"ackd-fast {argv[0]}: error: ", message)
+        assert_one_line_error(code, err, expected, f"ackd-fast {argv[0]}: error: ", message)
         assert not out_dir.exists()
 
 
@@ -101,17 +88,18 @@ def test_missing_inception_weights_are_one_line_saying_where_and_no_fid(teacher,
     monkeypatch.setattr(metrics, "inception_cache_path", lambda: tmp_path / "hub" / metrics.INCEPTION_FILE)
     code, _, err = run_cli(["evaluate", "--checkpoint", teacher, "--no-download", "--latency-runs", "0",
                             "--out-dir", tmp_path / "report"])  # fmt: skip
-    _one_line(code, err, 1, "FID/KID need pytorch-fid's Inception weights", str(tmp_path / "hub"),
+    assert_one_line_error(code, err, 1, "FID/KID need pytorch-fid's Inception weights", str(tmp_path / "hub"),
               "--inception-weights PATH", "--no-fid skips FID/KID")  # fmt: skip
     bad = tmp_path / "bad.pth"
     torch.save({f"layer{i}.weight": torch.zeros(3) for i in range(2000)}, bad)
     code, _, err = run_cli(["evaluate", "--checkpoint", teacher, "--inception-weights", bad, "--latency-runs", "0",
                             "--out-dir", tmp_path / "report"])  # fmt: skip
     digest = metrics.file_sha256(bad)
-    _one_line(code, err, 1, str(bad), f"sha256 {digest}", metrics.INCEPTION_SHA256, f"--inception-sha256 {digest}")
+    assert_one_line_error(code, err, 1, str(bad), f"sha256 {digest}", metrics.INCEPTION_SHA256,
+                          f"--inception-sha256 {digest}")  # fmt: skip
     code, _, err = run_cli(["evaluate", "--checkpoint", teacher, "--inception-weights", bad, "--latency-runs", "0",
                             "--inception-sha256", digest, "--out-dir", tmp_path / "report"])  # fmt: skip
-    _one_line(code, err, 1, "is not pytorch-fid's Inception state dict", "--no-fid")
+    assert_one_line_error(code, err, 1, "is not pytorch-fid's Inception state dict", "--no-fid")
     assert len(err) < 800  # not the ~30 KB of key names
 
 
@@ -136,9 +124,7 @@ def test_a_missing_optional_package_names_its_extra(monkeypatch):
 
 def test_unpaired_without_fid_says_why_there_is_no_score(tmp_path, unpaired, run_cli):
     out = tmp_path / "cyc"
-    cfg = Config(job="teacher", model="cyclegan", out_dir=str(out), dataroot=str(unpaired), load_size=SIZE,
-                 crop_size=CROP, ngf=4, ndf=8, workers=0, steps=1, device="cpu", progress=False)  # fmt: skip
-    train(cfg)
+    train(tiny_config(out, unpaired, model="cyclegan", batch_size=0, steps=1, log_every=100, ckpt_every=100))
     code, out_text, _ = run_cli(["evaluate", "--checkpoint", out / "ckpt.pt", "--no-fid", "--latency-runs", "0"])
     assert code == 0 and "no score: unaligned data has no targets for PSNR/SSIM" in out_text
     notes = json.loads((out / "results.json").read_text())["info"]["notes"]

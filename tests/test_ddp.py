@@ -3,11 +3,11 @@ ranks' weights stay identical and log.jsonl records the ranks' average losses.""
 
 import json
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from tiny_runs import free_port
 
 from ackd_fast import data
 from ackd_fast import train as train_lib
@@ -57,18 +57,12 @@ def _cfg(out, root, **kw):
     return Config(out_dir=str(out), dataroot=root, load_size=SIZE, crop_size=CROP, **(tiny | quiet | kw))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_ranks_keep_identical_weights_and_log_the_rank_average(tmp_path, teacher_and_data):
     teacher, root = teacher_and_data
     # --no-residual in "both" mode: every refiner parameter must still be used, or DDP (which does not search for
     # unused parameters) fails at the second step
     cfg = _cfg(tmp_path, root, job="distill", teacher=teacher, steps=STEPS, kv_stride=2, residual=False)
-    mp.spawn(_rank, args=(_free_port(), cfg), nprocs=WORLD, join=True)
+    mp.spawn(_rank, args=(free_port(), cfg), nprocs=WORLD, join=True)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     for key in ("g", "d"):
         assert ranks[0][key].keys() == ranks[1][key].keys()

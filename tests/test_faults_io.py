@@ -15,31 +15,26 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import CROP, ENV, SIZE, assert_one_line_error, sample_set, tiny_config
 
 from ackd_fast import data, export, study
-from ackd_fast.assembly import Config
 from ackd_fast.train import train
 
-SIZE, CROP = 36, 32
-ENV = os.environ | {"OMP_NUM_THREADS": "1"}
 STUDY = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "2026-12-04-study-cpu"
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=1)
+    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
 @pytest.fixture(scope="module")
 def unpaired(tmp_path_factory):
-    path = tmp_path_factory.mktemp("unpaired")
-    return data.build_sample_set(path, size=SIZE, train_per_photo=2, test_per_photo=1, unpaired=True)
+    return sample_set(tmp_path_factory.mktemp("unpaired"), unpaired=True)
 
 
-def _cfg(out, dataroot, **kw) -> Config:
-    return Config(out_dir=str(out), dataroot=str(dataroot), load_size=SIZE, crop_size=CROP, ngf=4, ndf=8,
-                  batch_size=2, workers=0, steps=1, device="cpu", progress=False, sample_every=0,
-                  **kw)  # fmt: skip
+def _cfg(out, dataroot, **kw):
+    return tiny_config(out, dataroot, **({"steps": 1} | kw))
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +43,6 @@ def run(tmp_path_factory, root):
     out = tmp_path_factory.mktemp("run") / "t"
     train(_cfg(out, root))
     return out
-
-
-def _one_line_error(code, err, expected_code, *parts):
-    assert code == expected_code, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
@@ -80,14 +68,14 @@ def test_export_refuses_its_input_a_run_folder_and_its_own_sidecar(tmp_path, run
     ]
     for out, fmt, message in cases:
         code, _, err = run_cli(["export", ckpt, "--format", fmt, "--out", out, "--size", 32, "--overwrite"])
-        _one_line_error(code, err, 2, f"--out {out}", message)
+        assert_one_line_error(code, err, 2, f"--out {out}", message)
     assert _snapshot(run) == before
     # a folder of the user's own inside the run folder is not the run's
     code, _, err = run_cli(["export", ckpt, "--format", "pth", "--out", run / "exports" / "g.pth"])
     assert code == 0 and (run / "exports" / "g.pth").is_file(), err
     # probe 41: the sidecar would replace the weights
     code, _, err = run_cli(["export", ckpt, "--format", "pth", "--out", tmp_path / "model.json"])
-    _one_line_error(code, err, 2, "model.json would be overwritten by its own JSON sidecar")
+    assert_one_line_error(code, err, 2, "model.json would be overwritten by its own JSON sidecar")
     assert not (tmp_path / "model.json").exists()
 
 
@@ -97,7 +85,7 @@ def test_export_refuses_to_replace_the_sidecar_of_its_input(tmp_path, run, run_c
     before = _snapshot(tmp_path)
     # g.pt's sidecar would be g.json, the sidecar that tells what g.pth holds
     code, _, err = run_cli(["export", exported, "--format", "pth", "--out", tmp_path / "g.pt", "--overwrite"])
-    _one_line_error(code, err, 2, "the sidecar of the checkpoint being exported")
+    assert_one_line_error(code, err, 2, "the sidecar of the checkpoint being exported")
     assert _snapshot(tmp_path) == before
 
 
@@ -106,12 +94,12 @@ def test_export_replaces_an_existing_file_only_with_overwrite(tmp_path, run, run
     mine = tmp_path / "g.json"
     mine.write_text('{"my": "notes"}')  # not a sidecar: the pth export would write over it
     code, _, err = run_cli(["export", run / "ckpt.pt", "--format", "pth", "--out", out])
-    _one_line_error(code, err, 2, f"{mine} exists; add --overwrite")
+    assert_one_line_error(code, err, 2, f"{mine} exists; add --overwrite")
     assert mine.read_text() == '{"my": "notes"}' and not out.exists()
     peer = tmp_path / "latest_net_G.pth"
     peer.write_bytes(b"precious")
     code, _, err = run_cli(["export", run / "ckpt.pt", "--format", "peer", "--out", peer])
-    _one_line_error(code, err, 2, f"{peer} exists; add --overwrite")
+    assert_one_line_error(code, err, 2, f"{peer} exists; add --overwrite")
     assert peer.read_bytes() == b"precious"
     with pytest.raises(ValueError, match="exists; add --overwrite"):  # the Python API: overwrite=False
         export.export(run / "ckpt.pt", "peer", peer)
@@ -126,7 +114,7 @@ def test_export_replaces_an_existing_file_only_with_overwrite(tmp_path, run, run
 ])  # fmt: skip
 def test_export_bad_format_or_size_exits_2(tmp_path, run, run_cli, flags, message):
     code, _, err = run_cli(["export", run / "ckpt.pt", "--out", tmp_path / "g.out", *flags])
-    _one_line_error(code, err, 2, message)
+    assert_one_line_error(code, err, 2, message)
     assert not list(tmp_path.iterdir())
 
 
@@ -147,7 +135,7 @@ def test_evaluate_checks_its_folder_before_scoring(tmp_path, run, run_cli, monke
                                 "--out-dir", locked / "report"])  # fmt: skip
     finally:
         locked.chmod(stat.S_IRWXU)
-    _one_line_error(code, err, 1, f"cannot write into the report folder (--out-dir) {locked / 'report'}",
+    assert_one_line_error(code, err, 1, f"cannot write into the report folder (--out-dir) {locked / 'report'}",
                     "Permission denied", "nothing was computed")  # fmt: skip
     assert not scored and not list(locked.iterdir())
 
@@ -168,7 +156,7 @@ def test_evaluate_refuses_an_unwritable_folder_before_scoring_as_root_too(tmp_pa
     monkeypatch.setattr(Path, "write_bytes", read_only)
     before = _snapshot(run)
     code, _, err = run_cli(["evaluate", "--checkpoint", run / "ckpt.pt", "--no-fid", "--latency-runs", 0])
-    _one_line_error(code, err, 1, f"cannot write into the report folder (--out-dir) {run}: Read-only file system")
+    assert_one_line_error(code, err, 1, f"cannot write into the report folder (--out-dir) {run}: Read-only file system")
     assert not scored and _snapshot(run) == before
 
 
@@ -181,7 +169,7 @@ def test_evaluate_prints_each_row_when_it_is_scored(tmp_path, run, run_cli, monk
     monkeypatch.setattr(report, "write_report", failing_report)
     code, out, err = run_cli(["evaluate", "--checkpoint", run / "ckpt.pt", "--no-fid", "--latency-runs", 0,
                               "--out-dir", tmp_path / "report"])  # fmt: skip
-    _one_line_error(code, err, 1, "No space left on device")
+    assert_one_line_error(code, err, 1, "No space left on device")
     (row,) = json.loads(out)  # the rows, printed before the report was written
     assert row["checkpoint"] == str(run / "ckpt.pt") and row["selected"] == "final (step 1)" and row["PSNR"] > 0
 
@@ -274,7 +262,7 @@ def test_float_images_outside_0_1_stop_training_in_one_line(tmp_path, root, run_
     out = tmp_path / "run"
     code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, "--load-size", SIZE,
                             "--crop-size", CROP, "--ngf", 4, "--ndf", 8, "--workers", 0, "--steps", 1])  # fmt: skip
-    _one_line_error(code, err, 1, str(bad), "expected them in [0, 1]")
+    assert_one_line_error(code, err, 1, str(bad), "expected them in [0, 1]")
     assert not out.exists()
 
 
@@ -353,7 +341,7 @@ def test_a_decompression_bomb_in_the_scored_split_is_named(tmp_path, root, run_c
     bomb = _bomb(dataroot / "test" / "zz_bomb.png")
     before = _snapshot(out)
     code, _, err = run_cli(["evaluate", "--checkpoint", out / "ckpt.pt", "--no-fid", "--latency-runs", 0])
-    _one_line_error(code, err, 1, f"cannot read image {bomb}", "decompression bomb")
+    assert_one_line_error(code, err, 1, f"cannot read image {bomb}", "decompression bomb")
     assert _snapshot(out) == before
 
 
@@ -368,7 +356,7 @@ def test_evaluate_on_data_of_the_other_layout_says_which_layout_the_checkpoint_n
                             "--latency-runs", 0])  # fmt: skip
     needs, holds = (("unaligned folders (testA/ or valA/)", "aligned data (test/)") if model == "cyclegan"
                     else ("aligned pairs (A|B side by side: test/ or val/)", "unaligned data (testA/)"))  # fmt: skip
-    _one_line_error(code, err, 1, f"is a --model {model} run, scored on {needs}", f"holds {holds}",
+    assert_one_line_error(code, err, 1, f"is a --model {model} run, scored on {needs}", f"holds {holds}",
                     "--dataset-mode")  # fmt: skip
     assert _snapshot(out) == before
 
@@ -379,8 +367,8 @@ def test_a_sidecar_whose_config_is_not_an_object_is_named(tmp_path, run, run_cli
     side = json.loads((tmp_path / "g.json").read_text())
     (tmp_path / "g.json").write_text(json.dumps(side | {"config": "x"}))
     code, _, err = run_cli(["evaluate", "--checkpoint", exported, "--no-fid", "--latency-runs", 0])
-    _one_line_error(code, err, 1, f"{tmp_path / 'g.json'}, the sidecar of {exported}: 'config' must be a JSON object",
-                    "got str 'x'")  # fmt: skip
+    assert_one_line_error(code, err, 1, f"{tmp_path / 'g.json'}, the sidecar of {exported}: 'config' must be a "
+                          "JSON object", "got str 'x'")  # fmt: skip
     assert sorted(p.name for p in tmp_path.iterdir()) == ["g.json", "g.pth"]
 
 
@@ -400,7 +388,7 @@ def test_bench_deploy_checks_every_value_before_timing(tmp_path, run_cli, monkey
     monkeypatch.setattr(bench, "compare_paths", lambda *a, **k: timed.append(1) or [])
     code, _, err = run_cli(["bench-deploy", "--arch", "mobile_resnet_9blocks:4", "--size", 16, "--out",
                             tmp_path / "out", *flags])  # fmt: skip
-    _one_line_error(code, err, 2, message)
+    assert_one_line_error(code, err, 2, message)
     assert not timed and not (tmp_path / "out").exists()
 
 
@@ -413,7 +401,7 @@ def test_bench_deploy_checks_its_folder_before_timing(tmp_path, run_cli, monkeyp
     blocker.write_text("")
     code, _, err = run_cli(["bench-deploy", "--arch", "mobile_resnet_9blocks:4", "--size", 16, "--out",
                             blocker / "out"])  # fmt: skip
-    _one_line_error(code, err, 1, f"cannot write into the results folder (--out) {blocker / 'out'}")
+    assert_one_line_error(code, err, 1, f"cannot write into the results folder (--out) {blocker / 'out'}")
     assert not timed
 
 

@@ -4,12 +4,10 @@ that disagree, a DDP checkpoint resumed by one process, --resume without a check
 --overwrite in a user's folder, an --out-dir inside the data or moved, a killed write's temporary file. Each asserts
 the exit code, the one-line message, and that nothing was lost or overwritten."""
 
-import json
 import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,63 +15,34 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import (
+    ENV,
+    TINY,
+    assert_one_line_error,
+    copy_data,
+    free_port,
+    records,
+    sample_set,
+    start_cli,
+    tiny_config,
+    wait_for_step,
+)
 
-from ackd_fast import data
-from ackd_fast.assembly import Config
 from ackd_fast.checkpoint import load_checkpoint, save_checkpoint
 from ackd_fast.errors import UsageError
 from ackd_fast.train import train
 
-SIZE, CROP = 36, 32
-TINY = ["--load-size", SIZE, "--crop-size", CROP, "--ngf", 4, "--ndf", 8, "--batch-size", 2, "--no-progress",
-        "--sample-every", 0]  # fmt: skip
-ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+FLAGS = [*TINY, "--no-progress", "--sample-every", 0]
 DDP_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=1)
+    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
-def _cfg(out, dataroot, **kw) -> Config:
-    tiny = {"ngf": 4, "ndf": 8, "student_ngf": 4, "batch_size": 2, "workers": 0, "steps": 4, "device": "cpu"}
-    quiet = {"log_every": 1, "sample_every": 0, "ckpt_every": 1, "progress": False}
-    return Config(out_dir=str(out), dataroot=str(dataroot), load_size=SIZE, crop_size=CROP, **(tiny | quiet | kw))
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def _one_line(code, err, expected_code, *parts):
-    assert code == expected_code, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
-
-
-def _start(args: list, env: dict | None = None) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ackd_fast.cli", *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env or ENV)
-
-
-def _wait_for_step(out: Path, step: int, procs: list[subprocess.Popen], timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        log = out / "log.jsonl"
-        if log.is_file() and any(json.loads(x).get("step", 0) >= step for x in log.read_text().splitlines()[:-1]):
-            return
-        for proc in procs:
-            assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {timeout} s")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _cfg(out, dataroot, **kw):
+    return tiny_config(out, dataroot, **({"ckpt_every": 1} | kw))
 
 
 def _weights(path: Path) -> dict:
@@ -88,17 +57,16 @@ def _same_weights(a: Path, b: Path) -> bool:
 # ----------------------------------------------------------------------------------------- 3. data workers
 
 
-def test_an_image_that_breaks_mid_run_with_data_workers_ends_the_run_in_one_line(tmp_path, root):
-    dataroot = tmp_path / "data"
-    shutil.copytree(root, dataroot, ignore=shutil.ignore_patterns(".built*"))
+def test_an_image_that_breaks_mid_run_with_data_workers_ends_the_run_inassert_one_line_error(tmp_path, root):
+    dataroot = copy_data(root, tmp_path / "data")
     out = tmp_path / "run"
-    proc = _start(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *TINY, "--workers", 2, "--steps", 100000,
-                   "--log-every", 1, "--ckpt-every", 2])  # fmt: skip
-    _wait_for_step(out, 3, [proc])
+    proc = start_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *FLAGS, "--workers", 2,
+                      "--steps", 100000, "--log-every", 1, "--ckpt-every", 2])  # fmt: skip
+    wait_for_step(out, 3, [proc])
     for image in (dataroot / "train").glob("*.png"):
         image.write_bytes(b"not a png")  # every image: the next batch of any epoch reads one
     _, err = proc.communicate(timeout=90)  # before the fix: the workers were waited for forever
-    _one_line(proc.returncode, err, 1, "cannot read image", str(dataroot / "train"))
+    assert_one_line_error(proc.returncode, err, 1, "cannot read image", str(dataroot / "train"))
     assert len(err) < 400 and "Original Traceback" not in err  # the worker's reason, not its traceback
     assert load_checkpoint(out / "ckpt.pt")["step"] >= 2
 
@@ -107,16 +75,17 @@ def test_an_image_that_breaks_mid_run_with_data_workers_ends_the_run_in_one_line
 
 
 def test_leftover_ddp_variables_say_what_they_wait_for_and_give_up(tmp_path, root):
-    port = _free_port()
+    port = free_port()
     env = ENV | {"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
                  "ACKD_RENDEZVOUS_TIMEOUT": "3"}  # fmt: skip
     start = time.time()
-    proc = _start(["train-teacher", "--dataroot", root, "--out-dir", tmp_path / "run", *TINY, "--workers", 0,
+    proc = start_cli(["train-teacher", "--dataroot", root, "--out-dir", tmp_path / "run", *FLAGS,
                    "--steps", 2], env)  # fmt: skip
     out, err = proc.communicate(timeout=120)
     assert time.time() - start < 60
     assert f"rank 0 of 2: waiting for the other 1 process(es) at 127.0.0.1:{port}" in out
-    _one_line(proc.returncode, err, 1, "did not all join", "unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT")
+    assert_one_line_error(proc.returncode, err, 1, "did not all join",
+                          "unset WORLD_SIZE, RANK, MASTER_ADDR and MASTER_PORT")  # fmt: skip
     assert not (tmp_path / "run").exists()
 
 
@@ -135,21 +104,21 @@ def test_bad_ddp_variables_are_refused_before_anything_is_written(tmp_path, root
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", tmp_path / "run", *TINY, "--workers", 0,
+    code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", tmp_path / "run", *FLAGS,
                             "--steps", 1])  # fmt: skip
-    _one_line(code, err, 2, message)
+    assert_one_line_error(code, err, 2, message)
     assert not (tmp_path / "run").exists()
 
 
 def _two_ranks(out: Path, root: Path, extra: list) -> list[subprocess.Popen]:
     """Two gloo ranks started by hand, as torchrun would start them."""
-    port = _free_port()
-    args = ["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--workers", 0, "--log-every", 1, *extra]
+    port = free_port()
+    args = ["train-teacher", "--dataroot", root, "--out-dir", out, *FLAGS, "--log-every", 1, *extra]
     procs = []
     for rank in range(2):
         env = ENV | {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank),
                      "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}  # fmt: skip
-        procs.append(_start(args, env))
+        procs.append(start_cli(args, env))
     return procs
 
 
@@ -158,14 +127,14 @@ def test_a_stop_signal_ends_a_rank_whose_peer_is_stopped_within_seconds(tmp_path
     out = tmp_path / "run"
     procs = _two_ranks(out, root, ["--steps", 100000, "--ckpt-every", 2])
     try:
-        _wait_for_step(out, 4, procs)
+        wait_for_step(out, 4, procs)
         procs[1].send_signal(signal.SIGSTOP)  # a hung peer: rank 0 blocks in the next collective
         time.sleep(1)
         procs[0].send_signal(signal.SIGTERM)
         start = time.time()
         _, err = procs[0].communicate(timeout=60)  # before the fix: deaf to SIGTERM and SIGINT for 2 hours
         assert time.time() - start < 30
-        _one_line(procs[0].returncode, err, 143, "rank 0 is blocked waiting for another process",
+        assert_one_line_error(procs[0].returncode, err, 143, "rank 0 is blocked waiting for another process",
                   "ended without a checkpoint", "continue with: torchrun --nproc_per_node=2 -m ackd_fast.cli")
         step = load_checkpoint(out / "ckpt.pt")["step"]
         assert f"(step {step})" in err
@@ -183,13 +152,13 @@ def test_ranks_agree_on_the_checkpoint_and_one_process_may_not_resume_it_unasked
     # ~17 s: two fresh processes import torch and join over gloo, as torchrun starts them
     out = tmp_path / "run"
     procs = _two_ranks(out, root, ["--steps", 100000, "--ckpt-every", 100000])
-    _wait_for_step(out, 3, procs)
+    wait_for_step(out, 3, procs)
     for proc in procs:
         proc.send_signal(signal.SIGTERM)
     errs = [proc.communicate(timeout=120)[1] for proc in procs]
     step = load_checkpoint(out / "ckpt.pt")["step"]
     for proc, err in zip(procs, errs, strict=True):
-        _one_line(proc.returncode, err, 143, f"SIGTERM: stopped after step {step}; checkpoint",
+        assert_one_line_error(proc.returncode, err, 143, f"SIGTERM: stopped after step {step}; checkpoint",
                   f"(step {step}) written", "continue with: torchrun --nproc_per_node=2 -m ackd_fast.cli "
                   "train-teacher")  # fmt: skip
     resume = shlex.split(errs[0].split("continue with: ")[1])
@@ -197,7 +166,7 @@ def test_ranks_agree_on_the_checkpoint_and_one_process_may_not_resume_it_unasked
     before = (out / "ckpt.pt").read_bytes()
     one_process = ["train-teacher", *resume[resume.index("train-teacher") + 1 :], "--steps", step + 1]
     code, _, err = run_cli(one_process)
-    _one_line(code, err, 2, "written by 2 process(es) and this run has 1", "--allow-world-change",
+    assert_one_line_error(code, err, 2, "written by 2 process(es) and this run has 1", "--allow-world-change",
               "resume it as it ran (torchrun --nproc_per_node=2 -m ackd_fast.cli train-teacher")  # fmt: skip
     assert (out / "ckpt.pt").read_bytes() == before
     code, _, err = run_cli([*one_process, "--allow-world-change"])
@@ -233,7 +202,7 @@ def test_a_truncated_checkpoint_falls_back_to_the_previous_one_exactly(tmp_path,
     out = capsys.readouterr().out
     assert f"notice: {cut / 'ckpt.pt'} is not a PyTorch checkpoint" in out and "resuming from" in out
     assert f"resumed {cut / 'ckpt.prev.pt'} at step 3" in out
-    assert [r["step"] for r in _records(cut) if "g_loss" in r] == list(range(1, 7))
+    assert [r["step"] for r in records(cut) if "g_loss" in r] == list(range(1, 7))
     assert _same_weights(cut / "ckpt.pt", full / "ckpt.pt")  # continued exactly from step 3
     assert load_checkpoint(cut / "ckpt.prev.pt")["step"] == 5
 
@@ -243,7 +212,7 @@ def test_checkpoints_that_do_not_load_are_named_with_what_is_wrong(tmp_path, roo
     train(_cfg(out, root, steps=2))
     (out / "ckpt.prev.pt").unlink()
     state = load_checkpoint(out / "ckpt.pt")
-    flags = ["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--workers", 0, "--steps", 3,
+    flags = ["train-teacher", "--dataroot", root, "--out-dir", out, *FLAGS, "--steps", 3,
              "--ckpt-every", 1, "--log-every", 1, "--resume"]  # fmt: skip
     for broken, message in (
         ({k: v for k, v in state.items() if k != "g_opt"}, "is not a whole training state: it has no 'g_opt' entry"),
@@ -251,7 +220,7 @@ def test_checkpoints_that_do_not_load_are_named_with_what_is_wrong(tmp_path, roo
     ):
         save_checkpoint(broken, out / "ckpt.pt")
         code, _, err = run_cli(flags)
-        _one_line(code, err, 1, f"--resume: no checkpoint in {out} loads: {out / 'ckpt.pt'}", message)
+        assert_one_line_error(code, err, 1, f"--resume: no checkpoint in {out} loads: {out / 'ckpt.pt'}", message)
 
 
 # ----------------------------------------------------------------------------------------- 8, 9, 10. the run folder
@@ -274,18 +243,17 @@ def test_overwrite_removes_only_what_a_run_wrote(tmp_path, root):
 
 
 def test_an_out_dir_inside_the_data_or_a_file_is_refused(tmp_path, root, run_cli):
-    dataroot = tmp_path / "data"
-    shutil.copytree(root, dataroot, ignore=shutil.ignore_patterns(".built*"))
+    dataroot = copy_data(root, tmp_path / "data")
     before = sorted(p.name for p in (dataroot / "train").iterdir())
     for out, message in ((dataroot / "train" / "run", "lies inside"), (dataroot / "test" / "x" / "y", "lies inside")):
-        code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *TINY, "--steps", 1])
-        _one_line(code, err, 2, message, "which the run reads")
+        code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *FLAGS, "--steps", 1])
+        assert_one_line_error(code, err, 2, message, "which the run reads")
     assert sorted(p.name for p in (dataroot / "train").iterdir()) == before
     afile = tmp_path / "afile"
     afile.write_text("mine")
     for out, message in ((afile, "is a file, not a folder"), (afile / "run", f"lies under {afile}, which is a file")):
-        code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *TINY, "--steps", 1])
-        _one_line(code, err, 2, f"--out-dir {out} {message}")
+        code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *FLAGS, "--steps", 1])
+        assert_one_line_error(code, err, 2, f"--out-dir {out} {message}")
     assert afile.read_text() == "mine"
 
 

@@ -10,48 +10,31 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import (
+    ENV,
+    TINY,
+    assert_one_line_error,
+    copy_data,
+    records,
+    sample_set,
+    start_cli,
+    tiny_config,
+    wait_for_step,
+)
 
-from ackd_fast import checkpoint, data, losses
-from ackd_fast.assembly import Config
+from ackd_fast import checkpoint, losses
 from ackd_fast.checkpoint import load_checkpoint
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.train import train
 
-SIZE, CROP = 36, 32
-TINY = ["--load-size", SIZE, "--crop-size", CROP, "--ngf", 4, "--ndf", 8, "--workers", 0, "--batch-size", 2]
-ENV = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
-    return data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=1)
-
-
-def _copy(root: Path, dest: Path) -> Path:
-    shutil.copytree(root, dest, ignore=shutil.ignore_patterns(".built*"))
-    return dest
-
-
-def _cfg(out, dataroot, **kw) -> Config:
-    tiny = {"ngf": 4, "ndf": 8, "student_ngf": 4, "batch_size": 2, "workers": 0, "steps": 4, "device": "cpu"}
-    quiet = {"log_every": 1, "sample_every": 0, "ckpt_every": 2, "progress": False}
-    return Config(out_dir=str(out), dataroot=str(dataroot), load_size=SIZE, crop_size=CROP, **(tiny | quiet | kw))
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-def _one_line_error(code, err, expected_code, *parts):
-    assert code == expected_code, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
+    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
 # ----------------------------------------------------------------------------------------- 1. bad images
@@ -71,28 +54,28 @@ def _break_images(folder: Path) -> list[Path]:
 
 
 def test_bad_images_stop_the_run_before_its_first_step_naming_every_one(tmp_path, root, run_cli):
-    dataroot = _copy(root, tmp_path / "data")
+    dataroot = copy_data(root, tmp_path / "data")
     bad = _break_images(dataroot / "train")
     out = tmp_path / "run"
     code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", out, *TINY, "--steps", 2])
-    _one_line_error(code, err, 1, "4 of the", "--skip-bad-images", *(str(p) for p in bad))
+    assert_one_line_error(code, err, 1, "4 of the", "--skip-bad-images", *(str(p) for p in bad))
     assert not out.exists()  # nothing written, no folder left behind
 
 
 def test_a_bad_image_in_the_scored_split_is_found_before_the_first_step(tmp_path, root, run_cli):
-    dataroot = _copy(root, tmp_path / "data")
+    dataroot = copy_data(root, tmp_path / "data")
     (dataroot / "test" / "zero.png").write_bytes(b"")
     code, _, err = run_cli(["train-teacher", "--dataroot", dataroot, "--out-dir", tmp_path / "run", *TINY,
                             "--steps", 2, "--eval-every", 1])  # fmt: skip
-    _one_line_error(code, err, 1, "test split", "zero.png")
+    assert_one_line_error(code, err, 1, "test split", "zero.png")
 
 
 def test_skip_bad_images_trains_on_the_rest_in_the_order_of_the_rest(tmp_path, root, capsys):
-    clean = _copy(root, tmp_path / "clean")
-    broken = _copy(root, tmp_path / "broken")
+    clean = copy_data(root, tmp_path / "clean")
+    broken = copy_data(root, tmp_path / "broken")
     _break_images(broken / "train")
-    a = train(_cfg(tmp_path / "a", clean))
-    b = train(_cfg(tmp_path / "b", broken, skip_bad_images=True))
+    a = train(tiny_config(tmp_path / "a", clean))
+    b = train(tiny_config(tmp_path / "b", broken, skip_bad_images=True))
     assert "leaving out 4 of the" in capsys.readouterr().err
     wa, wb = load_checkpoint(a["checkpoint"])["g"], load_checkpoint(b["checkpoint"])["g"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the same files, the same seed: the same run
@@ -101,50 +84,34 @@ def test_skip_bad_images_trains_on_the_rest_in_the_order_of_the_rest(tmp_path, r
 # ----------------------------------------------------------------------------------------- 2. signals, 5. resume
 
 
-def _start(args: list, out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "ackd_fast.cli", *map(str, args)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-
-
-def _wait_for_step(out: Path, step: int, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        log = out / "log.jsonl"
-        if log.is_file() and any(json.loads(x).get("step", 0) >= step for x in log.read_text().splitlines()[:-1]):
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError(f"no step {step} in {timeout} s")
-
-
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_finishes_the_step_writes_a_checkpoint_and_says_how_to_resume(tmp_path, root, signum):
     out = tmp_path / "run"
     args = ["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 100000, "--log-every", 1,
             "--ckpt-every", 100000, "--no-progress"]  # fmt: skip
-    proc = _start(args, out)
-    _wait_for_step(out, 3, proc)
+    proc = start_cli(args)
+    wait_for_step(out, 3, proc)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=120)
     name = signal.Signals(signum).name
-    _one_line_error(proc.returncode, err, 128 + signum, f"{name}: stopped after step", "continue with: ackd-fast")
+    assert_one_line_error(proc.returncode, err, 128 + signum, f"{name}: stopped after step", "continue with: ackd-fast")
     step = load_checkpoint(out / "ckpt.pt")["step"]
     assert f"after step {step};" in err and f"(step {step}) written" in err
-    assert _records(out)[-1]["step"] == step  # every step up to the checkpoint logged, none after
+    assert records(out)[-1]["step"] == step  # every step up to the checkpoint logged, none after
     resume = shlex.split(err.split("continue with: ")[1])
     assert resume[:2] == ["ackd-fast", "train-teacher"] and resume[-1] == "--resume"
-    proc = _start([*resume[1:], "--stop-at", step + 2], out)  # the printed command, two steps further
+    proc = start_cli([*resume[1:], "--stop-at", step + 2])  # the printed command, two steps further
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
-    assert [r["step"] for r in _records(out) if "g_loss" in r] == list(range(1, step + 3))
+    assert [r["step"] for r in records(out) if "g_loss" in r] == list(range(1, step + 3))
 
 
 def test_a_second_ctrl_c_stops_at_once(tmp_path, root):
     out = tmp_path / "run"
     args = ["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 100000, "--ckpt-every", 100000,
             "--no-progress", "--log-every", 1]  # fmt: skip
-    proc = _start(args, out)
-    _wait_for_step(out, 2, proc)
+    proc = start_cli(args)
+    wait_for_step(out, 2, proc)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
@@ -157,18 +124,18 @@ def test_kill_9_then_resume_keeps_the_log_record_by_record(tmp_path, root):
     flags = [*TINY, "--dataroot", root, "--steps", 12, "--log-every", 1, "--ckpt-every", 4, "--no-progress"]
     subprocess.run([sys.executable, "-m", "ackd_fast.cli", "train-teacher", "--out-dir", str(full), *map(str, flags)],
                    check=True, capture_output=True, env=ENV)  # fmt: skip
-    proc = _start(["train-teacher", "--out-dir", killed, *flags], killed)
-    _wait_for_step(killed, 6, proc)
+    proc = start_cli(["train-teacher", "--out-dir", killed, *flags])
+    wait_for_step(killed, 6, proc)
     proc.kill()
     proc.communicate()
     with open(killed / "log.jsonl", "a") as f:
         f.write('{"step": 7, "g_lo')  # a record torn by the kill (or a full disk)
     assert (killed / ".lock").exists()  # left by the killed process: taken over below
-    proc = _start(["train-teacher", "--out-dir", killed, *flags, "--resume"], killed)
+    proc = start_cli(["train-teacher", "--out-dir", killed, *flags, "--resume"])
     stdout, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "taking over the lock" in stdout
-    ours, theirs = _records(killed), _records(full)
+    ours, theirs = records(killed), records(full)
     assert [r["step"] for r in ours] == list(range(1, 13))
     drop = lambda r: {k: v for k, v in r.items() if k != "img_per_s"}
     assert [drop(r) for r in ours] == [drop(r) for r in theirs]  # bit for bit on the CPU
@@ -177,28 +144,28 @@ def test_kill_9_then_resume_keeps_the_log_record_by_record(tmp_path, root):
 
 
 def test_resume_refuses_other_flags_another_kind_and_other_data(tmp_path, root, capsys):
-    out, dataroot = tmp_path / "run", _copy(root, tmp_path / "data")
-    train(_cfg(out, dataroot, stop_at=2))
+    out, dataroot = tmp_path / "run", copy_data(root, tmp_path / "data")
+    train(tiny_config(out, dataroot, stop_at=2))
     before = (out / "ckpt.pt").read_bytes()
     for change, flag in (({"lr": 1e-3}, "--lr 0.0002 in the checkpoint, 0.001 now"),
                          ({"ngf": 8}, "--ngf 4 in the checkpoint, 8 now"), ({"seed": 3}, "--seed 0")):  # fmt: skip
         with pytest.raises(UsageError, match=flag):
-            train(_cfg(out, dataroot, resume=True, **change))
+            train(tiny_config(out, dataroot, resume=True, **change))
     other = tmp_path / "other"
     other.mkdir()
     shutil.copy(out / "ckpt.pt", other / "ckpt.pt")  # a teacher's checkpoint where a distill run would resume
     with pytest.raises(UsageError, match="checkpoint of a train-teacher run, not of a distill run"):
-        train(_cfg(other, dataroot, resume=True, job="distill", teacher=str(out / "ckpt.pt")))
+        train(tiny_config(other, dataroot, resume=True, job="distill", teacher=str(out / "ckpt.pt")))
     shutil.copy(next((dataroot / "train").glob("*.png")), dataroot / "train" / "added.png")
     with pytest.raises(UsageError, match="training images changed"):
-        train(_cfg(out, dataroot, resume=True))
+        train(tiny_config(out, dataroot, resume=True))
     (dataroot / "train" / "added.png").unlink()
     assert (out / "ckpt.pt").read_bytes() == before  # nothing refused touched the run
     # more steps: allowed, said and recorded
-    result = train(_cfg(out, dataroot, resume=True, steps=6))
+    result = train(tiny_config(out, dataroot, resume=True, steps=6))
     assert result["step"] == 6 and "--steps 6 (the checkpoint's: 4)" in capsys.readouterr().out
-    assert {"step": 2, "resumed": True, "changed": {"steps": [4, 6], "stop_at": [2, 0]}} in _records(out)
-    assert [r["step"] for r in _records(out) if "g_loss" in r] == list(range(1, 7))
+    assert {"step": 2, "resumed": True, "changed": {"steps": [4, 6], "stop_at": [2, 0]}} in records(out)
+    assert [r["step"] for r in records(out) if "g_loss" in r] == list(range(1, 7))
 
 
 # ----------------------------------------------------------------------------------------- 3, 4. one run per folder
@@ -213,7 +180,7 @@ def test_a_second_run_in_the_folder_is_refused_and_a_stale_lock_taken_over(tmp_p
 
         (out / ".lock").write_text(json.dumps({"pid": owner.pid, "host": socket.gethostname(), "started": "then"}))
         code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 1])
-        _one_line_error(code, err, 2, f"--out-dir {out} is in use by another run", f"process {owner.pid}")
+        assert_one_line_error(code, err, 2, f"--out-dir {out} is in use by another run", f"process {owner.pid}")
     finally:
         owner.kill()
         owner.wait()
@@ -254,17 +221,17 @@ def test_a_finished_run_is_never_overwritten_unasked(tmp_path, root, run_cli):
     ]
     for flags, expected, message in cases:
         code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *flags])
-        _one_line_error(code, err, expected, message)
+        assert_one_line_error(code, err, expected, message)
         assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
     # distill into the teacher's own folder: refused outright
     code, _, err = run_cli(["distill", "--teacher", out / "ckpt.pt", "--dataroot", root, "--out-dir", out,
                             "--overwrite", *TINY[:4], "--student-ngf", 4])  # fmt: skip
-    _one_line_error(code, err, 2, "an input of this run")
+    assert_one_line_error(code, err, 2, "an input of this run")
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == kept
     # --overwrite replaces the run
     flags = [*TINY, "--steps", 3, "--log-every", 1, "--overwrite"]
     assert run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *flags])[0] == 0
-    assert load_checkpoint(out / "ckpt.pt")["step"] == 3 and [r["step"] for r in _records(out)] == [1, 2, 3]
+    assert load_checkpoint(out / "ckpt.pt")["step"] == 3 and [r["step"] for r in records(out)] == [1, 2, 3]
 
 
 # ----------------------------------------------------------------------------------------- 6. non-finite losses
@@ -282,10 +249,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 
     monkeypatch.setattr(losses.Pix2Pix, "forward", poisoned)
     with pytest.raises(FloatingPointError, match=r"step 3: non-finite loss \(g_loss nan.*ckpt\.pt \(step 2\) is kept"):
-        train(_cfg(tmp_path, root, steps=6, ckpt_every=2))
+        train(tiny_config(tmp_path, root, steps=6, ckpt_every=2))
     ckpt = load_checkpoint(tmp_path / "ckpt.pt")
     assert ckpt["step"] == 2 and all(torch.isfinite(v).all() for v in ckpt["g"].values() if v.is_floating_point())
-    assert max(r["step"] for r in _records(tmp_path)) == 2  # the NaN step is not logged as a loss
+    assert max(r["step"] for r in records(tmp_path)) == 2  # the NaN step is not logged as a loss
 
 
 # ----------------------------------------------------------------------------------------- 7. values at the edge
@@ -316,23 +283,23 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_
 def test_bad_values_are_refused_in_one_line_with_exit_code_2(tmp_path, root, run_cli, flags, message):
     out = tmp_path / "run"
     code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 1, *flags])
-    _one_line_error(code, err, 2, message)
+    assert_one_line_error(code, err, 2, message)
     assert not out.exists()
 
 
 def test_bad_distill_values_and_cuda_devices(tmp_path, root, run_cli):
     teacher = tmp_path / "t"
-    train(_cfg(teacher, root, steps=1))
+    train(tiny_config(teacher, root, steps=1))
     base = ["distill", "--teacher", teacher / "ckpt.pt", "--dataroot", root, "--out-dir", tmp_path / "s", *TINY[:4]]
     for flags, message in ((["--batch-size", "-1"], "--batch-size must be >= 0"),
                            (["--lambda-feat", "nan"], "--lambda-feat must be a finite number"),
                            (["--kd", "best"], "--kd must be one of ackd, plain, none"),
                            (["--mask-ratio", "1"], "--mask-ratio must be >= 0 and < 1")):  # fmt: skip
         code, _, err = run_cli([*base, *flags])
-        _one_line_error(code, err, 2, message)
+        assert_one_line_error(code, err, 2, message)
     if not torch.cuda.is_available():
         code, _, err = run_cli([*base, "--device", "cuda:3"])
-        _one_line_error(code, err, 2, "--device cuda:3: this machine has no CUDA device")
+        assert_one_line_error(code, err, 2, "--device cuda:3: this machine has no CUDA device")
     assert not (tmp_path / "s").exists()
 
 
@@ -354,12 +321,12 @@ def _full_disk(monkeypatch, name_part: str):
 def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_previous_checkpoint_stays(tmp_path, root, monkeypatch,
                                                                                    run_cli):  # fmt: skip
     out = tmp_path / "run"
-    train(_cfg(out, root, stop_at=2, steps=4))
+    train(tiny_config(out, root, stop_at=2, steps=4))
     before = (out / "ckpt.pt").read_bytes()
     _full_disk(monkeypatch, "ckpt.pt.")
     code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 4,
                             "--ckpt-every", 2, "--log-every", 1, "--no-progress", "--resume"])  # fmt: skip
-    _one_line_error(code, err, 1, f"cannot write {out / 'ckpt.pt'}: No space left on device",
+    assert_one_line_error(code, err, 1, f"cannot write {out / 'ckpt.pt'}: No space left on device",
                     "the previous file there is intact")  # fmt: skip
     assert (out / "ckpt.pt").read_bytes() == before
     assert not list(out.glob("*.tmp")) and not (out / ".lock").exists()
@@ -367,11 +334,11 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_previous_checkpoint_sta
 
 @pytest.mark.parametrize("fmt", ["pth", "peer", "pt2"])
 def test_export_to_a_full_disk_is_one_line(tmp_path, root, monkeypatch, run_cli, fmt):
-    train(_cfg(tmp_path / "t", root, steps=1))
+    train(tiny_config(tmp_path / "t", root, steps=1))
     _full_disk(monkeypatch, "g.out.")
     code, _, err = run_cli(["export", tmp_path / "t" / "ckpt.pt", "--format", fmt, "--out", tmp_path / "g.out",
                             "--size", 32])  # fmt: skip
-    _one_line_error(code, err, 1, "g.out: No space left on device", "nothing was written there")
+    assert_one_line_error(code, err, 1, "g.out: No space left on device", "nothing was written there")
     assert not list(tmp_path.glob("g.out*"))
 
 
@@ -379,7 +346,7 @@ def test_free_space_is_checked_at_the_start(tmp_path, root, monkeypatch, capsys)
     import shutil as shutil_module
 
     monkeypatch.setattr(shutil_module, "disk_usage", lambda p: shutil_module._ntuple_diskusage(10, 10, 1000))
-    train(_cfg(tmp_path, root, steps=1))
+    train(tiny_config(tmp_path, root, steps=1))
     assert "MiB free; a checkpoint" in capsys.readouterr().err
 
 
@@ -390,13 +357,13 @@ def test_bad_checkpoint_bytes_are_not_a_security_refusal(tmp_path, root, run_cli
     junk = tmp_path / "junk.pt"
     junk.write_bytes(os.urandom(4096))
     code, _, err = run_cli(["distill", "--teacher", junk, "--dataroot", root, "--out-dir", tmp_path / "s", *TINY[:4]])
-    _one_line_error(code, err, 1, "junk.pt is not a PyTorch checkpoint (truncated or corrupt")
+    assert_one_line_error(code, err, 1, "junk.pt is not a PyTorch checkpoint (truncated or corrupt")
     assert "would run code" not in err
     teacher = tmp_path / "t"
-    train(_cfg(teacher, root, steps=1))
+    train(tiny_config(teacher, root, steps=1))
     code, _, err = run_cli(["distill", "--teacher", teacher / "ckpt.pt", "--teacher-d", junk, "--dataroot", root,
                             "--out-dir", tmp_path / "s", *TINY[:4]])  # fmt: skip
-    _one_line_error(code, err, 1, "junk.pt is not a PyTorch checkpoint")
+    assert_one_line_error(code, err, 1, "junk.pt is not a PyTorch checkpoint")
     assert not (tmp_path / "s").exists()  # no empty run folder left behind
 
 
@@ -407,7 +374,7 @@ def test_signals_raise_run_interrupted_in_the_python_api(tmp_path, root, monkeyp
 
     monkeypatch.setattr(train_module, "stop_requested", lambda signals, rt: True)
     with pytest.raises(RunInterrupted, match=r"SIGTERM: stopped after step 1; checkpoint .* written") as e:
-        train(_cfg(tmp_path, root, steps=5, ckpt_every=100))
+        train(tiny_config(tmp_path, root, steps=5, ckpt_every=100))
     assert e.value.exit_code == 143 and load_checkpoint(tmp_path / "ckpt.pt")["step"] == 1
 
 
@@ -419,8 +386,8 @@ def test_a_signal_to_the_process_group_with_data_workers_still_checkpoints(tmp_p
     cmd = [sys.executable, "-m", "ackd_fast.cli", *map(str, args)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
                             start_new_session=True)  # fmt: skip
-    _wait_for_step(out, 3, proc)
+    wait_for_step(out, 3, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
-    _one_line_error(proc.returncode, err, 143, "SIGTERM: stopped after step", "written; continue with")
+    assert_one_line_error(proc.returncode, err, 143, "SIGTERM: stopped after step", "written; continue with")
     assert load_checkpoint(out / "ckpt.pt")["step"] >= 3

@@ -9,12 +9,10 @@ import zipfile
 
 import pytest
 import torch
+from tiny_runs import assert_one_line_error, sample_set, tiny_config
 
 from ackd_fast import checkpoint, metrics
-from ackd_fast.assembly import Config
 from ackd_fast.train import train
-
-SIZE = 32
 
 
 class _Payload:
@@ -38,20 +36,10 @@ def evil_file(tmp_path):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from ackd_fast import data
-
-    root = data.build_sample_set(tmp_path_factory.mktemp("paired"), size=36, train_per_photo=2, test_per_photo=1)
+    root = sample_set(tmp_path_factory.mktemp("paired"))
     out = tmp_path_factory.mktemp("teacher")
-    train(Config(out_dir=str(out), dataroot=str(root), load_size=36, crop_size=SIZE, ngf=4, ndf=8, batch_size=2,
-                 workers=0, steps=2, device="cpu", progress=False))  # fmt: skip
+    train(tiny_config(out, root, steps=2))
     return out / "ckpt.pt", root
-
-
-def _one_line(code, err, expected, *parts):
-    assert code == expected, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
 
 
 def test_a_pickle_as_inception_weights_is_refused_unread(evil_file, teacher, run_cli, tmp_path):
@@ -65,12 +53,12 @@ def test_a_pickle_as_inception_weights_is_refused_unread(evil_file, teacher, run
     ]
     for argv in commands:
         code, _, err = run_cli(argv)
-        _one_line(code, err, 1, str(evil), f"sha256 {digest}", metrics.INCEPTION_SHA256, "refused unread")
+        assert_one_line_error(code, err, 1, str(evil), f"sha256 {digest}", metrics.INCEPTION_SHA256, "refused unread")
         assert not marker.exists()
     # The user vouches for the file by its digest: it is read, with weights_only=True, and still runs nothing.
     for argv in commands:
         code, _, err = run_cli([*argv, "--inception-sha256", digest])
-        _one_line(code, err, 1, str(evil), "would run code")
+        assert_one_line_error(code, err, 1, str(evil), "would run code")
         assert not marker.exists()
     assert not (tmp_path / "s.npz").exists() and not (tmp_path / "r" / "results.json").exists()
 
@@ -78,9 +66,7 @@ def test_a_pickle_as_inception_weights_is_refused_unread(evil_file, teacher, run
 def test_a_pickle_as_inception_weights_stops_training_before_its_first_step(evil_file, teacher, tmp_path):
     evil, marker = evil_file
     _, root = teacher
-    cfg = Config(out_dir=str(tmp_path / "run"), dataroot=str(root), load_size=36, crop_size=SIZE, ngf=4, ndf=8,
-                 batch_size=2, workers=0, steps=2, eval_every=1, inception_weights=str(evil), device="cpu",
-                 progress=False)  # fmt: skip
+    cfg = tiny_config(tmp_path / "run", root, steps=2, eval_every=1, inception_weights=str(evil))
     with pytest.raises(ValueError, match="refused unread"):
         train(cfg)
     assert not marker.exists() and not (tmp_path / "run").exists()
@@ -94,14 +80,14 @@ def test_a_pickle_in_the_torch_hub_cache_is_refused_unread(evil_file, teacher, r
     (hub / metrics.INCEPTION_FILE).write_bytes(evil.read_bytes())
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     code, _, err = run_cli(["evaluate", "--checkpoint", ckpt, "--latency-runs", 0, "--out-dir", tmp_path / "r"])
-    _one_line(code, err, 1, str(hub / metrics.INCEPTION_FILE), "refused unread")
+    assert_one_line_error(code, err, 1, str(hub / metrics.INCEPTION_FILE), "refused unread")
     assert not marker.exists()
 
 
 def test_the_published_digest_is_the_default_and_a_bad_one_is_a_usage_error(run_cli, tmp_path):
     assert metrics.INCEPTION_SHA256.startswith(metrics.INCEPTION_FILE.rsplit("-", 1)[1].split(".")[0])
     code, _, err = run_cli(["fid-stats", tmp_path, tmp_path / "s.npz", "--inception-sha256", "xyz"])
-    _one_line(code, err, 2, "--inception-sha256 must be 64 hexadecimal digits", "'xyz'")
+    assert_one_line_error(code, err, 2, "--inception-sha256 must be 64 hexadecimal digits", "'xyz'")
 
 
 def _deflated_copy(src, dest, extra_bytes: int) -> None:
@@ -127,7 +113,7 @@ def test_a_checkpoint_with_compressed_records_is_refused_before_torch_reads_it(t
     with pytest.raises(ValueError, match=r"refused to load .*bomb\.pth: its record .* is compressed"):
         checkpoint.load_tensors(bomb)
     code, _, err = run_cli(["export", bomb, "--format", "pth", "--out", tmp_path / "out.pth"])
-    _one_line(code, err, 1, str(bomb), "is compressed")
+    assert_one_line_error(code, err, 1, str(bomb), "is compressed")
     assert not (tmp_path / "out.pth").exists()
     monkeypatch.undo()
     assert torch.equal(checkpoint.load_tensors(plain)["w"], torch.zeros(3))  # what torch.save writes still loads
@@ -167,5 +153,5 @@ def test_an_export_sidecar_config_is_checked_as_flags_are(teacher, run_cli, tmp_
     side.write_text(json.dumps(sidecar))
     code, _, err = run_cli(["evaluate", "--checkpoint", exported, "--no-fid", "--latency-runs", 0,
                             "--out-dir", tmp_path / "r"])  # fmt: skip
-    _one_line(code, err, 1, str(exported), "carries a run config that is not valid", message)
+    assert_one_line_error(code, err, 1, str(exported), "carries a run config that is not valid", message)
     assert not (tmp_path / "r").exists()
