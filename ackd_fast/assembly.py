@@ -28,13 +28,12 @@ from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
 from ackd_fast.flags import flag_name as _flag
 from ackd_fast.loggers import parse_loggers
-from ackd_fast.losses import Critic, CycleGAN, Pix2Pix
+from ackd_fast.losses import OBJECTIVES, Critic, CycleGAN, Pix2Pix
 from ackd_fast.metrics import INCEPTION_SHA256, INCEPTION_SHA256_HELP, check_sha256, count_macs
 from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
-OBJECTIVES = ("pix2pix", "cyclegan")
 AMP_MODES = ("auto", "none", "bf16", "fp16")
 SELECT_ON = ("none", "val")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")  # torch.compile's

@@ -16,6 +16,8 @@ from torch import Tensor, nn
 
 from ackd_fast.models import TappedGenerator
 
+OBJECTIVES = ("pix2pix", "cyclegan")  # paired and unpaired translation: what --model names
+
 GAN_MODES = ("hinge", "lsgan", "vanilla")
 
 

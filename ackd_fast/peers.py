@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 
 from ackd_fast.checkpoint import load_tensors
+from ackd_fast.data import DIRECTIONS
+from ackd_fast.losses import OBJECTIVES
 from ackd_fast.models import GENERATORS, NLayerDiscriminator, TappedGenerator, build_generator
 
 OURS = "ackd_fast"
@@ -141,12 +143,15 @@ def _try(state: dict[str, Tensor], name: str, layout: str, ngf: int | None) -> _
         mapping = peer_keys(build_generator(name, 1), name, layout)
     first = mapping[_first_conv_key(name)]
     fit.overlap = sum(k in state for k in mapping.values())
-    if ngf is None:
-        if first not in state:
-            fit.problem = f"has no key {first!r}"
-            return fit
-        ngf = int(state[first].shape[0])
-    fit.ngf = ngf
+    if first not in state:
+        fit.problem = f"has no key {first!r}"
+        return fit
+    implied = int(state[first].shape[0])
+    if ngf is not None and ngf != implied:  # compared before anything of that width is built
+        fit.problem = (f"key {first!r} has shape {tuple(state[first].shape)}: {implied} output channels, not the "
+                       f"ngf {ngf} asked for")  # fmt: skip
+        return fit
+    ngf = fit.ngf = implied
     with torch.device("meta"):
         expected = build_generator(name, ngf, init="default").state_dict()
     ours = {}
@@ -239,6 +244,18 @@ class GeneratorFile:
         return (self.config or {}).get("model") or self.info.get("model")
 
 
+def _check_sidecar(side: Path, info: dict) -> None:
+    """ValueError naming the sidecar when a value it gives is not one a generator can have (the run config in it is
+    checked where it is used: assembly.file_config)."""
+    allowed = {"name": (*GENERATORS, None), "direction": (*DIRECTIONS, None), "model": (*OBJECTIVES, None)}
+    for key, values in allowed.items():
+        if info.get(key) not in values:
+            raise ValueError(f"{side}: {key!r} must be one of {', '.join(map(str, values))}, got {info.get(key)!r}")
+    ngf = info.get("ngf")
+    if ngf is not None and (isinstance(ngf, bool) or not isinstance(ngf, int) or ngf < 1):
+        raise ValueError(f"{side}: 'ngf' must be a positive int, got {ngf!r}")
+
+
 def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None) -> GeneratorFile:
     """The generator in `path` with what the file says about it; `name`/`ngf`: the architecture it must have
     (None: what the file says or its tensors imply). Nothing in the file runs (weights_only=True), nothing is
@@ -274,6 +291,7 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
             if not isinstance(info, dict) or info.get("format") != SIDECAR_FORMAT:
                 info = {}  # some other JSON beside the file: not ours
             else:
+                _check_sidecar(side, info)
                 name, ngf = name or info.get("name"), ngf or info.get("ngf")
                 config = info.get("config")
                 if config is not None and not isinstance(config, dict):

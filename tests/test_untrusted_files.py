@@ -155,3 +155,25 @@ def test_an_export_sidecar_config_is_checked_as_flags_are(teacher, run_cli, tmp_
                             "--out-dir", tmp_path / "r"])  # fmt: skip
     assert_one_line_error(code, err, 1, str(exported), "carries a run config that is not valid", message)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ngf": "abc"}, "'ngf' must be a positive int, got 'abc'"),
+        ({"name": "nope"}, "'name' must be one of"),
+        ({"direction": 5}, "'direction' must be one of AtoB, BtoA"),
+        ({"model": "x"}, "'model' must be one of pix2pix, cyclegan"),
+        ({"ngf": 10**9}, "4 output channels, not the ngf 1000000000 asked for"),  # nothing that wide is built
+    ],
+)
+def test_an_export_sidecar_is_checked_before_its_values_are_used(teacher, run_cli, tmp_path, change, message):
+    ckpt, _ = teacher
+    exported = tmp_path / "g.pth"
+    assert run_cli(["export", ckpt, "--format", "pth", "--out", exported])[0] == 0
+    side = tmp_path / "g.json"
+    side.write_text(json.dumps(json.loads(side.read_text()) | change))
+    code, _, err = run_cli(["export", exported, "--format", "peer", "--out", tmp_path / "peer.pth"])
+    assert_one_line_error(code, err, 1, message)
+    assert str(side) in err or str(exported) in err
+    assert not (tmp_path / "peer.pth").exists()
