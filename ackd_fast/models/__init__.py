@@ -7,6 +7,7 @@ from torch import nn
 from ackd_fast.models.base import INITS, TappedGenerator, init_weights
 from ackd_fast.models.discriminator import MultiscaleDiscriminator, NLayerDiscriminator
 from ackd_fast.models.mobile_resnet import MobileResnetGenerator, mobile_resnet_9blocks
+from ackd_fast.models.module_taps import ModuleTaps
 from ackd_fast.models.resnet import ResnetGenerator, resnet_9blocks
 from ackd_fast.models.unet import UnetGenerator, unet_256, unet_256_bn
 
@@ -51,6 +52,7 @@ __all__ = [
     "GENERATORS",
     "INITS",
     "MobileResnetGenerator",
+    "ModuleTaps",
     "MultiscaleDiscriminator",
     "NLayerDiscriminator",
     "ResnetGenerator",

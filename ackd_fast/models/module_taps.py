@@ -1,0 +1,201 @@
+"""Taps named by module path, for any image-to-image network (issue 30's groundwork): `ModuleTaps(model, taps)`
+gives a model that is no `TappedGenerator` the interface the Distiller reads (`tap_names`, `tap_channels`,
+`forward(x, taps=..., replace=...)`), through hooks registered once, on the model as it is given (resolve and wrap
+before DDP or torch.compile wrap it: under DDP every path gains a `module.` prefix, and hooks added after compiling
+are not traced).
+
+A tap name is a path of `model.named_modules()` ("encoder.down.2"), or "re:" and a regular expression that must
+match exactly one path in full. A suffix after "@" says what of that module is the tap: none, its output; "@input",
+its first input; "@N", element N of a tuple or list output; "@KEY", entry KEY of a dict output.
+
+Replacing a tap runs the whole forward with the tap's value swapped in, so the layers before the tap run too (a
+TappedGenerator starts at the tap); the tail alone would need the model split at the tap.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ackd_fast.models.base import TappedGenerator
+
+INPUT = "input"
+
+
+@dataclass(frozen=True)
+class Tap:
+    """A resolved tap: its name as given, the module path and what of the module it is ("" = its output)."""
+
+    name: str
+    path: str
+    part: str = ""
+
+
+def resolve_tap(model: nn.Module, name: str) -> Tap:
+    """`name` resolved against `model.named_modules()`; ValueError naming the nearest paths when it fits none, and
+    every match when a "re:" pattern matches more than one."""
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a tap name must be a non-empty str, got {name!r}")
+    spec, _, part = name.partition("@")
+    paths = [path for path, _ in model.named_modules() if path]
+    if spec.startswith("re:"):
+        try:
+            pattern = re.compile(spec[3:])
+        except re.error as e:
+            raise ValueError(f"tap {name!r}: {spec[3:]!r} is not a regular expression ({e})") from None
+        found = [p for p in paths if pattern.fullmatch(p)]
+        if len(found) != 1:
+            shown = ", ".join(found[:8]) + (f" and {len(found) - 8} more" if len(found) > 8 else "")
+            raise ValueError(f"tap {name!r} must match exactly one module path, and it matches "
+                             f"{len(found) or 'none'}{': ' + shown if found else ''}")  # fmt: skip
+        path = found[0]
+    elif spec in paths:
+        path = spec
+    else:
+        near = difflib.get_close_matches(spec, paths, n=5, cutoff=0.5) or paths[:5]
+        raise ValueError(f"tap {name!r}: {type(model).__name__} has no module {spec!r}; nearest: {', '.join(near)}")
+    return Tap(name, path, part)
+
+
+def _part_of(value, part: str, tap: Tap):
+    if part in ("", INPUT):
+        return value
+    if isinstance(value, dict):
+        if part not in value:
+            raise ValueError(f"tap {tap.name!r}: the output of {tap.path!r} has no key {part!r} ({sorted(value)})")
+        return value[part]
+    if isinstance(value, (tuple, list)) and part.isdigit() and int(part) < len(value):
+        return value[int(part)]
+    raise ValueError(f"tap {tap.name!r}: the output of {tap.path!r} is a {type(value).__name__}, which has no "
+                     f"element {part!r}")  # fmt: skip
+
+
+def _with_part(value, part: str, new):
+    """`value` with `part` (as _part_of reads it) replaced by `new`."""
+    if part in ("", INPUT):
+        return new
+    if isinstance(value, dict):
+        return {**value, part: new}
+    items = list(value)
+    items[int(part)] = new
+    return type(value)(items) if isinstance(value, tuple) else items
+
+
+class ModuleTaps(TappedGenerator):
+    """`model` with taps named by module path (module docstring). `model` itself is kept unchanged but for the
+    hooks, which do nothing outside this wrapper's forward; `detach()` removes them and returns it."""
+
+    def __init__(self, model: nn.Module, taps: Sequence[str]):
+        nn.Module.__init__(self)  # a TappedGenerator without stages: the model is the whole network
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        names = list(taps)
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"taps must name one or more distinct taps, got {names}")
+        self.model = model
+        self.taps = {name: resolve_tap(model, name) for name in names}
+        self._call: tuple[set[str], dict[str, Tensor], dict[str, Tensor]] | None = None  # (taps, replace, features)
+        self._handles = []
+        modules = dict(model.named_modules())
+        for tap in self.taps.values():
+            module = modules[tap.path]
+            if tap.part == INPUT:
+                self._handles.append(module.register_forward_pre_hook(self._input_hook(tap)))
+            else:
+                self._handles.append(module.register_forward_hook(self._output_hook(tap)))
+        self.shapes: dict[str, tuple[int, ...]] = {}  # each tap's (C, H, W) at the size of the last `probe`
+
+    @property
+    def tap_names(self) -> tuple[str, ...]:
+        return tuple(self.taps)
+
+    def _check_names(self, arg: str, names: Iterable[str]) -> None:
+        unknown = [n for n in names if n not in self.taps]
+        if unknown:
+            raise ValueError(f"{arg} names unknown taps {unknown}; this ModuleTaps has taps {self.tap_names}")
+
+    def _output_hook(self, tap: Tap):
+        def hook(module, args, output):
+            if self._call is None or (tap.name not in self._call[0] and tap.name not in self._call[1]):
+                return None
+            wanted, replace, features = self._call
+            if tap.name in replace:
+                output = _with_part(output, tap.part, replace[tap.name])
+            if tap.name in wanted:
+                features[tap.name] = _part_of(output, tap.part, tap)
+            return output if tap.name in replace else None
+
+        return hook
+
+    def _input_hook(self, tap: Tap):
+        def hook(module, args):
+            if self._call is None or not args:
+                return None
+            wanted, replace, features = self._call
+            if tap.name in replace:
+                args = (replace[tap.name], *args[1:])
+            if tap.name in wanted:
+                features[tap.name] = args[0]
+            return args if tap.name in replace else None
+
+        return hook
+
+    def forward(
+        self, x: Tensor, taps: Iterable[str] = (), replace: Mapping[str, Tensor] | None = None
+    ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+        """The model's output, or (output, {tap: feature}) when `taps` names any; a replaced tap reports the map
+        put in its place. A tap the forward never reached is a ValueError naming it."""
+        taps, replace = tuple(taps), dict(replace or {})
+        self._check_names("taps", taps)
+        self._check_names("replace", replace)
+        features: dict[str, Tensor] = {}
+        self._call = (set(taps), replace, features)
+        try:
+            out = self.model(x)
+        finally:
+            self._call = None
+        missed = [name for name in taps if name not in features]
+        if missed:
+            raise ValueError(f"taps {missed} were not reached by the forward of {type(self.model).__name__}")
+        return (out, features) if taps else out
+
+    @torch.no_grad()
+    def probe(self, size: int, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
+        """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a copy on the meta device (shapes
+        only, nothing allocated); kept in `shapes`."""
+        meta = ModuleTaps(copy.deepcopy(self.model).to("meta"), list(self.taps))
+        meta.eval()
+        try:
+            _, features = meta(torch.empty(1, in_channels, size, size, device="meta"), taps=self.tap_names)
+        except (RuntimeError, NotImplementedError) as e:  # data-dependent code (.item(), numpy) cannot run on meta
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise ValueError(f"{type(self.model).__name__} cannot be probed at {size}x{size} on the meta device "
+                             f"({first})") from None  # fmt: skip
+        for name, feature in features.items():
+            if not isinstance(feature, Tensor) or feature.dim() != 4:
+                raise ValueError(f"tap {name!r} is not a (B, C, H, W) feature map: got {type(feature).__name__} "
+                                 f"{tuple(getattr(feature, 'shape', ()))}")  # fmt: skip
+        self.shapes = {name: tuple(f.shape[1:]) for name, f in features.items()}
+        return self.shapes
+
+    def tap_channels(self) -> dict[str, int]:
+        """Channels of each tap's map, from `shapes` (a probe at 64 px first when there has been none)."""
+        if not self.shapes:
+            self.probe(64)
+        return {name: shape[0] for name, shape in self.shapes.items()}
+
+    def detach(self) -> nn.Module:
+        """Removes the hooks and returns the model as it was given (what an export should see)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        return self.model
+
+
+__all__ = ["ModuleTaps", "Tap", "resolve_tap"]

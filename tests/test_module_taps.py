@@ -1,0 +1,106 @@
+"""Taps by module path for a generator that is no TappedGenerator (issue 30's groundwork): what a tap reads and what
+replacing it does, against the same computation written out; names that fit no module, or several; shapes from a
+meta probe; and ACKD distillation between two such generators."""
+
+import pytest
+import torch
+from torch import nn
+
+from ackd_fast.distill import Distiller
+from ackd_fast.losses import Critic
+from ackd_fast.models import NLayerDiscriminator, TappedGenerator
+from ackd_fast.models.module_taps import ModuleTaps, resolve_tap
+
+
+class Twice(nn.Module):
+    """A block with a tuple output: (x, 2x)."""
+
+    def forward(self, x):
+        return x, 2 * x
+
+
+class OwnGenerator(nn.Module):
+    """An encoder-decoder written as a user would, with no tap machinery of ours."""
+
+    def __init__(self, width: int = 4):
+        super().__init__()
+        self.down = nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
+                                  nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU())  # fmt: skip
+        self.middle = nn.Sequential(nn.Conv2d(2 * width, 2 * width, 3, padding=1), nn.ReLU())
+        self.pair = Twice()
+        self.up = nn.Sequential(nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),
+                                nn.Conv2d(width, 3, 3, padding=1), nn.Tanh())  # fmt: skip
+
+    def forward(self, x):
+        a, b = self.pair(self.middle(self.down(x)))
+        return self.up(a + b)
+
+
+def test_taps_read_what_the_modules_compute_and_replacing_one_changes_the_rest():
+    model = OwnGenerator().eval()
+    tapped = ModuleTaps(model, ["down", "re:mid+le", "pair@1", "up@input", "up.1"])
+    assert not isinstance(model, TappedGenerator) and tapped.tap_names[1] == "re:mid+le"
+    x = torch.randn(2, 3, 16, 16)
+    out, feats = tapped(x, taps=tapped.tap_names)
+    down = model.down(x)
+    middle = model.middle(down)
+    torch.testing.assert_close(out, model(x), rtol=0, atol=0)
+    torch.testing.assert_close(feats["down"], down)
+    torch.testing.assert_close(feats["re:mid+le"], middle)
+    torch.testing.assert_close(feats["pair@1"], 2 * middle)
+    torch.testing.assert_close(feats["up@input"], 3 * middle)
+    torch.testing.assert_close(feats["up.1"], model.up[1](model.up[0](3 * middle)))
+    z = torch.randn_like(middle)
+    replaced, got = tapped(x, taps=["re:mid+le", "up@input"], replace={"re:mid+le": z})
+    torch.testing.assert_close(replaced, model.up(3 * z))
+    torch.testing.assert_close(got["re:mid+le"], z)  # a replaced tap reports what was put in its place
+    second = torch.randn_like(middle)
+    torch.testing.assert_close(tapped(x, replace={"pair@1": second}), model.up(middle + second))
+    torch.testing.assert_close(tapped(x, replace={"up@input": z}), model.up(z))
+    torch.testing.assert_close(model(x), out, rtol=0, atol=0)  # outside the wrapper the hooks do nothing
+    assert tapped.detach() is model and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_names_that_fit_no_module_or_several_are_refused_naming_what_is_there():
+    model = OwnGenerator()
+    with pytest.raises(ValueError, match=r"has no module 'midle'; nearest: middle"):
+        resolve_tap(model, "midle")
+    with pytest.raises(ValueError, match=r"must match exactly one module path, and it matches none"):
+        resolve_tap(model, "re:nothing.*")
+    with pytest.raises(ValueError, match=r"matches 2: down\.0, down\.2"):
+        resolve_tap(model, r"re:down\.[02]")
+    with pytest.raises(ValueError, match="is not a regular expression"):
+        resolve_tap(model, "re:(")
+    with pytest.raises(ValueError, match="distinct"):
+        ModuleTaps(model, ["down", "down"])
+    tapped = ModuleTaps(model, ["pair@5", "down"])
+    with pytest.raises(ValueError, match=r"the output of 'pair' is a tuple, which has no element '5'"):
+        tapped(torch.randn(1, 3, 8, 8), taps=["pair@5"])
+    with pytest.raises(ValueError, match=r"names unknown taps \['up'\]"):
+        tapped(torch.randn(1, 3, 8, 8), taps=["up"])
+
+
+def test_a_meta_probe_gives_every_taps_shape_and_allocates_nothing():
+    tapped = ModuleTaps(OwnGenerator(width=4), ["down", "middle", "pair@0", "up.0"])
+    assert tapped.probe(32) == {"down": (8, 16, 16), "middle": (8, 16, 16), "pair@0": (8, 16, 16), "up.0": (4, 32, 32)}
+    assert tapped.tap_channels() == {"down": 8, "middle": 8, "pair@0": 8, "up.0": 4}
+    assert all(p.device.type == "cpu" for p in tapped.parameters())  # the model itself was not moved
+
+
+@pytest.mark.parametrize("kd", ["ackd", "plain"])
+def test_two_own_generators_distill_through_their_module_paths(kd):
+    torch.manual_seed(0)
+    taps = ["down", "middle", "pair@0"]
+    teacher, student = ModuleTaps(OwnGenerator(width=8), taps), ModuleTaps(OwnGenerator(width=4), taps)
+    d = Distiller(teacher, student, taps, taps, paired=True, gan_mode="hinge", kd=kd, heads=2)
+    critic = Critic([NLayerDiscriminator(6, ndf=8)], d.gan_mode)
+    critic.requires_grad_(False)
+    assert [c.in_channels for c in d.connectors] == [8, 8, 8] and [c.out_channels for c in d.connectors] == [16] * 3
+    a, b = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
+    out = d(a, b, critic)
+    out.loss.backward()
+    assert out.logs["g_feat"] > 0
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
+    if kd == "ackd":  # the refiners learn through the teacher's own layers after the replaced tap
+        assert all(p.grad is not None for r in d.refiners for p in r.parameters() if p.requires_grad)
