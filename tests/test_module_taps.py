@@ -2,6 +2,8 @@
 replacing it does, against the same computation written out; names that fit no module, or several; shapes from a
 meta probe; and ACKD distillation between two such generators."""
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -104,3 +106,38 @@ def test_two_own_generators_distill_through_their_module_paths(kd):
     assert all(p.grad is None for p in teacher.parameters())
     if kd == "ackd":  # the refiners learn through the teacher's own layers after the replaced tap
         assert all(p.grad is not None for r in d.refiners for p in r.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------- models by import path
+
+
+def test_a_generator_in_a_file_outside_the_package_is_built_by_import_path(tmp_path, monkeypatch):
+    from ackd_fast.models.by_path import import_model, is_import_path
+
+    (tmp_path / "my_gans.py").write_text(
+        "import torch.nn as nn\n"
+        "class Net(nn.Module):\n"
+        "    def __init__(self, width=4):\n"
+        "        super().__init__()\n"
+        "        self.body = nn.Conv2d(3, width, 3, padding=1)\n"
+        "        self.head = nn.Conv2d(width, 3, 1)\n"
+        "    def forward(self, x):\n"
+        "        return self.head(self.body(x))\n"
+        "def factory():\n"
+        "    return 'not a module'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = import_model("my_gans:Net", '{"width": 6}')
+    assert model.body.out_channels == 6 and is_import_path("my_gans:Net") and not is_import_path("resnet_9blocks")
+    assert ModuleTaps(model, ["body"]).probe(8) == {"body": (6, 8, 8)}
+    for path, kwargs, message in [
+        ("my_gans", None, "must look like package.module:callable"),
+        ("no_such_module_here:Net", None, "cannot import no_such_module_here (ModuleNotFoundError"),
+        ("my_gans:Missing", None, "my_gans has no attribute 'Missing'"),
+        ("my_gans:Net", '{"depth": 3}', "rejects the keyword arguments {'depth': 3}"),
+        ("my_gans:Net", "{width: 3}", "must be a JSON object"),
+        ("my_gans:Net", "[3]", "must be a JSON object with string keys"),
+        ("my_gans:factory", None, "returned a str, not an nn.Module"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            import_model(path, kwargs)
