@@ -141,3 +141,31 @@ def test_a_generator_in_a_file_outside_the_package_is_built_by_import_path(tmp_p
     ]:
         with pytest.raises(ValueError, match=re.escape(message)):
             import_model(path, kwargs)
+
+
+# ----------------------------------------------------------------------------------------- the module table, auto taps
+
+
+def test_the_module_table_gives_shapes_strides_and_macs_in_forward_order():
+    from ackd_fast.metrics import count_macs
+    from ackd_fast.models.module_taps import module_table
+
+    model = OwnGenerator(width=4)
+    rows = {r.path: r for r in module_table(model, 32)}
+    assert list(rows)[:5] == ["down.0", "down.1", "down.2", "down.3", "down"]
+    assert rows["down.2"].shape == (8, 16, 16) and rows["down.2"].stride == 2 and rows["pair"].shape is None
+    assert rows["down.0"].macs == 32 * 32 * 4 * 3 * 9  # output elements x input channels x kernel area
+    top = sum(rows[name].macs for name in ("down", "middle", "up"))
+    assert top == count_macs(model, torch.zeros(1, 3, 32, 32))
+
+
+def test_auto_taps_take_the_last_map_of_each_scale_and_pair_by_resolution():
+    from ackd_fast.models import mobile_resnet_9blocks, resnet_9blocks
+    from ackd_fast.models.module_taps import auto_taps, pair_taps
+
+    assert auto_taps(OwnGenerator(), 32) == [("down.1", (4, 32, 32)), ("middle", (8, 16, 16))]
+    teacher, student = auto_taps(resnet_9blocks(ngf=8), 64), auto_taps(mobile_resnet_9blocks(ngf=4), 64)
+    # the reflection pads (70 and 18 px) do not count as a change of scale
+    assert [path for path, _ in teacher] == ["stages.stem.3", "stages.stem.6", "stages.block9", "head.2"]
+    assert pair_taps(teacher, student) == [("stages.stem.3", "stages.stem.3"), ("stages.stem.6", "stages.stem.6"),
+                                           ("stages.block9", "stages.block9")]  # fmt: skip

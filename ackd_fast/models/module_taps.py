@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,4 +199,89 @@ class ModuleTaps(TappedGenerator):
         return self.model
 
 
-__all__ = ["ModuleTaps", "Tap", "resolve_tap"]
+@dataclass(frozen=True)
+class ModuleRow:
+    """One module of `module_table`: its path, class, output (C, H, W) (None when the output is no image-like map),
+    stride (input side / output side) and MACs per image, its children's included."""
+
+    path: str
+    kind: str
+    shape: tuple[int, int, int] | None
+    stride: float | None
+    macs: int
+
+
+@torch.no_grad()
+def _meta_forward(model: nn.Module, size: int, in_channels: int) -> tuple[list[tuple[str, nn.Module, object]], dict]:
+    """(path, module, output) of every module in the order the forward finishes them, and the FLOPs by module, from
+    one forward of a meta copy at `size` x `size`."""
+    from ackd_fast.metrics import flop_counter
+
+    meta = copy.deepcopy(model).to("meta").eval()
+    finished: list[tuple[str, nn.Module, object]] = []
+    handles = [m.register_forward_hook(lambda mod, args, out, path=path: finished.append((path, mod, out)))
+               for path, m in meta.named_modules() if path]  # fmt: skip
+    try:
+        with flop_counter("torchprofile") as counter:
+            meta(torch.empty(1, in_channels, size, size, device="meta"))
+    except (RuntimeError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ValueError(f"{type(model).__name__} cannot be probed at {size}x{size} on the meta device "
+                         f"({first})") from None  # fmt: skip
+    finally:
+        for handle in handles:
+            handle.remove()
+    prefix = type(meta).__name__
+    flops = {key[len(prefix) + 1 :]: sum(ops.values()) for key, ops in counter.get_flop_counts().items()
+             if key.startswith(prefix + ".")}  # fmt: skip
+    return finished, flops
+
+
+def module_table(model: nn.Module, size: int, in_channels: int = 3) -> list[ModuleRow]:
+    """Every module of `model` in the order its forward finishes them, from one forward of a meta copy at `size` x
+    `size` (shapes only, nothing allocated): what `ackd-fast taps` prints."""
+    finished, flops = _meta_forward(model, size, in_channels)
+    rows = []
+    for path, module, out in finished:
+        image = isinstance(out, Tensor) and out.dim() == 4
+        rows.append(ModuleRow(path, type(module).__name__, tuple(out.shape[1:]) if image else None,
+                              size / out.shape[-1] if image else None, flops.get(path, 0) // 2))  # fmt: skip
+    return rows
+
+
+def auto_taps(model: nn.Module, size: int, in_channels: int = 3) -> list[tuple[str, tuple[int, int, int]]]:
+    """The taps "--taps auto" picks: the last feature map at each scale (a power of two of the input's side; a
+    padding's few pixels do not change it) before the scale changes, as (module path, (C, H, W)) in forward order.
+    Of the modules that finish on the same map (a block and its last layer) the outermost names it; the output is
+    no tap."""
+    finished, _ = _meta_forward(model, size, in_channels)
+    maps: list[tuple[str, Tensor]] = []
+    for path, _, out in finished:
+        if not (isinstance(out, Tensor) and out.dim() == 4):
+            continue
+        if maps and maps[-1][1] is out:  # the enclosing module returned its last child's map
+            maps[-1] = (path, out)
+        else:
+            maps.append((path, out))
+    scale = [round(math.log2(size / out.shape[-1])) for _, out in maps]
+    changes = zip(maps[:-1], scale[:-1], scale[1:], strict=True)
+    return [(path, tuple(out.shape[1:])) for (path, out), here, after in changes if here != after]
+
+
+def pair_taps(teacher: list[tuple[str, tuple[int, ...]]], student: list[tuple[str, tuple[int, ...]]]
+              ) -> list[tuple[str, str]]:  # fmt: skip
+    """Teacher and student taps (as auto_taps gives them) paired by resolution, in the teacher's order: each (H, W)
+    both have, once (the student's first map at it)."""
+    by_size: dict[tuple[int, ...], str] = {}
+    for path, shape in student:
+        by_size.setdefault(tuple(shape[1:]), path)
+    pairs, used = [], set()
+    for path, shape in teacher:
+        match = by_size.get(tuple(shape[1:]))
+        if match is not None and match not in used:
+            pairs.append((path, match))
+            used.add(match)
+    return pairs
+
+
+__all__ = ["ModuleRow", "ModuleTaps", "Tap", "auto_taps", "module_table", "pair_taps", "resolve_tap"]
