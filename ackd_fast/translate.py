@@ -84,7 +84,7 @@ def _cyclegan_reverse(path: Path, g: GeneratorFile) -> nn.Module:
     return reverse.eval()
 
 
-def pick_generator(checkpoint: str | os.PathLike, direction: str, aligned: bool) -> tuple[nn.Module, str, dict]:
+def pick_generator(checkpoint: str | os.PathLike, direction: str) -> tuple[nn.Module, str, dict]:
     """(generator, the direction the inputs are read in, what the file is) for `direction` ("auto", "AtoB",
     "BtoA"). A CycleGAN file needs a direction (its run holds both generators: the one it was not trained for is
     read from the run checkpoint's objective); a pix2pix generator maps the direction it was trained in, so another
@@ -158,8 +158,7 @@ def check_images(found: list[tuple[Path, Path]], aligned: bool, strict: bool) ->
     return good, bad
 
 
-def plan_jobs(good: list[tuple[Path, Path]], output: Path, aligned: bool, index: bool, overwrite: bool,
-              inputs: list[Path]) -> list[Job]:  # fmt: skip
+def plan_jobs(good: list[tuple[Path, Path]], output: Path, aligned: bool, index: bool, overwrite: bool) -> list[Job]:
     """Where each image goes. UsageError when two inputs would be written to one file, an output is an input, or an
     output exists (without `overwrite`)."""
     jobs, taken = [], {}
@@ -277,9 +276,9 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     output, given = Path(output), [Path(p) for p in inputs]
     check_output(output, given)
-    generator, direction, about = pick_generator(checkpoint, direction, aligned)
+    generator, direction, about = pick_generator(checkpoint, direction)
     good, bad = check_images(gather_inputs(given), aligned, strict)
-    jobs = plan_jobs(good, output, aligned, index, overwrite, given)
+    jobs = plan_jobs(good, output, aligned, index, overwrite)
     for job in jobs:  # the size each is translated at (the file's header only; check_images decoded every one)
         with Image.open(job.source) as im:
             w, h = im.size
