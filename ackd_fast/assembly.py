@@ -291,7 +291,8 @@ class Config:
     # run safety (issue 21)
     overwrite: bool = flag(
         False,
-        "start afresh in an OUT_DIR that holds a run (its checkpoints, best.pt, log.jsonl, losses.png and "
+        "start afresh in an OUT_DIR that holds a run (its checkpoints, best.pt, log.jsonl, metrics.csv, losses.png, "
+        "tensorboard/events.* and "
         "samples/step_*.png are removed, nothing else); without it such a folder is refused unless --resume",
     )
     skip_bad_images: bool = flag(

@@ -32,6 +32,7 @@ from ackd_fast.assembly import Config
 from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import evaluate_generator
 from ackd_fast.flags import flag
+from ackd_fast.loggers import check_loggers
 from ackd_fast.metrics import count_macs, count_params
 from ackd_fast.peers import load_generator
 from ackd_fast.plots import read_log
@@ -67,9 +68,12 @@ class DemoConfig:
     workers: int = flag(0, "data workers")
     seed: int = flag(0, "random seed")
     progress: bool = flag(True, "progress bars on a terminal (else status lines)")
+    logger: str = flag("none", "as train-teacher's --logger: tensorboard, wandb, trackio for every run (each in its "
+                       "own folder), or none")  # fmt: skip
 
 
 def _check(dc: DemoConfig) -> None:
+    check_loggers(dc.logger)
     if dc.sample_set not in SAMPLE_SETS:
         raise UsageError(f"sample_set must be one of {SAMPLE_SETS}, got {dc.sample_set!r}")
     for name in ("teacher_steps", "student_steps", "seeds", "crop_size", "batch_size", "tile_stride"):
@@ -102,6 +106,7 @@ def _run_config(dc: DemoConfig, data_root: Path, out: Path, steps: int, seed: in
         sample_every=steps,
         ckpt_every=steps,
         progress=dc.progress,
+        logger=dc.logger,
         **kw,
     )
 

@@ -29,11 +29,10 @@ import numpy as np
 
 from ackd_fast.checkpoint import write_atomic
 from ackd_fast.errors import UsageError, optional_import
-from ackd_fast.rundir import METRICS_CSV
+from ackd_fast.rundir import METRICS_CSV, TENSORBOARD_DIR
 
 LOGGERS = ("tensorboard", "wandb", "trackio")
 PROJECT = "ackd-fast"  # the W&B / trackio project when the environment names none
-TENSORBOARD_DIR = "tensorboard"
 
 
 def parse_loggers(spec: str) -> tuple[str, ...]:
@@ -69,7 +68,9 @@ class TensorBoardLogger:
         optional_import("tensorboard", "--logger tensorboard")
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR))
+        # a resumed run logs again from the step after its checkpoint: TensorBoard drops what it had from there on
+        first = settings.get("start_step", 0) + 1
+        self.writer = SummaryWriter(log_dir=str(out_dir / TENSORBOARD_DIR), purge_step=first if first > 1 else None)
         text = "```\n" + json.dumps(settings, indent=1, default=str) + "\n```"
         self.writer.add_text("settings", text, 0)
 
@@ -84,22 +85,38 @@ class TensorBoardLogger:
         self.writer.close()
 
 
+def _host(url: str) -> str:
+    return url.split("://")[-1].split("/")[0].split(":")[0]
+
+
 def wandb_logged_in() -> bool:
-    """Whether W&B has credentials on this machine without asking: $WANDB_API_KEY, or a netrc entry for its host."""
+    """Whether W&B has credentials on this machine without asking: $WANDB_API_KEY, or a netrc entry for its host
+    ($WANDB_BASE_URL's, else api.wandb.ai or the installed wandb's default)."""
     if os.environ.get("WANDB_API_KEY"):
         return True
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0].split(":")[0]
+    if os.environ.get("WANDB_BASE_URL"):
+        hosts = {_host(os.environ["WANDB_BASE_URL"])}
+    else:
+        hosts = {"api.wandb.ai"}
+        try:
+            from wandb.sdk.lib.urls import DEFAULT_BASE_URL  # newer wandb: another default host
+
+            hosts.add(_host(DEFAULT_BASE_URL))
+        except ImportError:
+            pass
     try:
-        return netrc.netrc(os.environ.get("NETRC") or None).authenticators(host) is not None
+        credentials = netrc.netrc(os.environ.get("NETRC") or None)
     except (OSError, netrc.NetrcParseError):
         return False
+    return any(credentials.authenticators(host) is not None for host in hosts)
 
 
 class WandbLogger:
     def __init__(self, out_dir: Path, settings: dict):
         self.wandb = optional_import("wandb", "--logger wandb")
-        # $WANDB_MODE (online, offline, disabled) decides when set; otherwise online only with credentials
-        mode = None if os.environ.get("WANDB_MODE") else ("online" if wandb_logged_in() else "offline")
+        # $WANDB_MODE (online, offline, disabled) decides when set (passed on: wandb reads its environment once per
+        # process); otherwise online only with credentials
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_logged_in() else "offline")
         self.run = self.wandb.init(
             project=os.environ.get("WANDB_PROJECT") or PROJECT, name=out_dir.resolve().name, dir=str(out_dir),
             config=settings, mode=mode, settings=self.wandb.Settings(console="off", silent=True),
@@ -162,9 +179,8 @@ def check_loggers(spec: str) -> tuple[str, ...]:
     """The named loggers, each package importable (ImportError in one line naming the package and its extra)
     before the run writes anything."""
     names = parse_loggers(spec)
-    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio"}
-    for name in names:
-        optional_import(packages[name], f"--logger {name}")
+    for name in names:  # each logger's package has its name
+        optional_import(name, f"--logger {name}")
     return names
 
 

@@ -181,3 +181,23 @@ def test_wandb_honours_wandb_mode(tmp_path, root, run_cli, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)  # logged in, so only WANDB_MODE keeps the run off the network
     run = _teacher(run_cli, root, tmp_path / "run", "--logger", "wandb")
     assert not list(run.glob("wandb/*run-*")) and (run / "metrics.csv").is_file()
+
+
+def test_tensorboard_keeps_one_value_a_step_over_a_resume_and_an_overwrite(tmp_path, root, run_cli):
+    pytest.importorskip("tensorboard")
+    import shutil
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(run):
+        events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+        events.Reload()
+        return [e.step for e in events.Scalars("train/g_loss")]
+
+    run = _teacher(run_cli, root, tmp_path / "run", "--logger", "tensorboard", "--ckpt-every", 2)
+    # the run died after logging steps 3 and 4 but before keeping their checkpoint: resume from step 2
+    shutil.copy(run / "ckpt.prev.pt", run / "ckpt.pt")
+    _teacher(run_cli, root, run, "--logger", "tensorboard", "--ckpt-every", 2, "--resume")
+    assert steps(run) == [1, 2, 3, 4]
+    _teacher(run_cli, root, run, "--logger", "tensorboard", "--overwrite")
+    assert steps(run) == [1, 2, 3, 4] and len(list((run / "tensorboard").iterdir())) == 1
