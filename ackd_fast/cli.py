@@ -12,6 +12,7 @@ import json
 
 from ackd_fast import __version__
 from ackd_fast.assembly import COMMAND_DEFAULTS, Config
+from ackd_fast.config_file import add_config_flags, apply_config, config_path_in, resolved_config
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.flags import add_flags, from_args
 from ackd_fast.metrics import INCEPTION_SHA256
@@ -243,7 +244,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p, StudyConfig)
     p.add_argument("--gpu", dest="preset", action="store_const", const="gpu", help="alias of --preset gpu")
     p.set_defaults(func=cmd_study)
+    for p in commands.choices.values():
+        add_config_flags(p)
     return parser
+
+
+def command_parser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser | None:
+    """The sub-parser of `command` (None: no such command)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return commands.choices.get(command)
 
 
 DEBUG_ENV = "ACKD_FAST_DEBUG"  # set to 1 (or pass --debug): errors show their traceback
@@ -260,7 +269,19 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
+    command = next((a for a in argv if not a.startswith("-")), None)
+    sub = command_parser(parser, command)
+    config = config_path_in(argv[argv.index(command) + 1 :]) if sub is not None else ""
+    if config:  # its values become the flags' defaults: the command line overrides them
+        try:
+            apply_config(sub, config)
+        except UsageError as e:
+            print(f"ackd-fast {command}: error: {one_line(e)}", file=sys.stderr)
+            raise SystemExit(2) from None
     args = parser.parse_args(argv)
+    if args.print_config:
+        print(resolved_config(sub, args), end="")
+        return
     where = f"ackd-fast {args.command}"
     try:
         if args.func is cmd_study:

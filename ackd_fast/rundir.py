@@ -24,6 +24,7 @@ from ackd_fast.errors import UsageError
 LOCK = ".lock"
 LOG = "log.jsonl"
 LOSSES_PLOT = "losses.png"
+RUN_CONFIG = "config.yaml"  # the run's resolved flags, which --config reads back
 METRICS_CSV = "metrics.csv"  # log.jsonl's records as a table (loggers.write_metrics_csv)
 TENSORBOARD_DIR = "tensorboard"  # --logger tensorboard's event files
 SAMPLES = "samples"  # the sample grids, samples/step_NNNNNNN.png
@@ -79,13 +80,13 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool, inputs: dict[str
 
 
 def clear_run(out_dir: Path) -> list[str]:
-    """What --overwrite replaces, when `out_dir` holds a run: its checkpoints, log, metrics.csv, loss plot, sample
-    grids and TensorBoard event files, and nothing else (the built-in data and any file of the user's stay). Returns
-    what it removed."""
+    """What --overwrite replaces, when `out_dir` holds a run: its checkpoints, log, metrics.csv, config.yaml, loss
+    plot, sample grids and TensorBoard event files, and nothing else (the built-in data and any file of the user's
+    stay). Returns what it removed."""
     if not run_files(out_dir):
         return []
     removed = []
-    files = (*RUN_FILES, LOSSES_PLOT, METRICS_CSV)
+    files = (*RUN_FILES, LOSSES_PLOT, METRICS_CSV, RUN_CONFIG)
     events = (out_dir / TENSORBOARD_DIR).glob("events.out.tfevents.*")
     for path in [*(out_dir / name for name in files), *(out_dir / SAMPLES).glob("step_*.png"), *events]:
         if path.is_file():

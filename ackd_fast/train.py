@@ -65,8 +65,10 @@ from ackd_fast.checkpoint import (
     rng_state,
     save_checkpoint,
     set_rng_state,
+    write_atomic,
     write_bytes_atomic,
 )
+from ackd_fast.config_file import run_config
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.evaluation import PeriodicEvaluation
 from ackd_fast.flags import flag_name as _flag
@@ -77,6 +79,7 @@ from ackd_fast.plots import plot_run, read_log
 from ackd_fast.rundir import (
     LOG,
     METRICS_CSV,
+    RUN_CONFIG,
     STOP_SIGNALS,
     RecordLog,
     RunLock,
@@ -781,6 +784,7 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
     if rt.master:
         if cfg.overwrite:
             clear_run(out_dir)
+        write_atomic(out_dir / RUN_CONFIG, lambda f: f.write(run_config(cfg).encode()))  # `--config` reads it back
         if teacher_note:
             print(teacher_note)
         if evaluator is not None and evaluator.note:
