@@ -12,7 +12,8 @@ Phases, in order of value, each under its share of the budget (a phase past its 
              outputs start as NaN; a failing tile is excluded from the sweeps
   forward    kernel-only time (CUDA events over back-to-back launches) of every surviving forward tile at the
              paper, student and hi-res shapes of bench_ack_attention.py
-  backward   the same for the dK/dV and dQ tiles
+  backward   the same for the dK/dV and dQ tiles, and for the fused backward (dK, dV and dQ's fp32 sum in one
+             kernel, then its conversion); which backward is faster per shape goes into the tuned file
   winners    the fastest tile per kernel and shape class, written in the kernels/tuned format (OUT_DIR/sm<arch>.json,
              the committed file's candidates kept): copy it to kernels/tuned/ to ship it
   baselines  per shape, forward and forward+backward: ackd_fast's op with the winners (a fresh process that reads
@@ -59,7 +60,7 @@ PHASES = {  # name: share of the budget (seconds of a 450 s budget)
     "env": 5, "compile": 60, "correct": 50, "forward": 60, "backward": 90, "winners": 5, "baselines": 90,
     "fp32": 40, "profile": 50,
 }  # fmt: skip
-KERNELS = ("forward", "dkdv", "dq")
+KERNELS = ("forward", "dkdv", "dq", "dkdv_fused")  # dkdv_fused: the fused backward (its dq_convert at its default)
 # The odd shape of the correctness phase (test_gpu_tiles.py's): B, heads, d, query (H, W), sources' (H, W)
 ODD = (2, 2, 64, (9, 7), ((5, 9), (13, 10), (3, 3)))
 DRY_SHAPES = {  # bench_ack_attention's shape tuples, tiny: fp32 (the interpreter computes bf16 wrongly)
@@ -201,9 +202,12 @@ def staged_launches(q, keys, values, heads, grad=None):
     (out, lse), (forward,) = k.forward_launches(q, keys, values, heads)
     k._run(q, [forward])
     grad = torch.randn_like(q) if grad is None else grad
-    _, backward = k.backward_launches(grad, q, keys, values, out, lse, heads)
+    _, backward = k.backward_launches(grad, q, keys, values, out, lse, heads, fused=False)
     k._run(q, backward[:1])  # Delta, which dK/dV and dQ read
-    return {"forward": forward, "dkdv": backward[1], "dq": backward[2]}, grad
+    _, fused = k.backward_launches(grad, q, keys, values, out, lse, heads, fused=True)
+    k._run(q, fused[:1])
+    launches = {"forward": forward, "dkdv": backward[1], "dq": backward[2], "dkdv_fused": fused[1]}
+    return {**launches, "dq_convert": fused[2]}, grad
 
 
 # ------------------------------------------------------------------------------------------------ phases
@@ -250,13 +254,14 @@ def _warm_one(item) -> str:
     os.environ.pop("TRITON_INTERPRET", None)
     k = kernels()
     k._precision = lambda dtype: precision if dtype == torch.float32 else "ieee"
-    q, keys, values = maps(shape, "meta", layout)
-    heads = shape[1]
-    (out, lse), forward = k.forward_launches(q, keys, values, heads)
-    _, backward = k.backward_launches(torch.empty_like(q), q, keys, values, out, lse, heads)
-    (launch,) = (x for x in (*forward, *backward) if x.kernel == kernel)
-    args, _grid = launch_args(launch, tile)
     try:
+        q, keys, values = maps(shape, "meta", layout)
+        heads = shape[1]
+        (out, lse), launches = k.forward_launches(q, keys, values, heads)
+        for fused in (False, True):
+            launches += k.backward_launches(torch.empty_like(q), q, keys, values, out, lse, heads, fused=fused)[1]
+        launch = {x.kernel: x for x in launches}[kernel]
+        args, _grid = launch_args(launch, tile)
         jit_fn(kernel).warmup(**args, grid=(1,), num_warps=tile.num_warps, num_stages=tile.num_stages)
     except Exception as exc:
         return f"{kernel} {tuple(tile)}: {type(exc).__name__}: {str(exc).splitlines()[-1][:200]}"
@@ -330,12 +335,20 @@ def phase_correct(run: Run, tiles: dict, shapes: dict, device: str) -> dict:
                     run.skipped(f"correct {check} {kernel} {tuple(tile)}")
                     continue
                 launch = _fresh_outputs(launches[kernel])
-                outputs = {"forward": ("Out",), "dkdv": ("DK", "DV"), "dq": ("DQ",)}[kernel]
-                for name in outputs:  # poison: every element must be written
-                    for t in launch.args[name] if isinstance(launch.args[name], tuple) else (launch.args[name],):
-                        t.fill_(float("nan"))
+                outputs = {"forward": ("Out",), "dkdv": ("DK", "DV"), "dq": ("DQ",), "dkdv_fused": ("DK", "DV")}[kernel]
                 try:
-                    launcher(launch, tile)()
+                    run_tile = launcher(launch, tile)  # launches once (compiles): start again from here
+                    for name in outputs:  # poison: every element must be written
+                        for t in launch.args[name] if isinstance(launch.args[name], tuple) else (launch.args[name],):
+                            t.fill_(float("nan"))
+                    if kernel == "dkdv_fused":
+                        launch.args["DQ_ACC"].zero_()  # the atomics add into it
+                    run_tile()
+                    if kernel == "dkdv_fused":  # dQ from the fp32 sum, by the conversion at its default tile
+                        convert = launches["dq_convert"]
+                        dq = torch.full_like(convert.args["DQ"], float("nan"))
+                        kernels()._run(q, [convert._replace(args={**convert.args, "DQ": dq,
+                                                                  "DQ_ACC": launch.args["DQ_ACC"]})])  # fmt: skip
                     sync()
                 except Exception as exc:
                     run.record(event="correct", check=check, kernel=kernel, tile=list(tile), ok=False,
@@ -346,6 +359,8 @@ def phase_correct(run: Run, tiles: dict, shapes: dict, device: str) -> dict:
                     got, idx = [launch.args["Out"]], [0]
                 elif kernel == "dkdv":
                     got, idx = [*launch.args["DK"], *launch.args["DV"]], list(range(2, 2 + 2 * n))
+                elif kernel == "dkdv_fused":
+                    got, idx = [dq, *launch.args["DK"], *launch.args["DV"]], list(range(1, 2 + 2 * n))
                 else:
                     got, idx = [launch.args["DQ"]], [1]
                 errs = _errors(got, [exact[i] for i in idx], [scale[i] for i in idx])
@@ -388,9 +403,13 @@ def _fresh_outputs(launch):
     """`launch` writing into new buffers: a tile under test never overwrites what the later launches read (the
     forward's out and lse, which the backward's launches were given)."""
     args = dict(launch.args)
-    for name in {"forward": ("Out", "LSE"), "dkdv": ("DK", "DV"), "dq": ("DQ",)}[launch.kernel]:
+    written = {"forward": ("Out", "LSE"), "dkdv": ("DK", "DV"), "dq": ("DQ",), "dkdv_fused": ("DK", "DV"),
+               "dq_convert": ("DQ",)}
+    for name in written[launch.kernel]:
         value = args[name]
         args[name] = tuple(map(torch.empty_like, value)) if isinstance(value, tuple) else torch.empty_like(value)
+    if launch.kernel == "dkdv_fused":
+        args["DQ_ACC"] = torch.zeros_like(args["DQ_ACC"])  # the atomics add into it
     return launch._replace(args=args)
 
 
@@ -437,12 +456,25 @@ def phase_winners(run: Run, rows: list[dict], arch: int, env: dict) -> Path:
         if "ms" in r and ((r["kernel"], r["shape"]) not in best or r["ms"] < best[r["kernel"], r["shape"]]["ms"]):
             best[r["kernel"], r["shape"]] = r
     device = env.get("device")
+    date = datetime.date.today().isoformat()
+    data["backward"] = []
     if not run.dry:  # the dry run's host timings of interpreted kernels are no measurement
-        date = datetime.date.today().isoformat()
         for (kernel, shape), r in sorted(best.items()):
             data["winners"].append({"kernel": kernel, "dot_class": "16bit", "block_d_class": "small",
                                     "bucket": r["bucket"], "shape": shape, "tile": r["tile"], "ms": r["ms"],
                                     "measured": True, "device": device, "date": date})  # fmt: skip
+    for shape in dict.fromkeys(shape for _, shape in best):
+        parts = {kernel: best.get((kernel, shape)) for kernel in ("dkdv", "dq", "dkdv_fused", "dq_convert")}
+        if not all(parts.values()):
+            continue
+        two = parts["dkdv"]["ms"] + parts["dq"]["ms"]
+        fused = parts["dkdv_fused"]["ms"] + parts["dq_convert"]["ms"]  # + zeroing the fp32 sum: a memset, ~us
+        rule = {"dtype": "bfloat16", "block_d_class": "small", "bucket": parts["dkdv"]["bucket"], "shape": shape,
+                "winner": "fused" if fused < two else "two_kernel", "fused_ms": round(fused, 5),
+                "two_kernel_ms": round(two, 5)}  # fmt: skip
+        run.record(event="backward_rule", **rule)
+        if not run.dry:
+            data["backward"].append({**rule, "measured": True, "device": device, "date": date})
     tuning.write(path, data)
     for (kernel, shape), r in sorted(best.items()):
         run.record(event="winner", kernel=kernel, shape=shape, tile=r["tile"], ms=r["ms"], written=not run.dry)
@@ -749,6 +781,9 @@ def main() -> None:
     env = phase_env(run)
 
     tiles = {kernel: candidates(kernel, arch, dry) for kernel in KERNELS}
+    tiles["dq_convert"] = list(configs.gpu_candidates("dq_convert", 2, 64, "ieee", arch)) if not dry else [
+        configs.Tile(32, 0, 1, 1)
+    ]  # fmt: skip
     run.begin("compile")
     plan = [(kernel, tile, shape, "contiguous", "ieee") for kernel in KERNELS for tile in tiles[kernel]
             for shape in (shapes["paper"], (*ODD[:4], ODD[4], len(ODD[4]), torch.bfloat16))]  # fmt: skip
@@ -764,7 +799,7 @@ def main() -> None:
     run.begin("forward")
     rows = phase_sweep(run, ("forward",), tiles, shapes, device)
     run.begin("backward")
-    rows += phase_sweep(run, ("dkdv", "dq"), tiles, shapes, device)
+    rows += phase_sweep(run, ("dkdv", "dq", "dkdv_fused", "dq_convert"), tiles, shapes, device)
 
     run.begin("winners")
     tuned = phase_winners(run, rows, arch, env)

@@ -25,6 +25,9 @@ Passes, one @triton.jit function each:
   _dkdv_kernel     grid (key blocks of all sources, B*heads), one launch for all sources: dK, dV of a block's
                    keys, looping over all query blocks (no atomics).
   _dq_kernel       grid (query blocks, B*heads): dQ, looping over the key blocks of all sources.
+  fused backward   _dkdv_jit with FUSE_DQ adds each key block's share of dQ to an fp32 sum with atomics (5 matrix
+                   products where dkdv + dq do 7), then _dq_convert_kernel scales it into dQ; taken where
+                   `fused_backward` says (measured faster, or ACKD_FUSED_BACKWARD=1), never in deterministic mode.
 Softmax runs in the log2 domain throughout: scores are scaled by scale*log2(e), exponentials are exp2, and the
 forward stores the log-sum-exp in base 2, which the backward subtracts as it is (a natural log converted there
 and back would round twice, an error that grows with the logits). Head dims that are not powers of two are
@@ -284,21 +287,19 @@ def _delta_kernel(
         tl.store(Delta + bh.to(tl.int64) * q_tokens + offs_m, delta, mask=mask_m)
 
 
-@triton.autotune(
-    configs=configs.autotune_configs("dkdv"),
-    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "DO_FLAT", "KV_FLAT"],
-    prune_configs_by={"early_config_prune": configs.prune("dkdv", "Q")},
-)
-@triton.heuristics(HEURISTICS["dkdv"])
 @triton.jit(do_not_specialize=["heads", "tune_bucket"])
-def _dkdv_kernel(
-    DK, DV, Q, K, V, DO, LSE, Delta,  # DK, DV: the sources' gradients, dense, (batch, channel, token) strides
+def _dkdv_jit(
+    DK, DV, Q, K, V, DO, LSE, Delta, DQ_ACC,  # DK, DV: the sources' gradients, dense, (batch, channel, token) strides
     dk_strides, dv_strides, q_strides, k_strides, v_strides, do_strides,
     q_tokens, q_width, kv_tokens, kv_widths, heads, head_dim, sm_scale, qk_scale, tune_bucket,
     Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, DO_FLAT: tl.constexpr, PRECISION: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, FUSE_DQ: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
+    """dK, dV of one key block; with FUSE_DQ also this block's share of dQ = dS K, added in fp32 to DQ_ACC
+    ((B*heads, q_tokens, head_dim), zeroed) with atomics: 5 matrix products per block pair where the separate dQ
+    kernel recomputes S and dP (7). The atomics' order varies, so the sum's rounding does too: the two-kernel
+    path stays the deterministic one."""
     pid = tl.program_id(0)  # a key block of all sources' blocks (see _source_of_block); its source is picked once
     bh = tl.program_id(1)
     j, first_block = _source_of_block(pid, kv_tokens, BLOCK_N)
@@ -340,6 +341,10 @@ def _dkdv_kernel(
         dpt = tl.dot(v, tl.trans(do), input_precision=PRECISION)
         dst = pt * (dpt - delta[None, :])
         dk = tl.dot(dst.to(qt.dtype), tl.trans(qt), dk, input_precision=PRECISION)
+        if FUSE_DQ:  # padding keys load as 0 in k: their rows of dS add nothing
+            dq_part = tl.dot(tl.trans(dst.to(k.dtype)), k, input_precision=PRECISION)
+            dq_ptrs = DQ_ACC + (row + offs_m)[:, None] * head_dim + offs_d[None, :]
+            tl.atomic_add(dq_ptrs, dq_part, mask=mask_m[:, None] & mask_d[None, :], sem="relaxed")
 
     dk_strides_j = (_pick(j, dk_strides[0]), _pick(j, dk_strides[1]), _pick(j, dk_strides[2]))
     dv_strides_j = (_pick(j, dv_strides[0]), _pick(j, dv_strides[1]), _pick(j, dv_strides[2]))
@@ -402,8 +407,75 @@ def _dq_kernel(
     _store_tile(DQ, dq_strides, b, h, head_dim, offs_m, offs_d, dq * sm_scale, mask_m, mask_d, EVEN_M, EVEN_D)
 
 
+def _dkdv_autotuned(kernel: str):
+    """_dkdv_jit under its own autotuner per variant (two-kernel "dkdv", fused "dkdv_fused": other registers)."""
+    return triton.autotune(
+        configs=configs.autotune_configs(kernel),
+        key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "DO_FLAT", "KV_FLAT", "FUSE_DQ"],
+        prune_configs_by={"early_config_prune": configs.prune(kernel, "Q")},
+    )(triton.heuristics(HEURISTICS["dkdv"])(_dkdv_jit))
+
+
+_dkdv_kernel = _dkdv_autotuned("dkdv")
+_dkdv_fused_kernel = _dkdv_autotuned("dkdv_fused")
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("dq_convert"),
+    key=["tune_bucket", "BLOCK_D"],
+    prune_configs_by={"early_config_prune": configs.prune("dq_convert", "DQ")},
+)
+@triton.heuristics(HEURISTICS["preprocess"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
+def _dq_convert_kernel(
+    DQ, DQ_ACC, dq_strides, q_tokens, heads, head_dim, sm_scale, tune_bucket,
+    EVEN_M: tl.constexpr, EVEN_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):  # fmt: skip
+    """dQ = sm_scale * the fused backward's fp32 sum, in q's layout and dtype."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_tokens
+    mask_d = offs_d < head_dim
+    ptrs = DQ_ACC + (bh.to(tl.int64) * q_tokens + offs_m)[:, None] * head_dim + offs_d[None, :]
+    if EVEN_M and EVEN_D:  # noqa: SIM108 (a constexpr branch)
+        acc = tl.load(ptrs)
+    else:
+        acc = tl.load(ptrs, mask=mask_m[:, None] & mask_d[None, :], other=0.0)
+    _store_tile(DQ, dq_strides, b, h, head_dim, offs_m, offs_d, acc * sm_scale, mask_m, mask_d, EVEN_M, EVEN_D)
+
+
 # The kernels by the names configs.KERNELS gives them.
-KERNELS = {"forward": _forward_kernel, "preprocess": _delta_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel}
+KERNELS = {
+    "forward": _forward_kernel, "preprocess": _delta_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel,
+    "dkdv_fused": _dkdv_fused_kernel, "dq_convert": _dq_convert_kernel,
+}  # fmt: skip
+HEURISTICS["dkdv_fused"] = HEURISTICS["dkdv"]
+HEURISTICS["dq_convert"] = HEURISTICS["preprocess"]
+
+
+def fused_backward(q_tokens: int, kv_tokens: int, batch_heads: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether the backward runs fused (dK, dV and dQ in one kernel, dQ by fp32 atomics): never under
+    torch.use_deterministic_algorithms (the atomics' order varies); otherwise where ACKD_FUSED_BACKWARD=1, or where
+    the committed measurements (kernels/tuned, "backward" rules) found it faster for this size class on this GPU.
+    Unmeasured, the two-kernel path runs."""
+    if torch.are_deterministic_algorithms_enabled():
+        return False
+    if FUSED_BACKWARD is not None:
+        return FUSED_BACKWARD
+    if not torch.cuda.is_available():
+        return False
+    arch = configs.arch_of(torch.cuda.get_device_capability())
+    bucket = tuning.tune_bucket(q_tokens, kv_tokens, batch_heads)
+    return tuning.load(arch).backward.get((str(dtype).removeprefix("torch."), tuning.head_dim_class(head_dim),
+                                           bucket)) == "fused"  # fmt: skip
+
+
+# ACKD_FUSED_BACKWARD: "1" fused, "0" two-kernel, unset: as measured (fused_backward)
+FUSED_BACKWARD = {"1": True, "0": False}.get(os.environ.get("ACKD_FUSED_BACKWARD", ""))
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -586,9 +658,11 @@ def backward_launches(
     dq: Tensor | None = None,
     dkeys: Sequence[Tensor] | None = None,
     dvalues: Sequence[Tensor] | None = None,
+    fused: bool | None = None,
 ) -> tuple[tuple[Tensor, list[Tensor], list[Tensor]], list[Launch]]:
     """The gradients (dq, dkeys, dvalues), allocated unless given, and the launches that compute them in order:
-    Delta, then dK and dV of every source (one launch), then dQ (see `backward`)."""
+    Delta, then dK and dV of every source (one launch), then dQ (see `backward`); `fused` (default:
+    `fused_backward`): Delta, then dK, dV and dQ's fp32 sum in one launch, then dQ converted."""
     batch, channels, q_height, q_width = q.shape
     head_dim = channels // heads
     q_tokens = q_height * q_width
@@ -620,8 +694,13 @@ def backward_launches(
         "q_tokens": q_tokens, "q_width": q_width, "heads": heads, "head_dim": head_dim, "tune_bucket": bucket,
         "DO_FLAT": do_flat, "BLOCK_D": common["BLOCK_D"],
     }  # fmt: skip
+    if fused is None:
+        fused = fused_backward(q_tokens, sum(kv_tokens), batch * heads, head_dim, q.dtype)
+    # the fused kernel's fp32 dQ sum (zeroed: the atomics add into it); the two-kernel path passes Delta in its
+    # place, unread
+    dq_acc = torch.zeros((batch * heads, q_tokens, head_dim), dtype=torch.float32, device=q.device) if fused else delta
     dkdv_args = {
-        **common, "DK": tuple(dkeys), "DV": tuple(dvalues),
+        **common, "DK": tuple(dkeys), "DV": tuple(dvalues), "DQ_ACC": dq_acc, "FUSE_DQ": fused,
         # one tuple per dimension (batch, channel, token), one stride per source: what `_pick` reads
         "dk_strides": tuple(zip(*(_dense_strides(g) for g in dkeys), strict=True)),
         "dv_strides": tuple(zip(*(_dense_strides(g) for g in dvalues), strict=True)),
@@ -634,12 +713,15 @@ def backward_launches(
     def kv_grid(meta):
         return (sum(triton.cdiv(n, meta["BLOCK_N"]) for n in kv_tokens), batch * heads)
 
-    launches = [
-        Launch("preprocess", q_grid, delta_args),
-        Launch("dkdv", kv_grid, dkdv_args),
-        Launch("dq", q_grid, dq_args),
-    ]
-    return (dq, dkeys, dvalues), launches
+    if fused:
+        convert_args = {
+            "DQ": dq, "DQ_ACC": dq_acc, "dq_strides": _dense_strides(dq), "q_tokens": q_tokens, "heads": heads,
+            "head_dim": head_dim, "sm_scale": scale, "tune_bucket": bucket, "BLOCK_D": common["BLOCK_D"],
+        }  # fmt: skip
+        last = [Launch("dkdv_fused", kv_grid, dkdv_args), Launch("dq_convert", q_grid, convert_args)]
+    else:
+        last = [Launch("dkdv", kv_grid, dkdv_args), Launch("dq", q_grid, dq_args)]
+    return (dq, dkeys, dvalues), [Launch("preprocess", q_grid, delta_args), *last]
 
 
 # ------------------------------------------------------------------------------------------- launch cache
@@ -794,6 +876,7 @@ def backward(
     cached = LAUNCH_CACHE and dq is None and dkeys is None and dvalues is None
     if cached:
         key = _launch_key(q, keys, values, heads, scale, grad_out, out, lse)
+        key += (torch.are_deterministic_algorithms_enabled(), FUSED_BACKWARD)
         plans = _BACKWARD_PLANS.get(key)
         if plans is not None:
             delta_plan, dkdv_plan, dq_plan = plans
@@ -801,10 +884,15 @@ def backward(
             dkeys = [spec.new(q.device) for spec in dkdv_plan.args["DK"]]
             dvalues = [spec.new(q.device) for spec in dkdv_plan.args["DV"]]
             common = {"Q": q, "K": tuple(keys), "V": tuple(values), "DO": grad_out, "LSE": lse, "Delta": delta}
+            fused = dkdv_plan.kernel == "dkdv_fused"
+            dq_acc = dkdv_plan.args["DQ_ACC"].new(q.device).zero_() if fused else delta
             with _on_device(q):
                 _launch_plan(delta_plan, {"Delta": delta, "Out": out, "DO": grad_out})
-                _launch_plan(dkdv_plan, {**common, "DK": tuple(dkeys), "DV": tuple(dvalues)})
-                _launch_plan(dq_plan, {**common, "DQ": dq})
+                _launch_plan(dkdv_plan, {**common, "DK": tuple(dkeys), "DV": tuple(dvalues), "DQ_ACC": dq_acc})
+                if fused:
+                    _launch_plan(dq_plan, {"DQ": dq, "DQ_ACC": dq_acc})
+                else:
+                    _launch_plan(dq_plan, {**common, "DQ": dq})
             return dq, dkeys, dvalues
     grads, launches = backward_launches(grad_out, q, keys, values, out, lse, heads, scale, dq, dkeys, dvalues)
     compiled = _run(q, launches)

@@ -145,8 +145,14 @@ def _example_args(kernel: str, dtype: str, head_dim: int, layout: str, sources: 
     values = [feature_map(hw) for hw in SOURCES_HW[:sources]]
     with _matmul_precision(dtype):
         (out, lse), launches = ack_attention.forward_launches(q, keys, values, HEADS)
-        _, backward = ack_attention.backward_launches(feature_map(QUERY_HW), q, keys, values, out, lse, HEADS)
-    (launch,) = (launch for launch in (*launches, *backward) if launch.kernel == kernel)
+        backward = [  # both backward paths: two kernels, and the fused one (dkdv_fused, dq_convert)
+            launch
+            for fused in (False, True)
+            for launch in ack_attention.backward_launches(
+                feature_map(QUERY_HW), q, keys, values, out, lse, HEADS, fused=fused
+            )[1]
+        ]
+    (launch,) = {launch.kernel: launch for launch in (*launches, *backward) if launch.kernel == kernel}.values()
     if launch.args.get("PRECISION", DTYPES[dtype][2]) != DTYPES[dtype][2]:
         raise RuntimeError(
             f"the launchers picked tl.dot precision {launch.args['PRECISION']} for {dtype}: update DTYPES"
@@ -337,7 +343,7 @@ def problems(report: Report) -> list[str]:
         found.append(f"local memory: {report.spill_bytes} bytes of spills, {report.stack_bytes} bytes of stack")
     if report.shared > report.shared_limit:
         found.append(f"shared memory {report.shared} > {report.shared_limit}")
-    if report.kernel != "preprocess" and not (report.mma or report.wgmma):
+    if report.kernel not in ("preprocess", "dq_convert") and not (report.mma or report.wgmma):
         found.append("tl.dot compiled to FMA instructions, no tensor-core MMA")
     if report.asks_warp_specialize and not report.warp_specialized:
         found.append("asks for warp specialisation, which the compiler dropped")

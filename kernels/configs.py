@@ -22,7 +22,7 @@ from ackd_fast.kernels import tuning
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-KERNELS = ("forward", "preprocess", "dkdv", "dq")
+KERNELS = ("forward", "preprocess", "dkdv", "dq", "dkdv_fused", "dq_convert")
 
 
 class Tile(NamedTuple):
@@ -66,6 +66,15 @@ _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("dq", "tf32x3", "large"): (Tile(16, 16, 4, 1),),
     ("dq", "fp32", "small"): (Tile(16, 16, 4, 1),),
     ("dq", "fp32", "large"): (Tile(16, 16, 4, 1),),
+    # The fused backward (dK, dV and dQ's share in one kernel): dkdv's tiles that hold the extra (BLOCK_M, d) product.
+    ("dkdv_fused", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
+    ("dkdv_fused", "16bit", "large"): (Tile(32, 64, 8, 2), Tile(16, 128, 8, 2)),
+    ("dkdv_fused", "tf32", "small"): (Tile(16, 64, 4, 2),),
+    ("dkdv_fused", "tf32", "large"): (Tile(16, 64, 8, 1),),
+    ("dkdv_fused", "tf32x3", "small"): (Tile(16, 64, 8, 2), Tile(16, 32, 8, 2)),
+    ("dkdv_fused", "tf32x3", "large"): (Tile(16, 16, 8, 1),),
+    ("dkdv_fused", "fp32", "small"): (Tile(16, 32, 8, 1),),
+    ("dkdv_fused", "fp32", "large"): (Tile(16, 32, 8, 1),),
     # A row-sum without tl.dot: the dot class only sets the element size.
     ("preprocess", "16bit", "small"): (Tile(128, 0, 4, 1),),
     ("preprocess", "16bit", "large"): (Tile(128, 0, 4, 1),),
@@ -76,6 +85,10 @@ _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("preprocess", "fp32", "small"): (Tile(64, 0, 4, 1),),
     ("preprocess", "fp32", "large"): (Tile(64, 0, 4, 1),),
 }
+# dq_convert (the fused backward's fp32 dQ sum scaled into q's dtype and layout): elementwise, 32 rows of fp32
+# at head dim 128 (64 spill into a stack frame when the store is transposed for channels_last).
+_TILES.update({("dq_convert", c, d): tiles for (k, c, d), tiles in list(_TILES.items()) if k == "preprocess"})
+_TILES.update({("dq_convert", c, "large"): (Tile(32, 0, 4, 1),) for c in ("tf32", "tf32x3", "fp32")})
 
 _SM80_TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("forward", "tf32x3", "small"): (Tile(32, 32, 4, 2),),
@@ -84,6 +97,7 @@ _SM80_TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("dkdv", "tf32x3", "small"): (Tile(16, 32, 4, 2),),
     ("dq", "16bit", "small"): (Tile(64, 32, 4, 2),),
     ("dq", "tf32x3", "small"): (Tile(16, 32, 4, 2),),
+    ("dkdv_fused", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(32, 64, 8, 2)),
 }
 ARCHS = (80, 90)  # the tile lists: Ampere (sm_80, sm_86, sm_89) and Hopper (sm_90 and later)
 
@@ -98,6 +112,7 @@ def _grid(block_m, block_n, warps, stages) -> tuple[Tile, ...]:
 SEARCH_SPACE: dict[tuple[str, str], tuple[Tile, ...]] = {
     ("forward", "16bit"): _grid((64, 128), (64, 128), (4, 8), (2, 3, 4, 5)),
     ("dkdv", "16bit"): _grid((16, 32, 64), (64, 128), (4, 8), (2, 3, 4)),
+    ("dkdv_fused", "16bit"): _grid((16, 32, 64), (64, 128), (4, 8), (2, 3, 4)),
     ("dq", "16bit"): _grid((64, 128), (32, 64), (4, 8), (2, 3, 4)),
 }
 

@@ -9,6 +9,8 @@ A file holds three lists (format 1):
               user never waits for autotuning.
   backends    per (dtype, mode, BLOCK_D class, size class): which of the Triton kernels and PyTorch's SDPA was
               faster end to end, with both times; ACKAttention(backend="auto") follows it (ops.dispatch).
+  backward    per (dtype, BLOCK_D class, size class): whether the fused backward (dQ by fp32 atomics) or the
+              two-kernel one was faster, with both times; the backward follows it outside deterministic mode.
 Every winners/backends entry carries "measured": true, the device and the times it was measured with; entries
 without them are refused, so the file never holds an invented timing. The size class is `tune_bucket`, the
 autotuner's key. This module imports neither Triton nor the kernels: ops.dispatch reads it on any machine.
@@ -48,10 +50,11 @@ class Tuned(NamedTuple):
     winners: dict[tuple[str, str, str, int], tuple[int, int, int, int]]
     backends: dict[tuple[str, str, str, int], str]
     raw: dict[str, Any]
+    backward: dict[tuple[str, str, int], str]  # (dtype, BLOCK_D class, size class): "fused" or "two_kernel"
 
     @property
     def measured(self) -> bool:
-        return bool(self.winners or self.backends)
+        return bool(self.winners or self.backends or self.backward)
 
     def summary(self) -> dict[str, Any]:
         """What `ackd_fast.backends()` reports."""
@@ -61,6 +64,7 @@ class Tuned(NamedTuple):
             "device": self.raw.get("device"),
             "winners": len(self.winners),
             "backend_rules": len(self.backends),
+            "backward_rules": len(self.backward),
             "candidates": sum(len(t) for t in self.candidates.values()),
         }
 
@@ -96,7 +100,13 @@ def parse(data: dict[str, Any], arch: int, where: str = "tuned file") -> Tuned:
         if b["winner"] not in ("triton", "sdpa") or b["mode"] not in MODES:
             raise ValueError(f"{where}: a backend rule with winner {b['winner']!r}, mode {b['mode']!r}")
         backends[b["dtype"], b["mode"], b["block_d_class"], int(b["bucket"])] = b["winner"]
-    return Tuned(arch, where, candidates, winners, backends, data)
+    backward = {}
+    for b in data.get("backward", []):
+        _measured(b, ("fused_ms", "two_kernel_ms"), where)
+        if b["winner"] not in ("fused", "two_kernel"):
+            raise ValueError(f"{where}: a backward rule with winner {b['winner']!r}")
+        backward[b["dtype"], b["block_d_class"], int(b["bucket"])] = b["winner"]
+    return Tuned(arch, where, candidates, winners, backends, data, backward)
 
 
 @functools.cache
@@ -104,7 +114,7 @@ def load(arch: int) -> Tuned:
     """The committed results for `arch` (80 or 90, configs.arch_of), empty when there is no file."""
     path = path_for(arch)
     if not path.exists():
-        return Tuned(arch, None, {}, {}, {}, {})
+        return Tuned(arch, None, {}, {}, {}, {}, {})
     return parse(json.loads(path.read_text()), arch, str(path))
 
 

@@ -316,6 +316,54 @@ def test_launch_cache_reuses_the_plan_and_still_checks_inputs(device, monkeypatc
         ops.ack_attention(q, keys, [values[0][:, :, :2], values[1]], heads)
 
 
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_fused_backward_matches_reference(kind, device, monkeypatch):
+    """The fused backward (dK, dV and dQ's fp32 sum by atomics in one kernel, then the conversion) against the fp64
+    reference at odd sizes with 3 sources, every gradient element written (NaN-poisoned buffers)."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    monkeypatch.setattr(kernels, "FUSED_BACKWARD", True)
+    heads = 2
+    q, keys, values = make_inputs(3, heads, 16, torch.float32, device)
+    q, keys, values = layout(q, kind), [layout(k, kind) for k in keys], [layout(v, kind) for v in values]
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact, torch_same_dtype = _exact_and_torch(q, keys, values, heads, grad)
+    out, lse = kernels.forward(q, keys, values, heads)
+    _, launches = kernels.backward_launches(grad.float(), q, keys, values, out, lse, heads)
+    assert [launch.kernel for launch in launches] == ["preprocess", "dkdv_fused", "dq_convert"]
+
+    def nan(x):
+        return torch.full_like(x, float("nan"))
+
+    dq, dkeys, dvalues = kernels.backward(grad.float(), q, keys, values, out, lse, heads, dq=nan(q),
+                                          dkeys=[nan(k) for k in keys], dvalues=[nan(v) for v in values])  # fmt: skip
+    for g in (dq, *dkeys, *dvalues):
+        assert torch.isfinite(g).all()
+    _assert_close_to_reference([out, dq, *dkeys, *dvalues], exact, torch_same_dtype)
+    # through the op, twice (the second call launches the cached plan of the fused path)
+    for _ in range(2):
+        _assert_close_to_reference(run(ops.ack_attention, q, keys, values, heads, grad), exact, torch_same_dtype)
+
+
+def test_deterministic_mode_takes_the_two_kernel_backward(monkeypatch):
+    """Under torch.use_deterministic_algorithms the backward never uses the fused kernel's atomics."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    monkeypatch.setattr(kernels, "FUSED_BACKWARD", True)
+    q, keys, values = make_inputs(2, 2, 16, torch.float32, "meta", batch=1)
+    out, lse = torch.empty_like(q), torch.empty(2, q.shape[2] * q.shape[3], device="meta")
+    saved = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        _, launches = kernels.backward_launches(torch.empty_like(q), q, keys, values, out, lse, 2)
+        assert [launch.kernel for launch in launches] == ["preprocess", "dkdv", "dq"]
+        torch.use_deterministic_algorithms(False)
+        _, launches = kernels.backward_launches(torch.empty_like(q), q, keys, values, out, lse, 2)
+        assert [launch.kernel for launch in launches] == ["preprocess", "dkdv_fused", "dq_convert"]
+    finally:
+        torch.use_deterministic_algorithms(saved)
+
+
 def test_opcheck(device):
     q, keys, values = make_inputs(2, 2, 16, torch.float32, device, batch=1)
     for t in (q, *keys, *values):

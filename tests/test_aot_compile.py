@@ -7,10 +7,12 @@ or uses a stack frame, passes the shared-memory limit, runs fp32 tl.dot on the F
 cores, or loses the warp specialisation it asks for (`aot.problems`).
 
 The compilation runs in a subprocess without TRITON_INTERPRET (this session may have set it for the other
-tests, and interpreted kernels cannot be compiled). It takes minutes on a cold 2-core machine (about 230
-compilations of ~1 s each) and seconds when Triton's cache (~/.triton/cache, which keeps the ptxas log with each
-kernel) is warm; `python -m ackd_fast.kernels.aot` compiles every head dim and source count. The table of
-compiled kernels and the summary are printed into the test report.
+tests, and interpreted kernels cannot be compiled). It is slow, and kept whole on purpose (it is the check that
+the shipped configs compile cleanly for GPUs this machine does not have): about 300 distinct kernels (6 kernels
+with the fused backward's two), ~7 minutes on a cold 2-core machine and ~2 minutes when Triton's cache
+(~/.triton/cache, which keeps the ptxas log with each kernel) is warm, most of it cuobjdump reading each cubin;
+`python -m ackd_fast.kernels.aot` compiles every head dim and source count. The table of compiled kernels and the
+summary are printed into the test report.
 """
 
 import itertools
@@ -73,10 +75,10 @@ def test_no_spills_and_shared_memory_within_limit(reports):
 
 def test_tensor_cores_where_the_dtype_allows(reports):
     for r in reports[0]:
-        if r.kernel == "preprocess":  # a row-sum, no matmul
+        if r.kernel in ("preprocess", "dq_convert"):  # a row-sum, a conversion: no matmul
             continue
-        if r.dtype in ("fp16", "bf16"):
-            assert (r.mma, r.wgmma) == ((True, False) if r.arch == 80 else (False, True)), r
+        if r.dtype in ("fp16", "bf16"):  # sm_90: wgmma (a product with fewer than 64 rows may add mma.sync)
+            assert (r.mma and not r.wgmma) if r.arch == 80 else r.wgmma, r
         else:  # tf32, and full fp32 as tf32x3: tensor cores too, never the FMA units (wgmma needs 64-row tiles)
             assert r.mma or r.wgmma, f"{r}: fp32 tl.dot compiled to FMA instructions"
 
@@ -98,12 +100,12 @@ def test_prune_keeps_the_candidates_of_each_launch(kernel, monkeypatch):
     BLOCK_D (the interpreter has one config, so the GPU lists are checked here)."""
     monkeypatch.setattr(configs, "INTERPRET", False)
     every_config = configs.autotune_configs(kernel)
-    tensor_arg = "DO" if kernel == "preprocess" else "Q"
+    tensor_arg = {"preprocess": "DO", "dq_convert": "DQ"}.get(kernel, "Q")
     for dtype, precision in ((torch.float16, "ieee"), (torch.bfloat16, "ieee"), (torch.float32, "tf32"),
                              (torch.float32, "tf32x3"), (torch.float32, "ieee")):  # fmt: skip
         for block_d in configs.BLOCK_D_SIZES:
             args = {tensor_arg: torch.empty(1, dtype=dtype), "BLOCK_D": block_d}
-            if kernel != "preprocess":
+            if kernel not in ("preprocess", "dq_convert"):
                 args["PRECISION"] = precision
             kept = configs.prune(kernel, tensor_arg)(every_config, args)  # a CPU tensor: Hopper's list
             want = configs.gpu_candidates(kernel, dtype.itemsize, block_d, precision, 90)

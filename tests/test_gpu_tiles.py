@@ -29,7 +29,7 @@ def _cases():
             element = torch.empty((), dtype=dtype).element_size()
             # tl.dot's precision under this torch setting: full fp32 runs as tf32x3 (ack_attention._precision)
             dot_precision = "tf32x3" if (dtype, precision) == (torch.float32, "ieee") else precision
-            for kernel in ("forward", "dkdv", "dq"):
+            for kernel in ("forward", "dkdv", "dq", "dkdv_fused"):
                 arch = configs.arch_of(torch.cuda.get_device_capability()) if torch.cuda.is_available() else 90
                 for tile in configs.gpu_candidates(kernel, element, configs.block_d(head_dim), dot_precision, arch):
                     shape = f"{tile.block_m}x{tile.block_n}w{tile.num_warps}s{tile.num_stages}"
@@ -96,8 +96,9 @@ def test_every_tile_matches_the_fp64_reference(kernel, dtype, precision, head_di
     if kernel != "forward":
         dq, dkeys, dvalues = nan_like(q), [nan_like(k.contiguous()) for k in keys], [nan_like(v) for v in values]
         (dq, dkeys, dvalues), backward = kernels.backward_launches(
-            grad.to(dtype), q, keys, values, out, lse, heads, dq=dq, dkeys=dkeys, dvalues=dvalues
-        )
+            grad.to(dtype), q, keys, values, out, lse, heads, dq=dq, dkeys=dkeys, dvalues=dvalues,
+            fused=kernel == "dkdv_fused",
+        )  # fmt: skip
         for launch in backward:
             _launch(launch, tile if launch.kernel == kernel else None)
         if kernel == "dq":
@@ -105,6 +106,8 @@ def test_every_tile_matches_the_fp64_reference(kernel, dtype, precision, head_di
         else:
             results = {f"dkeys[{j}]": (dkeys[j], exact[2 + j], same_dtype[2 + j]) for j in range(3)}
             results |= {f"dvalues[{j}]": (dvalues[j], exact[5 + j], same_dtype[5 + j]) for j in range(3)}
+            if kernel == "dkdv_fused":  # its dQ, through the fp32 sum and the conversion
+                results["dq"] = (dq, exact[1], same_dtype[1])
     torch.cuda.synchronize()
     for name, (got, want, torch_same) in results.items():
         assert not got.isnan().any(), f"{name}: elements left unwritten"
