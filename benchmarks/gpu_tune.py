@@ -556,32 +556,21 @@ def _sdpa_kernel_only(run: Run, shape, shape_name, q, keys, values, heads) -> li
 
 
 def phase_baselines(run: Run, shapes: dict, device: str, tuned: Path, arch: int) -> list[dict]:
-    """End to end in a fresh process that reads the new tuned file (so the op runs the winners), then the backend
-    rules into the tuned file."""
-    if run.dry:
-        rows = _e2e_rows(run, shapes, device)
-    else:
-        from ackd_fast.kernels import tuning
-
-        shipped = tuning.path_for(arch)
-        saved = shipped.read_bytes() if shipped.exists() else None
-        shipped.write_bytes(tuned.read_bytes())  # the checkout on the GPU machine is a scratch copy
-        try:
-            budget = max(10.0, run.phase_end - time.monotonic())
-            cmd = [sys.executable, __file__, "--e2e-only", str(run.out), "--budget-s", str(budget)]
-            subprocess.run(cmd, timeout=budget + 60, check=False)
-        except subprocess.TimeoutExpired:
-            run.record(event="error", what="e2e subprocess timed out")
-        finally:
-            if saved is None:
-                shipped.unlink()
-            else:
-                shipped.write_bytes(saved)
-        seen = len(run.rows)
-        every = [json.loads(line) for line in (run.out / "results.jsonl").read_text().splitlines()]
-        child = [r for r in every if r.get("phase") == "baselines" and r.get("event") != "phase"]
-        run.rows.extend(child[max(0, len(child) - (len(every) - seen)) :] if len(every) > seen else [])
-        rows = [r for r in run.rows if r.get("event") == "e2e"]
+    """End to end in a fresh process that reads the new tuned file (ACKD_TUNED_DIR: the op runs the winners), then
+    the backend rules into the tuned file."""
+    results = run.out / "results.jsonl"
+    before = len(results.read_text().splitlines())
+    budget = max(10.0, run.phase_end - time.monotonic())
+    cmd = [sys.executable, __file__, "--e2e-only", str(run.out), "--budget-s", str(budget)]
+    env = {**os.environ, "ACKD_TUNED_DIR": str(tuned.parent)}
+    try:
+        subprocess.run(cmd + (["--dry-run"] if run.dry else []), env=env, timeout=budget + 90, check=False)
+    except subprocess.TimeoutExpired:
+        run.record(event="error", what="the baselines' process ran past its budget")
+    # the child's lines: what it appended to results.jsonl after `before`
+    child = [json.loads(line) for line in results.read_text().splitlines()[before:]]
+    run.rows.extend(r for r in child if r.get("event") != "phase")
+    rows = [r for r in run.rows if r.get("event") == "e2e"]
     _backend_rules(run, rows, tuned, arch)
     return rows
 

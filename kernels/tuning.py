@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 FORMAT = 1
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+# ACKD_TUNED_DIR: another folder of sm<arch>.json files (gpu_tune.py's baselines run the op with the new winners)
+TUNED_DIR = Path(os.environ.get("ACKD_TUNED_DIR") or Path(__file__).resolve().parent / "tuned")
 BLOCK_D_CLASSES = ("small", "large")  # BLOCK_D <= 64, 128 (configs.block_d_class)
 MODES = ("forward", "forward_backward")
 
