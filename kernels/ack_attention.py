@@ -413,6 +413,9 @@ def _dkdv_autotuned(kernel: str):
         configs=configs.autotune_configs(kernel),
         key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "DO_FLAT", "KV_FLAT", "FUSE_DQ"],
         prune_configs_by={"early_config_prune": configs.prune(kernel, "Q")},
+        # timing configs launches the kernel many times: the fused one's atomics would add up in DQ_ACC, which
+        # the autotuner zeroes before each timed run and before the launch that counts
+        reset_to_zero=["DQ_ACC"] if kernel == "dkdv_fused" else None,
     )(triton.heuristics(HEURISTICS["dkdv"])(_dkdv_jit))
 
 
