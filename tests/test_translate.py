@@ -298,3 +298,17 @@ def test_fast_goes_through_deploy_with_the_same_outputs(tmp_path, images, genera
     assert code == 0, err
     assert "ackd_fast." in json.loads(stdout)["method"]  # the kernels swapped in
     _check_outputs(generator, images, out)
+
+
+def test_amp_bf16_stays_close_to_fp32(tmp_path, images, generator, run_cli):
+    ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
+    for amp in ("none", "bf16"):
+        code, stdout, err = run_cli(["translate", ckpt, "--input", images / "a.png", "--output", tmp_path / amp,
+                                     "--amp", amp])  # fmt: skip
+        assert code == 0, err
+        assert ("bf16" in json.loads(stdout)["method"]) == (amp == "bf16")
+    fp32, bf16 = (np.asarray(Image.open(tmp_path / amp / "a.png")).astype(int) for amp in ("none", "bf16"))
+    assert np.abs(fp32 - _expected(generator, images / "a.png").astype(int)).max() <= 1
+    assert 0 < np.abs(fp32 - bf16).mean() < 8  # bf16 rounds (8 bits of mantissa), it does not compute another image
+    code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", tmp_path / "x", "--amp", "fp16"])
+    assert code == 2 and "--amp" in err and not (tmp_path / "x").exists()
