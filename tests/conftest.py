@@ -43,6 +43,22 @@ def np_rng():
     return np.random.default_rng(int(torch.randint(0, 2**31, ())))
 
 
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    """The built-in paired tile set at the tiny size (tiny_runs.SIZE), one per test module."""
+    from tiny_runs import sample_set
+
+    return sample_set(tmp_path_factory.mktemp("paired"))
+
+
+@pytest.fixture(scope="module")
+def unpaired(tmp_path_factory):
+    """The same tiles as an unpaired (CycleGAN) set."""
+    from tiny_runs import sample_set
+
+    return sample_set(tmp_path_factory.mktemp("unpaired"), unpaired=True)
+
+
 @pytest.fixture(scope="session")
 def random_inception_file(tmp_path_factory):
     """A state dict in the layout of pytorch-fid's Inception (torchvision's InceptionV3 with 1008 classes, no aux

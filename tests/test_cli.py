@@ -10,22 +10,12 @@ import sys
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import CROP, TINY, assert_one_line_error, sample_set, tiny_config
+from tiny_runs import CROP, TINY, assert_one_line_error, tiny_config
 
 import ackd_fast
 from ackd_fast import metrics
 from ackd_fast.report import latency_dtypes_for
 from ackd_fast.train import train
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("paired"))
-
-
-@pytest.fixture(scope="module")
-def unpaired(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("unpaired"), unpaired=True)
 
 
 @pytest.fixture(scope="module")

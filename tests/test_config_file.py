@@ -6,14 +6,9 @@ import json
 
 import pytest
 import yaml
-from tiny_runs import CROP, SIZE, assert_one_line_error, sample_set
+from tiny_runs import CROP, SIZE, assert_one_line_error
 
 COMMANDS = ["train-teacher", "distill", "evaluate", "export", "translate", "fid-stats", "bench-deploy", "demo", "study"]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
 def test_every_command_takes_a_config_file_and_prints_what_resolves(run_cli, capsys):

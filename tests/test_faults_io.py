@@ -15,22 +15,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_runs import CROP, ENV, SIZE, assert_one_line_error, sample_set, tiny_config
+from tiny_runs import CROP, ENV, SIZE, assert_one_line_error, tiny_config
 
 from ackd_fast import data, export, study
 from ackd_fast.train import train
 
 STUDY = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "2026-12-04-study-cpu"
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("paired"))
-
-
-@pytest.fixture(scope="module")
-def unpaired(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("unpaired"), unpaired=True)
 
 
 def _cfg(out, dataroot, **kw):

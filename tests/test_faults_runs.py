@@ -22,7 +22,6 @@ from tiny_runs import (
     copy_data,
     free_port,
     records,
-    sample_set,
     start_cli,
     tiny_config,
     wait_for_step,
@@ -34,11 +33,6 @@ from ackd_fast.train import train
 
 FLAGS = [*TINY, "--no-progress", "--sample-every", 0]
 DDP_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("paired"))
 
 
 def _cfg(out, dataroot, **kw):

@@ -11,17 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ackd_fast import data
-
 SIZE, CROP = 36, 32
 COMMON = ["--load-size", SIZE, "--crop-size", CROP, "--workers", 0, "--batch-size", 2, "--no-progress", "--device",
           "cpu"]  # fmt: skip
 TINY = [*COMMON, "--ngf", 4, "--ndf", 8]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return data.build_sample_set(tmp_path_factory.mktemp("paired"), size=SIZE, train_per_photo=2, test_per_photo=1)
 
 
 def _records(run: Path) -> list[dict]:

@@ -20,7 +20,6 @@ from tiny_runs import (
     assert_one_line_error,
     copy_data,
     records,
-    sample_set,
     start_cli,
     tiny_config,
     wait_for_step,
@@ -30,12 +29,6 @@ from ackd_fast import checkpoint, losses
 from ackd_fast.checkpoint import load_checkpoint
 from ackd_fast.errors import RunInterrupted, UsageError
 from ackd_fast.train import train
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    return sample_set(tmp_path_factory.mktemp("paired"))
-
 
 # ----------------------------------------------------------------------------------------- 1. bad images
 
