@@ -90,8 +90,8 @@ def test_gpu_suite_dry_run_caps_fit_the_budget():
 
 
 def test_nccl_binds_the_ranks_gpu_before_the_process_group(monkeypatch):
-    """torchrun on GPUs: set_device first, then init_process_group with device_id and a timeout long enough for rank
-    0's evaluation (the others wait in a collective meanwhile)."""
+    """torchrun on GPUs: set_device first, then init_process_group with device_id and the short rendezvous timeout,
+    then the collectives' timeout, long enough for rank 0's evaluation (the others wait in a collective meanwhile)."""
     from ackd_fast import train as train_lib
     from ackd_fast.assembly import Config
 
@@ -103,9 +103,14 @@ def test_nccl_binds_the_ranks_gpu_before_the_process_group(monkeypatch):
     monkeypatch.setattr(train_lib.dist, "init_process_group", lambda *a, **k: calls.append(("init", a, k)))
     monkeypatch.setattr(train_lib.dist, "get_rank", lambda: 1)
     monkeypatch.setattr(train_lib.dist, "get_world_size", lambda: 2)
-    rt = train_lib.setup_runtime(Config(device="cuda", tf32=False))
+    monkeypatch.setattr(train_lib.dist, "set_timeout", lambda t: calls.append(("set_timeout", t)))
+    launch = train_lib.Launch(rank=1, world=2, local_world=2, address="localhost:29500")
+    rt = train_lib.setup_runtime(Config(device="cuda", tf32=False), launch)
+    timedelta = __import__("datetime").timedelta
     assert calls[0] == ("set_device", "cuda:1")
     assert calls[1][0] == "init" and calls[1][1] == ("nccl",)
     assert calls[1][2]["device_id"] == torch.device("cuda:1")
-    assert calls[1][2]["timeout"] == train_lib.COLLECTIVE_TIMEOUT >= __import__("datetime").timedelta(hours=1)
+    assert calls[1][2]["timeout"] == timedelta(seconds=train_lib.RENDEZVOUS_TIMEOUT_S)
+    assert calls[2] == ("set_timeout", train_lib.COLLECTIVE_TIMEOUT)
+    assert timedelta(hours=1) <= train_lib.COLLECTIVE_TIMEOUT
     assert rt.rank == 1 and rt.world == 2 and rt.device == torch.device("cuda:1")
