@@ -30,7 +30,15 @@ from ackd_fast.flags import flag_name as _flag
 from ackd_fast.loggers import parse_loggers
 from ackd_fast.losses import OBJECTIVES, Critic, CycleGAN, Pix2Pix
 from ackd_fast.metrics import INCEPTION_SHA256, INCEPTION_SHA256_HELP, check_sha256, count_macs
-from ackd_fast.models import DEFAULT_TAPS, DISCRIMINATORS, GENERATORS, build_discriminator, build_generator
+from ackd_fast.models import (
+    DEFAULT_TAPS,
+    DISCRIMINATORS,
+    GENERATORS,
+    ModuleTaps,
+    TappedGenerator,
+    build_discriminator,
+    build_generator,
+)
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
@@ -132,12 +140,14 @@ class Config:
     taps: str = flag(
         "",
         "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
-        "a source",
+        "a source. Stage names, or module paths of the generator (stages.block3.1, re:REGEX matching one path, "
+        "PATH@input, PATH@N for an element of a tuple output)",
         only="distill",
     )
     student_taps: str = flag(
         "",
-        "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9)",
+        "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9); stage "
+        "names or module paths, as --taps",
         only="distill",
     )
     kd: str = flag(
@@ -348,6 +358,15 @@ def _taps(spec: str, generator_name: str) -> tuple[str, ...]:
     return DEFAULT_TAPS[generator_name]
 
 
+def tapped(generator: TappedGenerator, taps: tuple[str, ...]) -> nn.Module:
+    """What the Distiller reads `taps` of: the generator itself when they are its stage taps ("stem", "block3"),
+    else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input"),
+    whose replacement runs the layers before the tap too."""
+    if all(name in generator.tap_names for name in taps):
+        return generator
+    return ModuleTaps(generator, taps)
+
+
 def build_task(cfg: Config, teacher: GeneratorFile | None = None) -> tuple[nn.Module, Critic, nn.Module, dict]:
     """(objective, critic, generator to evaluate, generator spec) for the job. Distillation takes the teacher's
     architecture and weights, and its discriminator's, from `teacher` (cfg.teacher read by `read_teacher`; read
@@ -463,11 +482,12 @@ def build_distiller(
     backend: str = "auto",
 ) -> Distiller:
     """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner."""
+    teacher_taps, student_taps = _taps(cfg.taps, teacher_name), _taps(cfg.student_taps, student_name)
     return Distiller(
-        teacher,
-        student,
-        _taps(cfg.taps, teacher_name),
-        _taps(cfg.student_taps, student_name),
+        tapped(teacher, teacher_taps),
+        tapped(student, student_taps),
+        teacher_taps,
+        student_taps,
         paired=paired,
         gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
         kd=cfg.kd,

@@ -650,6 +650,9 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
         extra = sum(p.numel() for p in objective.parameters() if p.requires_grad) - count_params(generator)
         if extra:
             lines.append(f"  refiners and connectors: {extra / 1e6:.3f} M params (trained, not deployed)")
+        if objective.kd != "none":
+            pairs = zip(objective.teacher_taps, objective.student_taps, strict=True)
+            lines.append(f"  taps (teacher <- student): {', '.join(f'{t} <- {s}' for t, s in pairs)}")
     discs = critic.discriminators
     lines.append(f"  discriminator{'s' if len(discs) > 1 else ''}: {len(discs)} x "
                  f"{count_params(discs[0]) / 1e6:.3f} M params")  # fmt: skip

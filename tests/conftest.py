@@ -1,9 +1,13 @@
 import os
 import random
+import tempfile
 import zlib
 
 import pytest
 import torch
+
+# The FID statistics cache of the tests' runs: a folder of this session, not the user's ~/.cache (subprocesses too)
+os.environ["ACKD_FAST_CACHE"] = tempfile.mkdtemp(prefix="ackd_fast_test_cache_")
 
 if not torch.cuda.is_available():
     # No GPU: the Triton kernels run in the interpreter on CPU tensors. Triton reads the variable when a kernel

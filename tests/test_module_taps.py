@@ -169,3 +169,43 @@ def test_auto_taps_take_the_last_map_of_each_scale_and_pair_by_resolution():
     assert [path for path, _ in teacher] == ["stages.stem.3", "stages.stem.6", "stages.block9", "head.2"]
     assert pair_taps(teacher, student) == [("stages.stem.3", "stages.stem.3"), ("stages.stem.6", "stages.stem.6"),
                                            ("stages.block9", "stages.block9")]  # fmt: skip
+
+
+# ----------------------------------------------------------------------------------------- distill by module path
+
+
+def test_distilling_through_module_paths_is_the_run_through_stage_names_bit_for_bit(tmp_path, root, capsys):
+    from tiny_runs import tiny_config
+
+    from ackd_fast.checkpoint import load_checkpoint
+    from ackd_fast.train import train
+
+    teacher = tmp_path / "teacher"
+    train(tiny_config(teacher, root, steps=1))
+    runs = {}
+    for label, taps in (("stages", ""), ("paths", "stages.stem,stages.block3,stages.block6,re:stages\\.block9")):
+        out = tmp_path / label
+        capsys.readouterr()
+        train(tiny_config(out, root, job="distill", teacher=str(teacher / "ckpt.pt"), steps=2, taps=taps,
+                          student_taps=taps.replace("re:stages\\.block9", "stages.block9")))  # fmt: skip
+        runs[label] = load_checkpoint(out / "ckpt.pt")
+        summary = capsys.readouterr().out
+        assert "taps (teacher <- student): " + ("stem <- stem" if label == "stages" else
+                                                "stages.stem <- stages.stem") in summary  # fmt: skip
+    a, b = runs["stages"]["generator"]["state"], runs["paths"]["generator"]["state"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the student's keys as always
+
+
+def test_a_tap_path_that_fits_nothing_is_one_line_naming_the_nearest(tmp_path, root, run_cli):
+    from tiny_runs import CROP, SIZE, assert_one_line_error, tiny_config
+
+    from ackd_fast.train import train
+
+    teacher = tmp_path / "teacher"
+    train(tiny_config(teacher, root, steps=1))
+    code, _, err = run_cli(["distill", "--teacher", teacher / "ckpt.pt", "--dataroot", root, "--load-size", SIZE,
+                            "--crop-size", CROP, "--student-ngf", 4, "--workers", 0, "--batch-size", 2,
+                            "--out-dir", tmp_path / "s", "--taps", "stages.stem,stages.blok3", "--student-taps",
+                            "stem,block3"])  # fmt: skip
+    assert_one_line_error(code, err, 1, "tap 'stages.blok3'", "nearest: stages.block3")
+    assert not (tmp_path / "s").exists()
