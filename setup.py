@@ -121,6 +121,7 @@ def extensions():
 setup(
     packages=["ackd_fast", "ackd_fast.models", "ackd_fast.ops", "ackd_fast.kernels"],
     package_dir={"ackd_fast": "ackd_fast", "ackd_fast.kernels": "kernels"},
+    package_data={"ackd_fast.kernels": ["tuned/*.json"]},  # the measured tile winners the kernels read
     ext_modules=extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )
