@@ -18,7 +18,7 @@ from ackd_fast.errors import OPTIONAL
 
 REPO = Path(__file__).resolve().parents[1]
 # import name -> distribution name, where they differ
-DISTRIBUTIONS = {"PIL": "pillow", "skimage": "scikit-image", "pytorch_fid": "pytorch-fid"}
+DISTRIBUTIONS = {"PIL": "pillow", "skimage": "scikit-image", "pytorch_fid": "pytorch-fid", "yaml": "pyyaml"}
 STDLIB = set(sys.stdlib_module_names)
 
 
