@@ -66,6 +66,45 @@ def cmd_translate(args: argparse.Namespace) -> None:
     print(json.dumps(result, indent=1))
 
 
+def _any_model(spec: str, kwargs: str, ngf: int):
+    """A generator named on the command line: a built-in name (at --ngf), a file read_generator reads, or
+    package.module:callable (with --kwargs)."""
+    from pathlib import Path
+
+    from ackd_fast.models import GENERATORS, build_generator
+    from ackd_fast.models.by_path import import_model, is_import_path
+    from ackd_fast.peers import read_generator
+
+    if spec in GENERATORS:
+        return build_generator(spec, ngf, init="default"), spec
+    if is_import_path(spec):
+        return import_model(spec, kwargs), spec
+    if Path(spec).is_file():
+        g = read_generator(spec)
+        return g.generator, g.name
+    raise UsageError(f"{spec!r} is no built-in generator ({', '.join(GENERATORS)}), file, or package.module:callable")
+
+
+def cmd_taps(args: argparse.Namespace) -> None:
+    from ackd_fast.models import DEFAULT_TAPS
+    from ackd_fast.models.module_taps import pairing_report, tap_report
+
+    if args.size < 1 or args.depth < 1:
+        raise UsageError(f"--size and --depth must be >= 1, got {args.size} and {args.depth}")
+    if not args.model and not (args.teacher and args.student):
+        raise UsageError("give MODEL, or --teacher and --student for the suggested pairing")
+    if args.model:
+        model, name = _any_model(args.model, args.kwargs, args.ngf)
+        marked = [f"stages.{t}" for t in DEFAULT_TAPS.get(name, ())]
+        print(tap_report(model, args.size, args.depth, marked))
+        if marked:
+            print(f"* the default taps ({','.join(DEFAULT_TAPS[name])})")
+    if args.teacher and args.student:
+        teacher, _ = _any_model(args.teacher, args.teacher_kwargs, args.ngf)
+        student, _ = _any_model(args.student, args.student_kwargs, args.ngf)
+        print(pairing_report(teacher, student, args.size))
+
+
 def cmd_fid_stats(args: argparse.Namespace) -> None:
     from ackd_fast import data, evaluation, metrics
 
@@ -197,6 +236,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="a progress bar on a terminal (default: %(default)s)")  # fmt: skip
     p.set_defaults(func=cmd_translate)
+
+    p = commands.add_parser("taps", help="a generator's modules with their output shapes, strides and MACs (the "
+                            "names --taps takes); with --teacher and --student, the suggested tap pairs")  # fmt: skip
+    p.add_argument("model", nargs="?", default="", help="a built-in generator (at --ngf), a checkpoint or exported "
+                   "generator, or package.module:callable")  # fmt: skip
+    p.add_argument("--kwargs", default="", help="MODEL's keyword arguments as JSON (package.module:callable)")
+    p.add_argument("--ngf", type=int, default=64, help="the width of a built-in generator (default: %(default)s)")
+    p.add_argument("--size", type=int, default=256, help="the input's side (default: %(default)s)")
+    p.add_argument("--depth", type=int, default=3, help="module path levels shown (default: %(default)s)")
+    p.add_argument("--teacher", default="", help="with --student: print the tap pairs auto-pairing suggests")
+    p.add_argument("--student", default="", help="as MODEL")
+    p.add_argument("--teacher-kwargs", default="", help="as --kwargs, for --teacher")
+    p.add_argument("--student-kwargs", default="", help="as --kwargs, for --student")
+    p.set_defaults(func=cmd_taps)
 
     p = commands.add_parser("fid-stats", help="FID reference statistics (.npz: mu, sigma, features) of an image folder")
     p.add_argument("folder", help="folder of real images")

@@ -6,6 +6,7 @@ import re
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from ackd_fast.distill import Distiller
@@ -209,3 +210,47 @@ def test_a_tap_path_that_fits_nothing_is_one_line_naming_the_nearest(tmp_path, r
                             "stem,block3"])  # fmt: skip
     assert_one_line_error(code, err, 1, "tap 'stages.blok3'", "nearest: stages.block3")
     assert not (tmp_path / "s").exists()
+
+
+# ----------------------------------------------------------------------------------------- ackd-fast taps
+
+
+def test_the_taps_command_lists_modules_and_suggests_pairs_distill_takes(tmp_path, root, run_cli, monkeypatch):
+    (tmp_path / "own_gans.py").write_text(
+        "import torch.nn as nn\n"
+        "def encoder_decoder(width=4):\n"
+        "    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(width, 2 * width, 3, stride=2, padding=1), nn.ReLU(),\n"
+        "                         nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1), nn.ReLU(),\n"
+        "                         nn.Conv2d(width, 3, 3, padding=1), nn.Tanh())\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    code, out, err = run_cli(["taps", "own_gans:encoder_decoder", "--kwargs", '{"width": 6}', "--size", 32])
+    assert code == 0, err
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:]}
+    assert rows["2"][1] == "Conv2d" and rows["2"][2:5] == ["12", "x", "16"] and rows["2"][-2:] == ["2", "0.17"]
+    code, out, err = run_cli(["taps", "resnet_9blocks", "--ngf", 4, "--size", 32, "--depth", 2])
+    assert code == 0 and "stages.block3 " in out and out.count(" *\n") == 4 and "stages.block3.0 " not in out, err
+    code, out, err = run_cli(["taps", "--teacher", "resnet_9blocks", "--student", "mobile_resnet_9blocks",
+                              "--ngf", 4, "--size", 32])  # fmt: skip
+    assert code == 0, err
+    snippet = yaml.safe_load(out.split("# distill --config snippet")[1].split("\n", 1)[1])
+    assert snippet["taps"] == "stages.stem.3,stages.stem.6,stages.block9" == snippet["student-taps"]
+    assert "connector 1x1 conv 16 -> 16" in out
+    config = tmp_path / "taps.yaml"
+    config.write_text(yaml.safe_dump(snippet))
+    from tiny_runs import tiny_config
+
+    from ackd_fast.train import train
+
+    train(tiny_config(tmp_path / "teacher", root, steps=1))
+    code, _, err = run_cli(["distill", "--config", config, "--teacher", tmp_path / "teacher" / "ckpt.pt",
+                            "--dataroot", root, "--load-size", 36, "--crop-size", 32, "--student-ngf", 4,
+                            "--workers", 0, "--batch-size", 2, "--steps", 1, "--out-dir", tmp_path / "s"])  # fmt: skip
+    assert code == 0, err
+    from tiny_runs import assert_one_line_error
+
+    code, _, err = run_cli(["taps", "no_such_thing"])
+    assert_one_line_error(code, err, 2, "'no_such_thing' is no built-in generator")
+    code, _, err = run_cli(["taps"])
+    assert_one_line_error(code, err, 2, "give MODEL, or --teacher and --student")

@@ -284,4 +284,37 @@ def pair_taps(teacher: list[tuple[str, tuple[int, ...]]], student: list[tuple[st
     return pairs
 
 
-__all__ = ["ModuleRow", "ModuleTaps", "Tap", "auto_taps", "module_table", "pair_taps", "resolve_tap"]
+def tap_report(model: nn.Module, size: int, depth: int = 3, marked: Sequence[str] = ()) -> str:
+    """`module_table` as text: one line a module down to `depth` levels of its path, the paths in `marked` (default
+    taps) starred."""
+    lines = [f"{'module path':<44} {'type':<22} {'C x H x W':>16} {'stride':>7} {'MMACs':>10}"]
+    for row in module_table(model, size):
+        if row.path.count(".") >= depth:
+            continue
+        shape = " x ".join(map(str, row.shape)) if row.shape else "-"
+        stride = f"{row.stride:.3g}" if row.stride else "-"
+        star = " *" if row.path in marked else ""
+        lines.append(f"{row.path:<44} {row.kind:<22} {shape:>16} {stride:>7} {row.macs / 1e6:>10.2f}{star}")
+    return "\n".join(lines)
+
+
+def pairing_report(teacher: nn.Module, student: nn.Module, size: int) -> str:
+    """The taps `auto_taps` suggests for a teacher and a student, paired by resolution, with the 1x1 connector each
+    pair needs and a config snippet for `distill --config`; ValueError when fewer than two pairs are found (ACKD
+    needs a source and a deep tap)."""
+    pairs = pair_taps(auto_taps(teacher, size), auto_taps(student, size))
+    if len(pairs) < 2:
+        raise ValueError(f"at {size}x{size} the teacher and student share {len(pairs)} resolution(s) at their "
+                         "scale changes; ACKD needs two or more tap pairs: name them with --taps / --student-taps")
+    shapes_t, shapes_s = dict(auto_taps(teacher, size)), dict(auto_taps(student, size))
+    lines = [f"tap pairs at {size}x{size} (teacher <- student; the first is only a source):"]
+    for t, s in pairs:
+        (ct, h, w), cs = shapes_t[t], shapes_s[s][0]
+        lines.append(f"  {t} ({ct} x {h} x {w}) <- {s} ({cs} ch): connector 1x1 conv {cs} -> {ct}")
+    lines += ["", "# distill --config snippet: edit, save as taps.yaml, then ackd-fast distill --config taps.yaml ...",
+              f"taps: {','.join(t for t, _ in pairs)}", f"student-taps: {','.join(s for _, s in pairs)}"]
+    return "\n".join(lines)
+
+
+__all__ = ["ModuleRow", "ModuleTaps", "Tap", "auto_taps", "module_table", "pair_taps", "pairing_report",
+           "resolve_tap", "tap_report"]
