@@ -39,6 +39,7 @@ from ackd_fast.models import (
     build_discriminator,
     build_generator,
 )
+from ackd_fast.models.module_taps import auto_taps, pair_taps
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
@@ -141,7 +142,8 @@ class Config:
         "",
         "comma-separated teacher taps, shallow to deep (default stem,block3,block6,block9); the first is only "
         "a source. Stage names, or module paths of the generator (stages.block3.1, re:REGEX matching one path, "
-        "PATH@input, PATH@N for an element of a tuple output)",
+        "PATH@input, PATH@N for an element of a tuple output); auto: the last map of each scale of the teacher "
+        "and the student, paired by resolution (the opening summary prints the pairs)",
         only="distill",
     )
     student_taps: str = flag(
@@ -358,11 +360,26 @@ def _taps(spec: str, generator_name: str) -> tuple[str, ...]:
     return DEFAULT_TAPS[generator_name]
 
 
+def auto_tap_pairs(cfg: Config, teacher: nn.Module, student: nn.Module) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """--taps auto: the last map of each scale of the teacher and of the student at the crop size, paired by
+    resolution (module_taps.pair_taps); UsageError unless --student-taps is auto or empty too, and when fewer than
+    two pairs come out."""
+    if cfg.taps != "auto" or cfg.student_taps not in ("", "auto"):
+        raise UsageError(f"--taps auto pairs the student's taps too: give --taps auto with --student-taps empty or "
+                         f"auto, got --taps {cfg.taps!r} --student-taps {cfg.student_taps!r}")  # fmt: skip
+    pairs = pair_taps(auto_taps(teacher, cfg.crop_size), auto_taps(student, cfg.crop_size))
+    if len(pairs) < 2:
+        raise UsageError(f"--taps auto found {len(pairs)} pair(s) of teacher and student maps of one resolution at "
+                         f"--crop-size {cfg.crop_size}; ACKD needs two or more: name them with --taps and "
+                         "--student-taps (ackd-fast taps lists the modules)")  # fmt: skip
+    return tuple(t for t, _ in pairs), tuple(s for _, s in pairs)
+
+
 def tapped(generator: TappedGenerator, taps: tuple[str, ...]) -> nn.Module:
     """What the Distiller reads `taps` of: the generator itself when they are its stage taps ("stem", "block3"),
     else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input"),
     whose replacement runs the layers before the tap too."""
-    if all(name in generator.tap_names for name in taps):
+    if isinstance(generator, TappedGenerator) and all(name in generator.tap_names for name in taps):
         return generator
     return ModuleTaps(generator, taps)
 
@@ -482,7 +499,10 @@ def build_distiller(
     backend: str = "auto",
 ) -> Distiller:
     """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner."""
-    teacher_taps, student_taps = _taps(cfg.taps, teacher_name), _taps(cfg.student_taps, student_name)
+    if "auto" in (cfg.taps, cfg.student_taps):
+        teacher_taps, student_taps = auto_tap_pairs(cfg, teacher, student)
+    else:
+        teacher_taps, student_taps = _taps(cfg.taps, teacher_name), _taps(cfg.student_taps, student_name)
     return Distiller(
         tapped(teacher, teacher_taps),
         tapped(student, student_taps),

@@ -254,3 +254,20 @@ def test_the_taps_command_lists_modules_and_suggests_pairs_distill_takes(tmp_pat
     assert_one_line_error(code, err, 2, "'no_such_thing' is no built-in generator")
     code, _, err = run_cli(["taps"])
     assert_one_line_error(code, err, 2, "give MODEL, or --teacher and --student")
+
+
+def test_taps_auto_pairs_teacher_and_student_by_resolution_and_says_so(tmp_path, root, capsys):
+    from tiny_runs import tiny_config
+
+    from ackd_fast.errors import UsageError
+    from ackd_fast.train import train
+
+    train(tiny_config(tmp_path / "teacher", root, steps=1))
+    teacher = str(tmp_path / "teacher" / "ckpt.pt")
+    capsys.readouterr()
+    train(tiny_config(tmp_path / "s", root, job="distill", teacher=teacher, steps=1, taps="auto"))
+    assert ("taps (teacher <- student): stages.stem.3 <- stages.stem.3, stages.stem.6 <- stages.stem.6, "
+            "stages.block9 <- stages.block9") in capsys.readouterr().out  # fmt: skip
+    with pytest.raises(UsageError, match="--taps auto pairs the student's taps too"):
+        train(tiny_config(tmp_path / "t", root, job="distill", teacher=teacher, steps=1, taps="auto",
+                          student_taps="stem,block3"))  # fmt: skip
