@@ -104,6 +104,21 @@ def sync():
         torch.cuda.synchronize()
 
 
+def attention_call(attention, q, keys, values, heads, grad=None):
+    """One call of `attention` as a benchmark times it: the forward alone without `grad`, else forward and
+    backward (the gradients of q, keys and values for `grad`)."""
+
+    def call():
+        if grad is not None:
+            out = attention(q, keys, values, heads)
+            torch.autograd.grad(out, [q, *keys, *values], grad)
+        else:
+            with torch.no_grad():
+                attention(q, keys, values, heads)
+
+    return call
+
+
 @pytest.mark.parametrize("mode", ["forward", "forward_backward"])
 @pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize("shape_name", list(SHAPES))
@@ -114,14 +129,7 @@ def test_ack_attention(benchmark, shape_name, path, mode):
     q, keys, values = make_inputs(shape, requires_grad=backward)
     attention = PATHS[path]
     grad = torch.randn(q.shape, device=DEVICE, dtype=q.dtype) if backward else None
-
-    def call():
-        if backward:
-            out = attention(q, keys, values, heads)
-            torch.autograd.grad(out, [q, *keys, *values], grad)
-        else:
-            with torch.no_grad():
-                attention(q, keys, values, heads)
+    call = attention_call(attention, q, keys, values, heads, grad)
 
     def step():
         call()

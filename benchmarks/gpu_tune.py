@@ -483,7 +483,7 @@ def phase_winners(run: Run, rows: list[dict], arch: int, env: dict) -> Path:
 
 def _e2e_rows(run: Run, shapes: dict, device: str) -> list[dict]:
     """ackd_fast's op and SDPA's backends end to end, synced and kernel-only, forward and forward+backward."""
-    from bench_ack_attention import SDPA_BACKENDS, sdpa_path
+    from bench_ack_attention import SDPA_BACKENDS, attention_call, sdpa_path
 
     from ackd_fast import ops
 
@@ -501,13 +501,7 @@ def _e2e_rows(run: Run, shapes: dict, device: str) -> list[dict]:
                     run.skipped(f"e2e {shape_name} {mode} {path}")
                     continue
 
-                def step(attention=attention, q=q, keys=keys, values=values, grad=grad, heads=heads, backward=backward):
-                    if backward:
-                        out = attention(q, keys, values, heads)
-                        torch.autograd.grad(out, [q, *keys, *values], grad)
-                    else:
-                        with torch.no_grad():
-                            attention(q, keys, values, heads)
+                step = attention_call(attention, q, keys, values, heads, grad if backward else None)
 
                 try:
                     step()
@@ -616,6 +610,8 @@ def _fp32_precision(setting: str):
 
 def phase_fp32(run: Run, shapes: dict, device: str) -> None:
     """The paper shape in fp32: ours as tf32x3, tf32 and on the FMA units (ieee), SDPA in full fp32 and TF32."""
+    from bench_ack_attention import attention_call
+
     from ackd_fast import ops
 
     k = kernels()
@@ -638,13 +634,7 @@ def phase_fp32(run: Run, shapes: dict, device: str) -> None:
             if which == "fma" and not run.dry:
                 k._precision = lambda dtype: "ieee"
 
-            def step(attention=attention, q=q, keys=keys, values=values, grad=grad, backward=backward):
-                if backward:
-                    out = attention(q, keys, values, heads)
-                    torch.autograd.grad(out, [q, *keys, *values], grad)
-                else:
-                    with torch.no_grad():
-                        attention(q, keys, values, heads)
+            step = attention_call(attention, q, keys, values, heads, grad if backward else None)
 
             try:
                 with _fp32_precision(setting):
