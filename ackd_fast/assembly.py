@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ackd_fast import data as data_lib
-from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller
+from ackd_fast.distill import ACK_TRAIN, KD_MODES, Distiller, DistillSettings
 from ackd_fast.errors import UsageError
 from ackd_fast.flags import flag
 from ackd_fast.flags import flag_name as _flag
@@ -510,19 +510,14 @@ def build_distiller(
         student_taps,
         paired=paired,
         gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
-        kd=cfg.kd,
-        mode=cfg.mode,
-        composition=cfg.composition,
-        residual=cfg.residual,
-        refiner_init=cfg.refiner_init,
-        ack_train=cfg.ack_train,
-        mask_ratio=cfg.mask_ratio,
-        ack_path_every=cfg.ack_path_every,
-        kv_stride=cfg.kv_stride,
-        heads=cfg.heads,
-        backend=backend,
-        **loss_weights(cfg),
+        settings=distill_settings(cfg, backend),
     )
+
+
+def distill_settings(cfg: Config, backend: str = "auto") -> DistillSettings:
+    """The Distiller's switches from the flags of the same names, the loss weights by `loss_weights`."""
+    switches = {f.name: getattr(cfg, f.name) for f in fields(DistillSettings) if hasattr(cfg, f.name)}
+    return DistillSettings(**switches | loss_weights(cfg) | {"backend": backend})
 
 
 def compile_task(objective: nn.Module, critic: Critic, **options) -> None:

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -67,13 +68,11 @@ class _ScaleLog(torch.autograd.Function):
         return grad, None
 
 
-class Distiller(nn.Module):
-    """Args:
-    teacher, student: generators with named taps; the teacher is frozen here (eval, no grad).
-    teacher_taps, student_taps: K tap names each (K >= 2), in forward order; tap 0 is distilled as it is and is a
-        source of every refiner.
-    paired: whether the data has ground truth (pix2pix) or not (CycleGAN: reconstruct the teacher's output).
-    gan_mode: the GAN loss of the critic.
+@dataclass(frozen=True)
+class DistillSettings:
+    """Every switch of a Distiller, in one object checked in one place (on construction: ValueError naming the
+    switch).
+
     kd: "ackd", "plain" (GAN Compression's feature MSE to the teacher's taps) or "none" (the baseline); module
         docstring.
     mode, composition, residual, kv_stride, heads, backend: passed to every ACKRefiner (kd="ackd" only);
@@ -82,6 +81,50 @@ class Distiller(nn.Module):
         0.02)).
     ack_train: "teacher-path", "joint" or "masked" (module docstring); mask_ratio: the masked share of F_k's pixels.
     ack_path_every: run the teacher path every N-th training step (module docstring); 1: every step.
+    lambda_recon, lambda_gan, lambda_feat: the loss weights.
+    """
+
+    kd: str = "ackd"
+    mode: str = "both"
+    composition: str = "parallel"
+    residual: bool = True
+    refiner_init: str = "default"
+    ack_train: str = "teacher-path"
+    mask_ratio: float = 0.5
+    ack_path_every: int = 1
+    kv_stride: int = 1
+    heads: int = 4
+    backend: str = "auto"
+    lambda_recon: float = 100.0
+    lambda_gan: float = 1.0
+    lambda_feat: float = 1.0
+
+    def __post_init__(self) -> None:
+        checks.one_of("kd", self.kd, KD_MODES)
+        checks.one_of("mode", self.mode, REFINER_MODES)
+        checks.one_of("composition", self.composition, COMPOSITIONS)
+        checks.one_of("refiner_init", self.refiner_init, REFINER_INITS)
+        checks.one_of("ack_train", self.ack_train, ACK_TRAIN)
+        ratio = self.mask_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 < ratio < 1:
+            raise ValueError(f"mask_ratio must be a fraction in (0, 1), got {ratio!r}")
+        every = self.ack_path_every
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"ack_path_every must be an int >= 1, got {every!r}")
+        if every > 1 and self.ack_train == "joint":
+            raise ValueError("ack_path_every > 1 needs ack_train 'teacher-path' or 'masked' ('joint' trains the "
+                             "refiners through the feature loss every step)")  # fmt: skip
+
+
+class Distiller(nn.Module):
+    """Args:
+    teacher, student: generators with named taps (a TappedGenerator, or any model wrapped in ModuleTaps); the
+        teacher is frozen here (eval, no grad).
+    teacher_taps, student_taps: K tap names each (K >= 2), in forward order; tap 0 is distilled as it is and is a
+        source of every refiner.
+    paired: whether the data has ground truth (pix2pix) or not (CycleGAN: reconstruct the teacher's output).
+    gan_mode: the GAN loss of the critic.
+    settings: the switches (DistillSettings); keyword arguments replace single ones (`kd="plain"`).
     """
 
     def __init__(
@@ -92,22 +135,11 @@ class Distiller(nn.Module):
         student_taps: Sequence[str],
         paired: bool,
         gan_mode: str,
-        kd: str = "ackd",
-        mode: str = "both",
-        composition: str = "parallel",
-        residual: bool = True,
-        refiner_init: str = "default",
-        ack_train: str = "teacher-path",
-        mask_ratio: float = 0.5,
-        ack_path_every: int = 1,
-        kv_stride: int = 1,
-        heads: int = 4,
-        backend: str = "auto",
-        lambda_recon: float = 100.0,
-        lambda_gan: float = 1.0,
-        lambda_feat: float = 1.0,
+        settings: DistillSettings | None = None,
+        **switches,
     ):
         super().__init__()
+        s = self.settings = replace(settings or DistillSettings(), **switches)
         self.teacher, self.student = teacher, student
         self.teacher.requires_grad_(False)
         self.teacher.eval()
@@ -120,24 +152,12 @@ class Distiller(nn.Module):
         teacher._check_names("teacher_taps", self.teacher_taps)
         student._check_names("student_taps", self.student_taps)
         self.paired, self.gan_mode = bool(paired), gan_mode
-        self.kd = checks.one_of("kd", kd, KD_MODES)
-        self.mode = checks.one_of("mode", mode, REFINER_MODES)
-        checks.one_of("composition", composition, COMPOSITIONS)
-        checks.one_of("refiner_init", refiner_init, REFINER_INITS)
-        self.ack_train = checks.one_of("ack_train", ack_train, ACK_TRAIN)
-        if isinstance(mask_ratio, bool) or not isinstance(mask_ratio, (int, float)) or not 0 < mask_ratio < 1:
-            raise ValueError(f"mask_ratio must be a fraction in (0, 1), got {mask_ratio!r}")
-        self.mask_ratio = float(mask_ratio)
-        if isinstance(ack_path_every, bool) or not isinstance(ack_path_every, int) or ack_path_every < 1:
-            raise ValueError(f"ack_path_every must be an int >= 1, got {ack_path_every!r}")
-        if ack_path_every > 1 and self.ack_train == "joint":
-            raise ValueError("ack_path_every > 1 needs ack_train 'teacher-path' or 'masked' ('joint' trains the "
-                             "refiners through the feature loss every step)")  # fmt: skip
-        self.ack_path_every = ack_path_every
+        self.kd, self.mode, self.ack_train = s.kd, s.mode, s.ack_train
+        self.mask_ratio, self.ack_path_every = float(s.mask_ratio), s.ack_path_every
         # training steps taken (the forwards in training mode): which of them run the teacher path; in the
         # checkpoint when there is a rhythm to keep (N > 1), so that a resumed run keeps it
-        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64), persistent=ack_path_every > 1)
-        self.lambda_recon, self.lambda_gan, self.lambda_feat = lambda_recon, lambda_gan, lambda_feat
+        self.register_buffer("steps_taken", torch.zeros((), dtype=torch.int64), persistent=s.ack_path_every > 1)
+        self.lambda_recon, self.lambda_gan, self.lambda_feat = s.lambda_recon, s.lambda_gan, s.lambda_feat
         self.refiners = nn.ModuleList()
         self.connectors = nn.ModuleList()
         if self.kd != "none":
@@ -149,12 +169,12 @@ class Distiller(nn.Module):
                         ACKRefiner(
                             channels[k],
                             channels[:k],
-                            mode=mode,
-                            composition=composition,
-                            residual=residual,
-                            init=refiner_init,
-                            backend=backend,
-                            **({"kv_stride": kv_stride, "heads": heads} if mode != "fusion" else {}),
+                            mode=s.mode,
+                            composition=s.composition,
+                            residual=s.residual,
+                            init=s.refiner_init,
+                            backend=s.backend,
+                            **({"kv_stride": s.kv_stride, "heads": s.heads} if s.mode != "fusion" else {}),
                         )
                     )
                 self.connectors.append(init_weights(nn.Conv2d(s_ch[self.student_taps[k]], channels[k], 1)))
