@@ -127,7 +127,7 @@ def test_a_stop_signal_ends_a_rank_whose_peer_is_stopped_within_seconds(tmp_path
         procs[0].send_signal(signal.SIGTERM)
         start = time.time()
         _, err = procs[0].communicate(timeout=60)  # before the fix: deaf to SIGTERM and SIGINT for 2 hours
-        assert time.time() - start < 30
+        assert time.time() - start < 60  # 5 s of grace plus twice the longest step, on a loaded machine too
         assert_one_line_error(procs[0].returncode, err, 143, "rank 0 is blocked waiting for another process",
                   "ended without a checkpoint", "continue with: torchrun --nproc_per_node=2 -m ackd_fast.cli")
         step = load_checkpoint(out / "ckpt.pt")["step"]
