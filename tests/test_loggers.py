@@ -6,19 +6,15 @@ import csv
 import json
 import sys
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_runs import CROP, SIZE, assert_one_line_error
+from tiny_runs import records as read_records
 
-SIZE, CROP = 36, 32
 COMMON = ["--load-size", SIZE, "--crop-size", CROP, "--workers", 0, "--batch-size", 2, "--no-progress", "--device",
           "cpu"]  # fmt: skip
 TINY = [*COMMON, "--ngf", 4, "--ndf", 8]
-
-
-def _records(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
 
 
 def _teacher(run_cli, root, out, *flags):
@@ -26,13 +22,6 @@ def _teacher(run_cli, root, out, *flags):
                             "--log-every", 1, "--sample-every", 2, "--eval-every", 2, "--ckpt-every", 4, *flags])
     assert code == 0, err  # fmt: skip
     return out
-
-
-def _one_line_error(code, err, expected_code, *parts):
-    assert code == expected_code, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
 
 
 def test_tensorboard_gets_losses_scores_samples_and_settings(tmp_path, root, run_cli):
@@ -43,7 +32,7 @@ def test_tensorboard_gets_losses_scores_samples_and_settings(tmp_path, root, run
     events = EventAccumulator(str(run / "tensorboard"), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
     events.Reload()
     tags = events.Tags()
-    records = _records(run)
+    records = read_records(run)
     losses = [r for r in records if "lr" in r]
     assert [e.step for e in events.Scalars("train/g_loss")] == [r["step"] for r in losses] == [1, 2, 3, 4]
     assert np.allclose([e.value for e in events.Scalars("train/g_loss")], [r["g_loss"] for r in losses])
@@ -58,7 +47,7 @@ def test_tensorboard_gets_losses_scores_samples_and_settings(tmp_path, root, run
 
 def test_metrics_csv_is_log_jsonl_as_a_table(tmp_path, root, run_cli):
     run = _teacher(run_cli, root, tmp_path / "run")
-    records = _records(run)
+    records = read_records(run)
     with open(run / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(records)
@@ -89,7 +78,7 @@ def test_wandb_runs_offline_when_not_logged_in(tmp_path, root, run_cli, monkeypa
     records = [_wandb_record(chunk) for chunk in _leveldb_log(offline.read_bytes())]
     history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
                for r in records if r.WhichOneof("record_type") == "history"]  # fmt: skip
-    losses = [r for r in _records(run) if "lr" in r]
+    losses = [r for r in read_records(run) if "lr" in r]
     assert [h["_step"] for h in history] == [1, 2, 3, 4]
     assert [h["train/g_loss"] for h in history] == pytest.approx([r["g_loss"] for r in losses])
     assert [h["_step"] for h in history if "eval_test/psnr" in h] == [2, 4]
@@ -156,7 +145,7 @@ def test_a_missing_logger_package_is_named_in_one_line_before_anything_is_writte
     out = tmp_path / "run"
     code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", out, *TINY, "--steps", 2,
                             "--logger", "tensorboard"])  # fmt: skip
-    _one_line_error(code, err, 1, "--logger tensorboard needs the package tensorboard",
+    assert_one_line_error(code, err, 1, "--logger tensorboard needs the package tensorboard",
                     "pip install 'ackd_fast[tensorboard]'")  # fmt: skip
     assert not out.exists()
 
@@ -164,7 +153,7 @@ def test_a_missing_logger_package_is_named_in_one_line_before_anything_is_writte
 def test_an_unknown_logger_exits_2(tmp_path, root, run_cli):
     code, _, err = run_cli(["train-teacher", "--dataroot", root, "--out-dir", tmp_path / "run", *TINY,
                             "--logger", "tensorboard,mlflow"])  # fmt: skip
-    _one_line_error(code, err, 2, "--logger", "tensorboard, wandb, trackio", "mlflow")
+    assert_one_line_error(code, err, 2, "--logger", "tensorboard, wandb, trackio", "mlflow")
     assert not (tmp_path / "run").exists()
 
 

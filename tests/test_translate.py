@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_runs import assert_one_line_error
 from torch.nn import functional as F
 
 from ackd_fast import export, metrics
@@ -113,13 +114,6 @@ def _index(out: Path) -> _Rows:
     return page
 
 
-def _one_line_error(code, err, expected_code, *parts):
-    assert code == expected_code, (code, err)
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    for part in parts:
-        assert part in err, (part, err)
-
-
 def test_a_run_checkpoint_translates_a_folder_of_mixed_sizes_and_formats(tmp_path, images, generator, run_cli):
     ckpt = _run_checkpoint(tmp_path / "run" / "ckpt.pt", generator)
     out = tmp_path / "out"
@@ -188,7 +182,7 @@ def test_a_cyclegan_checkpoint_needs_a_direction_and_maps_both(tmp_path, images,
     reverse = build_generator("resnet_9blocks", NGF).eval()
     ckpt = _run_checkpoint(tmp_path / "run" / "ckpt.pt", generator, model="cyclegan", reverse=reverse)
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", tmp_path / "none"])
-    _one_line_error(code, err, 2, str(ckpt), "CycleGAN", "--direction AtoB or BtoA")
+    assert_one_line_error(code, err, 2, str(ckpt), "CycleGAN", "--direction AtoB or BtoA")
     assert not (tmp_path / "none").exists()
     for direction, g in (("AtoB", generator), ("BtoA", reverse)):
         out = tmp_path / direction
@@ -197,7 +191,7 @@ def test_a_cyclegan_checkpoint_needs_a_direction_and_maps_both(tmp_path, images,
         _check_outputs(g, images, out)
     best = _run_checkpoint(tmp_path / "run2" / "best.pt", generator, model="cyclegan")  # one generator only
     code, _, err = run_cli(["translate", best, "--input", images, "--output", tmp_path / "x", "--direction", "BtoA"])
-    _one_line_error(code, err, 1, str(best), "for AtoB only")
+    assert_one_line_error(code, err, 1, str(best), "for AtoB only")
 
 
 def test_unreadable_files_are_skipped_with_a_warning_or_refused_with_strict(tmp_path, images, generator, run_cli):
@@ -207,7 +201,7 @@ def test_unreadable_files_are_skipped_with_a_warning_or_refused_with_strict(tmp_
     notes.write_text("hello")
     out = tmp_path / "strict"
     code, _, err = run_cli(["translate", ckpt, "--input", images, notes, "--output", out, "--strict"])
-    _one_line_error(code, err, 1, "--strict", str(images / "broken.png"), str(notes), "2 of the")
+    assert_one_line_error(code, err, 1, "--strict", str(images / "broken.png"), str(notes), "2 of the")
     assert not out.exists()
     out = tmp_path / "lenient"
     code, stdout, err = run_cli(["translate", ckpt, "--input", images, notes, "--output", out])
@@ -223,7 +217,7 @@ def test_an_output_folder_inside_an_input_folder_is_refused(tmp_path, images, ge
     ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
     before = sorted(images.rglob("*"))
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", images / "sub" / "out"])
-    _one_line_error(code, err, 2, "inside the input folder", str(images))
+    assert_one_line_error(code, err, 2, "inside the input folder", str(images))
     assert sorted(images.rglob("*")) == before
 
 
@@ -233,7 +227,7 @@ def test_existing_outputs_are_kept_unless_overwrite(tmp_path, images, generator,
     (out / "sub").mkdir(parents=True)
     (out / "sub" / "c.bmp").write_bytes(b"mine")
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", out])
-    _one_line_error(code, err, 2, "exist", str(out / "sub" / "c.bmp"), "--overwrite")
+    assert_one_line_error(code, err, 2, "exist", str(out / "sub" / "c.bmp"), "--overwrite")
     assert (out / "sub" / "c.bmp").read_bytes() == b"mine"
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["c.bmp"]  # nothing else written
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", out, "--overwrite"])
@@ -247,7 +241,7 @@ def test_two_inputs_written_to_one_file_are_refused(tmp_path, images, generator,
     other.mkdir()
     (other / "a.png").write_bytes((images / "a.png").read_bytes())
     code, _, err = run_cli(["translate", ckpt, "--input", images, other, "--output", tmp_path / "out"])
-    _one_line_error(code, err, 2, str(images / "a.png"), str(other / "a.png"), "separate --output")
+    assert_one_line_error(code, err, 2, str(images / "a.png"), str(other / "a.png"), "separate --output")
     assert not (tmp_path / "out").exists()
 
 
@@ -266,7 +260,7 @@ def test_a_generator_that_cannot_take_rgb_is_refused(tmp_path, images, run_cli, 
 
     monkeypatch.setattr(translate, "read_generator", grey_file)
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", tmp_path / "out"])
-    _one_line_error(code, err, 1, str(ckpt), "1-channel", "3 channels")
+    assert_one_line_error(code, err, 1, str(ckpt), "1-channel", "3 channels")
     assert not (tmp_path / "out").exists()
 
 
@@ -277,14 +271,14 @@ def test_a_generator_that_cannot_take_rgb_is_refused(tmp_path, images, run_cli, 
 def test_bad_flag_values_exit_2(tmp_path, images, generator, run_cli, flags, message):
     ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
     code, _, err = run_cli(["translate", ckpt, "--input", images, "--output", tmp_path / "out", *flags])
-    _one_line_error(code, err, 2, message)
+    assert_one_line_error(code, err, 2, message)
     assert not (tmp_path / "out").exists()
 
 
 def test_a_missing_input_is_named(tmp_path, generator, run_cli):
     ckpt = _run_checkpoint(tmp_path / "ckpt.pt", generator)
     code, _, err = run_cli(["translate", ckpt, "--input", tmp_path / "nowhere", "--output", tmp_path / "out"])
-    _one_line_error(code, err, 1, str(tmp_path / "nowhere"))
+    assert_one_line_error(code, err, 1, str(tmp_path / "nowhere"))
 
 
 def test_fast_goes_through_deploy_with_the_same_outputs(tmp_path, images, generator, run_cli, monkeypatch):
