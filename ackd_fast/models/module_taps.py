@@ -302,11 +302,12 @@ def pairing_report(teacher: nn.Module, student: nn.Module, size: int) -> str:
     """The taps `auto_taps` suggests for a teacher and a student, paired by resolution, with the 1x1 connector each
     pair needs and a config snippet for `distill --config`; ValueError when fewer than two pairs are found (ACKD
     needs a source and a deep tap)."""
-    pairs = pair_taps(auto_taps(teacher, size), auto_taps(student, size))
+    teacher_maps, student_maps = auto_taps(teacher, size), auto_taps(student, size)
+    pairs = pair_taps(teacher_maps, student_maps)
     if len(pairs) < 2:
         raise ValueError(f"at {size}x{size} the teacher and student share {len(pairs)} resolution(s) at their "
                          "scale changes; ACKD needs two or more tap pairs: name them with --taps / --student-taps")
-    shapes_t, shapes_s = dict(auto_taps(teacher, size)), dict(auto_taps(student, size))
+    shapes_t, shapes_s = dict(teacher_maps), dict(student_maps)
     lines = [f"tap pairs at {size}x{size} (teacher <- student; the first is only a source):"]
     for t, s in pairs:
         (ct, h, w), cs = shapes_t[t], shapes_s[s][0]
