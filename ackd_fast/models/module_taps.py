@@ -8,8 +8,18 @@ A tap name is a path of `model.named_modules()` ("encoder.down.2"), or "re:" and
 match exactly one path in full. A suffix after "@" says what of that module is the tap: none, its output; "@input",
 its first input; "@N", element N of a tuple or list output; "@KEY", entry KEY of a dict output.
 
-Replacing a tap runs the whole forward with the tap's value swapped in, so the layers before the tap run too (a
-TappedGenerator starts at the tap); the tail alone would need the model split at the tap.
+Replacing a tap (`replace=`) takes one of two paths, `replace_path` says which:
+- "hook": the whole forward runs with hooks swapping the tap's value in, so the layers before the tap run for
+  nothing (a TappedGenerator starts at the tap). Works for any model and any tap.
+- "split": a `torch.fx` trace of the model in which each tap module (part "" or "input") is one opaque call, the
+  replaced values made inputs of the graph and all that the output no longer needs dropped: only what runs after
+  the tap, and what it still reads from before it (a U-Net's earlier skips), runs. The same ops as the hook path's
+  on what remains, so the same output and gradients. It needs a model that traces (no Python branches on tensor
+  values) and replaced taps whose part is "" or "input". In train mode the layers before the tap do not run at all:
+  their BatchNorm statistics stay as they are and their dropout draws nothing from the RNG (so later masks differ).
+  In-place ops on a value the rest still reads are kept, as far as their names tell (a trailing "_", an `inplace`
+  flag); one through a view of such a value, or by an op named otherwise, is lost: use "hook" for such a model.
+- "auto" (default): the split where it applies, else the hook path; `replace_path_used` says which and why.
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.fx
 from torch import Tensor, nn
 
 from ackd_fast.models.base import TappedGenerator
 
 INPUT = "input"
+REPLACE_PATHS = ("auto", "hook", "split")
 
 
 @dataclass(frozen=True)
@@ -88,19 +100,72 @@ def _with_part(value, part: str, new):
     return type(value)(items) if isinstance(value, tuple) else items
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def _changes_live(root: nn.Module, node: torch.fx.Node) -> bool:
+    """Whether `node` is an in-place op (by its name's trailing "_" or an `inplace` flag) on a value something else
+    still reads: dead-code elimination would drop it once its own result is unused, and the value would change
+    (the pix2pix U-Net's LeakyReLU(inplace=True) on a skip). Conservative: the other readers may die later."""
+    if node.op == "call_module":
+        inplace = getattr(root.get_submodule(node.target), "inplace", False) is True
+    elif node.op in ("call_method", "call_function"):
+        name = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", "")
+        inplace = node.kwargs.get("inplace") is True or (name.endswith("_") and not name.endswith("__"))
+    else:
+        return False
+    target = node.args[0] if node.args else None
+    return inplace and isinstance(target, torch.fx.Node) and len(target.users) > 1
+
+
+class _Root(nn.Module):
+    """What is traced: the model called as ModuleTaps calls it, so its other arguments keep their defaults."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class _TapTracer(torch.fx.Tracer):
+    """The default tracer, but the tap modules are single calls (the points the graph is cut at)."""
+
+    def __init__(self, leaves: set[str]):
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
 class ModuleTaps(TappedGenerator):
     """`model` with taps named by module path (module docstring). `model` itself is kept unchanged but for the
-    hooks, which do nothing outside this wrapper's forward; `detach()` removes them and returns it."""
+    hooks, which do nothing outside this wrapper's forward; `detach()` removes them and returns it.
 
-    def __init__(self, model: nn.Module, taps: Sequence[str]):
+    `replace_path` ("auto", "hook" or "split") picks how `replace=` runs (module docstring). A forced "split" on a
+    model that does not trace is a ValueError here, one replacing a tap that cannot be split one at the call. A
+    call that also reads taps it does not replace takes the hook path (the split graph outputs only the image)."""
+
+    def __init__(self, model: nn.Module, taps: Sequence[str], replace_path: str = "auto"):
         nn.Module.__init__(self)  # a TappedGenerator without stages: the model is the whole network
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        if replace_path not in REPLACE_PATHS:
+            raise ValueError(f"replace_path must be one of {REPLACE_PATHS}, got {replace_path!r}")
         names = list(taps)
         if not names or len(set(names)) != len(names):
             raise ValueError(f"taps must name one or more distinct taps, got {names}")
         self.model = model
         self.taps = {name: resolve_tap(model, name) for name in names}
+        self.replace_path = replace_path
+        # Split graphs by (replaced taps, model.training): a plain dict, not submodules, so that their (shared)
+        # parameters are neither counted twice nor saved under a second name.
+        self._graphs: dict[tuple[frozenset[str], bool], torch.fx.GraphModule] = {}
+        # By model.training: (why the model does not trace, "" when it does; the module paths its trace calls).
+        self._traced: dict[bool, tuple[str, set[str]]] = {}
         self._call: tuple[set[str], dict[str, Tensor], dict[str, Tensor]] | None = None  # (taps, replace, features)
         self._handles = []
         modules = dict(model.named_modules())
@@ -111,6 +176,8 @@ class ModuleTaps(TappedGenerator):
             else:
                 self._handles.append(module.register_forward_hook(self._output_hook(tap)))
         self.shapes: dict[str, tuple[int, ...]] = {}  # each tap's (C, H, W) at the size of the last `probe`
+        if replace_path == "split" and self._trace_check()[0]:
+            raise ValueError(f"replace_path 'split': {self._trace_check()[0]}")
 
     @property
     def tap_names(self) -> tuple[str, ...]:
@@ -155,6 +222,10 @@ class ModuleTaps(TappedGenerator):
         taps, replace = tuple(taps), dict(replace or {})
         self._check_names("taps", taps)
         self._check_names("replace", replace)
+        if replace and set(taps) <= set(replace) and self._splits(replace):
+            names = tuple(n for n in self.taps if n in replace)  # the graph's inputs after x, in tap order
+            out = self._split_graph(names)(x, *(replace[n] for n in names))
+            return (out, {n: replace[n] for n in taps}) if taps else out
         features: dict[str, Tensor] = {}
         self._call = (set(taps), replace, features)
         try:
@@ -166,11 +237,97 @@ class ModuleTaps(TappedGenerator):
             raise ValueError(f"taps {missed} were not reached by the forward of {type(self.model).__name__}")
         return (out, features) if taps else out
 
+    # ----------------------------------------------------------------------------------- the split at replaced taps
+
+    @property
+    def replace_path_used(self) -> str:
+        """The path `replace=` takes: "hook", "split", or under "auto" "hook (why)" where the model does not trace
+        and "split (hook for ...)" naming the taps that cannot be split; for a run's opening summary."""
+        if self.replace_path == "hook":
+            return "hook"
+        why, _ = self._trace_check()
+        if why:
+            return f"hook ({why})"
+        unsplit = [reason for reason in map(self._unsplittable, self.taps) if reason]
+        return f"split (hook for {'; '.join(unsplit)})" if unsplit else "split"
+
+    def _trace_check(self) -> tuple[str, set[str]]:
+        """(why `model` does not trace, "" when it does; the module paths its trace calls), from one trace in each
+        mode (a branch on `self.training` may trace in one and not the other)."""
+        mode = self.model.training
+        if mode not in self._traced:
+            try:
+                graph = self._trace()
+                self._traced[mode] = ("", {n.target[len("model.") :] for n in graph.nodes if n.op == "call_module"})
+            except Exception as e:  # tracing runs the user's forward: anything may stop it
+                self._traced[mode] = (f"torch.fx cannot trace {type(self.model).__name__}: {_first_line(e)}", set())
+        return self._traced[mode]
+
+    def _unsplittable(self, name: str) -> str:
+        """Why replacing tap `name` cannot take the split, or ""."""
+        tap = self.taps[name]
+        if tap.part not in ("", INPUT):
+            return f"{name!r}: a split replaces a module's output or input, not part of it"
+        if tap.path not in self._trace_check()[1]:
+            return f"{name!r}: {tap.path!r} is no call of its own in the trace (inside another tap's module?)"
+        return ""
+
+    def _splits(self, replace: Mapping[str, Tensor]) -> bool:
+        """Whether replacing these taps takes the split; a forced split that cannot is a ValueError."""
+        if self.replace_path == "hook":
+            return False
+        why = self._trace_check()[0] or next(filter(None, map(self._unsplittable, replace)), "")
+        if why and self.replace_path == "split":
+            raise ValueError(f"replace_path 'split' cannot replace {sorted(replace)} in {type(self.model).__name__}: "
+                             f"{why}")  # fmt: skip
+        return not why
+
+    def _trace(self) -> torch.fx.Graph:
+        leaves = {f"model.{t.path}" for t in self.taps.values() if t.part in ("", INPUT)}
+        return _TapTracer(leaves).trace(_Root(self.model))
+
+    def _split_graph(self, names: tuple[str, ...]) -> torch.fx.GraphModule:
+        """The model from the replaced taps `names` on, as a GraphModule taking (x, *their values). Cached by the
+        taps and the mode, as the trace bakes in the Python branches on `self.training` (not by the taps a call
+        reads: such calls take the hooks)."""
+        key = (frozenset(names), self.model.training)
+        if key not in self._graphs:
+            graph = self._trace()
+            # A node nothing reads is a statement (x.clamp_(...), say), kept as it may change what the output reads.
+            statements = {n for n in graph.nodes if not n.users}
+            first = next(n for n in graph.nodes if n.op != "placeholder")
+            for i, name in enumerate(names):
+                tap = self.taps[name]
+                with graph.inserting_before(first):
+                    value = graph.placeholder(f"replace_{i}")
+                for node in [n for n in graph.nodes if n.op == "call_module" and n.target == f"model.{tap.path}"]:
+                    if tap.part == INPUT:
+                        node.args = (value, *node.args[1:])
+                    else:
+                        node.replace_all_uses_with(value)
+            split = torch.fx.GraphModule(_Root(self.model), graph, class_name=f"{type(self.model).__name__}Split")
+
+            def keep(node: torch.fx.Node) -> bool:  # what dead-code elimination must not drop, though nothing reads it
+                return node in statements or node.is_impure() or _changes_live(split, node)
+
+            split.graph.eliminate_dead_code(is_impure_node=keep)
+            split.delete_all_unused_submodules()
+            split.recompile()
+            self._graphs[key] = split
+        return self._graphs[key]
+
+    def _apply(self, fn, recurse=True):
+        # A GraphModule holds the buffers it reads (get_attr) as the tensors they were when it was built; a move or
+        # cast swaps the model's for new ones, so the graphs are rebuilt on the next call. (Move the wrapper, not
+        # the bare model, for this to happen.)
+        self._graphs.clear()
+        return super()._apply(fn, recurse)
+
     @torch.no_grad()
     def probe(self, size: int, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
         """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a copy on the meta device (shapes
         only, nothing allocated); kept in `shapes`."""
-        meta = ModuleTaps(copy.deepcopy(self.model).to("meta"), list(self.taps))
+        meta = ModuleTaps(copy.deepcopy(self.model).to("meta"), list(self.taps), replace_path="hook")
         meta.eval()
         try:
             _, features = meta(torch.empty(1, in_channels, size, size, device="meta"), taps=self.tap_names)
@@ -317,5 +474,5 @@ def pairing_report(teacher: nn.Module, student: nn.Module, size: int) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ModuleRow", "ModuleTaps", "Tap", "auto_taps", "module_table", "pair_taps", "pairing_report",
-           "resolve_tap", "tap_report"]
+__all__ = ["REPLACE_PATHS", "ModuleRow", "ModuleTaps", "Tap", "auto_taps", "module_table", "pair_taps",
+           "pairing_report", "resolve_tap", "tap_report"]
