@@ -6,8 +6,8 @@ teacher in eval mode, gradients only into the replacement), CPU fp32, batch 1, 2
 (ngf 64, 256x256) at "stages.block6" and "stages.block9"; unet_256 (ngf 64, 256x256) at "stages.dec2" (the
 decoder next to the output) and "stages.dec5" (mid-decoder: the split still runs encoders 1-4 for their skips).
 The two paths alternate round by round (which one goes first swaps each round), one warm-up call each first; the
-table gives each path's median, the median of the rounds' hook/split ratios, and the forward FLOPs of each path
-(torch.utils.flop_counter), the ratio the time would have if every FLOP cost the same.
+table gives each path's median, the median of the rounds' hook/split ratios, and the FLOPs of each path's forward
+and backward (torch.utils.flop_counter), the ratio the time would have if every FLOP cost the same.
 
     python benchmarks/replace_path_cpu.py --out DIR [--rounds 7]   # about 2 minutes on 2 cores
     python benchmarks/replace_path_cpu.py --quick                  # smoke run: ngf 4, small images, 1 round
@@ -40,9 +40,10 @@ def _step(tapped: ModuleTaps, x, tap: str, t: torch.Tensor, grad: torch.Tensor) 
     return seconds
 
 
-def _forward_flops(tapped: ModuleTaps, x, tap: str, t: torch.Tensor) -> int:
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        tapped(x, replace={tap: t})
+def _step_flops(tapped: ModuleTaps, x, tap: str, t: torch.Tensor, grad: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter:
+        tapped(x, replace={tap: t}).backward(grad)
+    t.grad = None
     return counter.get_total_flops()
 
 
@@ -62,18 +63,18 @@ def run_case(generator: str, tap: str, ngf: int, size: int, rounds: int) -> dict
         for path in PATHS if r % 2 == 0 else PATHS[::-1]:
             seconds[path].append(_step(tapped[path], x, tap, t, grad))
     ratios = [h / s for h, s in zip(seconds["hook"], seconds["split"], strict=True)]
-    flops = {path: _forward_flops(tapped[path], x, tap, t) for path in PATHS}
+    flops = {path: _step_flops(tapped[path], x, tap, t, grad) for path in PATHS}
     return {"generator": generator, "ngf": ngf, "size": size, "tap": tap, "seconds": seconds,
             "median_ms": {p: 1000 * statistics.median(s) for p, s in seconds.items()},
             "ratio_hook_over_split": statistics.median(ratios),
-            "forward_gflop": {p: f / 1e9 for p, f in flops.items()}}  # fmt: skip
+            "step_gflop": {p: f / 1e9 for p, f in flops.items()}}  # fmt: skip
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| model | tap | hook (ms) | split (ms) | hook/split (median of rounds) | fwd GFLOP hook / split |",
+    lines = ["| model | tap | hook (ms) | split (ms) | hook/split (median of rounds) | GFLOP fwd+bwd hook / split |",
              "|---|---|---:|---:|---:|---:|"]  # fmt: skip
     for r in results:
-        ms, gf = r["median_ms"], r["forward_gflop"]
+        ms, gf = r["median_ms"], r["step_gflop"]
         lines.append(f"| {r['generator']} ngf {r['ngf']}, {r['size']}x{r['size']} | {r['tap']} | {ms['hook']:.1f} | "
                      f"{ms['split']:.1f} | **{r['ratio_hook_over_split']:.2f}x** | {gf['hook']:.2f} / "
                      f"{gf['split']:.2f} ({gf['hook'] / gf['split']:.2f}x) |")  # fmt: skip
