@@ -20,4 +20,15 @@ from ackd_fast.ops import backends  # noqa: E402
 from ackd_fast.peers import load_generator  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["ACKAttention", "ACKFusion", "ACKRefiner", "backends", "deploy", "load_generator"]
+# ackd_fast.api's, imported on first use (it loads the training code); its train_teacher and distill are called as
+# ackd_fast.api.distill (ackd_fast.distill is the module of the Distiller)
+_API = ("Taps", "list_taps")
+__all__ = ["ACKAttention", "ACKFusion", "ACKRefiner", "backends", "deploy", "load_generator", *_API]
+
+
+def __getattr__(name: str):
+    if name in _API:
+        from ackd_fast import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'ackd_fast' has no attribute {name!r}")

@@ -34,11 +34,12 @@ from ackd_fast.models import (
     DEFAULT_TAPS,
     DISCRIMINATORS,
     GENERATORS,
+    GeneratorSpec,
     ModuleTaps,
     TappedGenerator,
     build_discriminator,
-    build_generator,
 )
+from ackd_fast.models.by_path import is_import_path, parse_kwargs
 from ackd_fast.models.module_taps import auto_taps, pair_taps
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
@@ -106,11 +107,19 @@ class Config:
     generator: str = flag(
         "resnet_9blocks",
         "teacher generator: resnet_9blocks, mobile_resnet_9blocks, unet_256 or unet_256_bn (pix2pix's "
-        "BatchNorm + dropout U-Net); distill: a bare generator teacher's, auto = what its tensors imply",
+        "BatchNorm + dropout U-Net), or your own as package.module:callable (a class or factory returning an "
+        "nn.Module that maps a (B, 3, H, W) image in [-1, 1] to one of the same size; the module is imported, so "
+        "it must be on the Python path); distill: a bare generator teacher's, auto = what its tensors imply",
     )
     ngf: int = flag(
         64,
-        "teacher generator width (channels of its first conv); distill: 0 = what the teacher file implies",
+        "teacher generator width (channels of its first conv) of a built-in --generator; distill: 0 = what the "
+        "teacher file implies",
+    )
+    generator_kwargs: str = flag(
+        "",
+        "--generator package.module:callable's keyword arguments as a JSON object, e.g. '{\"width\": 32}' (the "
+        "checkpoint records them, so later commands rebuild the model from it alone)",
     )
     discriminator: str = flag("n_layers", "n_layers (PatchGAN) or multi_scale (PatchGANs at 1x, 1/2x)", only="teacher")
     ndf: int = flag(64, "discriminator width", only="teacher")
@@ -135,7 +144,18 @@ class Config:
     )
     student_ngf: int = flag(
         16,
-        "student width for --recipe compress (16: 0.137 M params, 1.41 GMACs at 256x256)",
+        "student width for --recipe compress or a built-in --student (16: 0.137 M params, 1.41 GMACs at 256x256)",
+        only="distill",
+    )
+    student: str = flag(
+        "",
+        "the student generator: a built-in name (at --student-ngf) or package.module:callable (--student-kwargs); "
+        "empty = what --recipe says",
+        only="distill",
+    )
+    student_kwargs: str = flag(
+        "",
+        "--student package.module:callable's keyword arguments as a JSON object",
         only="distill",
     )
     taps: str = flag(
@@ -356,7 +376,8 @@ def _taps(spec: str, generator_name: str) -> tuple[str, ...]:
     if spec:
         return tuple(t.strip() for t in spec.split(",") if t.strip())
     if generator_name not in DEFAULT_TAPS:
-        raise ValueError(f"generator {generator_name!r} has no default taps; name them with --taps / --student-taps")
+        raise UsageError(f"generator {generator_name} has no default taps: name them with --taps and --student-taps "
+                         "(module paths; `ackd-fast taps MODEL` lists them), or give --taps auto")  # fmt: skip
     return DEFAULT_TAPS[generator_name]
 
 
@@ -375,45 +396,87 @@ def auto_tap_pairs(cfg: Config, teacher: nn.Module, student: nn.Module) -> tuple
     return tuple(t for t, _ in pairs), tuple(s for _, s in pairs)
 
 
-def tapped(generator: TappedGenerator, taps: tuple[str, ...]) -> nn.Module:
+def tapped(generator: nn.Module, taps: tuple[str, ...], flag_name: str = "taps") -> nn.Module:
     """What the Distiller reads `taps` of: the generator itself when they are its stage taps ("stem", "block3"),
-    else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input"),
-    whose replacement runs the layers before the tap too."""
+    else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input").
+    A tap that does not resolve is a UsageError naming `flag_name`."""
     if isinstance(generator, TappedGenerator) and all(name in generator.tap_names for name in taps):
         return generator
-    return ModuleTaps(generator, taps)
+    try:
+        return ModuleTaps(generator, taps)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{flag_name}: {e}") from None
 
 
-def build_task(cfg: Config, teacher: GeneratorFile | None = None) -> tuple[nn.Module, Critic, nn.Module, dict]:
-    """(objective, critic, generator to evaluate, generator spec) for the job. Distillation takes the teacher's
+def build_task(cfg: Config, teacher: GeneratorFile | None = None, model: nn.Module | None = None
+               ) -> tuple[nn.Module, Critic, nn.Module, GeneratorSpec]:  # fmt: skip
+    """(objective, critic, generator to evaluate, its GeneratorSpec) for the job; `model`: the generator to train
+    (teacher job) or the student (distill) as a module already built, which cfg's --generator / --student name
+    (`api` sets them from the module's class). Distillation takes the teacher's
     architecture and weights, and its discriminator's, from `teacher` (cfg.teacher read by `read_teacher`; read
     here when not given)."""
     if cfg.job == "teacher":
         if cfg.model not in OBJECTIVES:
             raise ValueError(f"model must be one of {OBJECTIVES}, got {cfg.model!r}")
-        g = build_generator(cfg.generator, cfg.ngf)
+        spec = teacher_spec(cfg)
+        g = model if model is not None else _build(spec, "--generator")
         if cfg.model == "pix2pix":
             objective: nn.Module = Pix2Pix(g)
             discs = [build_discriminator(cfg.discriminator, 6, cfg.ndf, cfg.n_layers_d)]
         else:
-            objective = CycleGAN(g, build_generator(cfg.generator, cfg.ngf))
+            objective = CycleGAN(g, fresh_copy(g) if model is not None else spec.build())
             discs = [build_discriminator(cfg.discriminator, 3, cfg.ndf, cfg.n_layers_d) for _ in range(2)]
-        return objective, Critic(discs, objective.gan_mode), g, {"name": cfg.generator, "ngf": cfg.ngf}
+        return objective, Critic(discs, objective.gan_mode), g, spec
     if cfg.job != "distill":
         raise ValueError(f"job must be 'teacher' or 'distill', got {cfg.job!r}")
     tfile = teacher if teacher is not None else read_teacher(cfg)
-    if cfg.recipe == "compress":
-        spec = {"name": "mobile_resnet_9blocks", "ngf": cfg.student_ngf}
-    elif cfg.recipe == "self":
-        spec = {"name": tfile.name, "ngf": tfile.ngf}
+    spec = student_spec(cfg, tfile)
+    if model is not None:
+        student = model
     else:
-        raise ValueError(f"recipe must be one of {RECIPES}, got {cfg.recipe!r}")
-    student = build_generator(spec["name"], spec["ngf"])
+        student = _build(spec, "--student") if cfg.student else spec.build(named_in=cfg.teacher)
     paired = (tfile.objective or cfg.model) == "pix2pix"
     gan_mode = Pix2Pix.gan_mode if paired else CycleGAN.gan_mode
     disc = teacher_discriminator(cfg, tfile, paired)
-    distiller = build_distiller(cfg, tfile.generator, tfile.name, student, spec["name"], paired)
+    distiller = build_distiller(cfg, tfile.generator, tfile.name, student, spec.name, paired)
     return distiller, Critic([disc], gan_mode), student, spec
+
+
+@torch.no_grad()
+def fresh_copy(model: nn.Module) -> nn.Module:
+    """A copy of `model` with every layer that can re-initialise itself (reset_parameters) re-initialised: the
+    second generator of a CycleGAN built from a module given."""
+    copied = copy.deepcopy(model)
+    for m in copied.modules():
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+    return copied
+
+
+def _build(spec: GeneratorSpec, flag_name: str) -> nn.Module:
+    """The model a flag names; what goes wrong (an import, the kwargs) is a UsageError naming the flag."""
+    try:
+        return spec.build()
+    except ValueError as e:
+        raise UsageError(f"{flag_name} {e}") from None
+
+
+def teacher_spec(cfg: Config) -> GeneratorSpec:
+    """The generator a train-teacher config asks for: --generator at --ngf, or an import path and its kwargs."""
+    return GeneratorSpec(cfg.generator, cfg.ngf if cfg.generator in GENERATORS else None, cfg.generator_kwargs)
+
+
+def student_spec(cfg: Config, tfile: GeneratorFile) -> GeneratorSpec:
+    """The student a distill config asks for: --student (a built-in at --student-ngf, or an import path and its
+    kwargs), else --recipe's (compress: mobile_resnet_9blocks at --student-ngf; self: the teacher's own)."""
+    if cfg.student:
+        builtin = cfg.student in GENERATORS
+        return GeneratorSpec(cfg.student, cfg.student_ngf if builtin else None, cfg.student_kwargs)
+    if cfg.recipe == "compress":
+        return GeneratorSpec("mobile_resnet_9blocks", cfg.student_ngf)
+    if cfg.recipe == "self":
+        return tfile.spec
+    raise ValueError(f"recipe must be one of {RECIPES}, got {cfg.recipe!r}")
 
 
 def read_teacher(cfg: Config) -> GeneratorFile:
@@ -422,13 +485,16 @@ def read_teacher(cfg: Config) -> GeneratorFile:
     exported generator says its own."""
     if not cfg.teacher:
         raise ValueError("distill needs --teacher, the checkpoint of a train-teacher run")
-    tfile = read_generator(cfg.teacher)
+    if is_import_path(cfg.generator):  # the user says what the file holds: a generator of their own
+        tfile = read_generator(cfg.teacher, cfg.generator, kwargs=cfg.generator_kwargs)
+    else:
+        tfile = read_generator(cfg.teacher)
     file_config(cfg.teacher, tfile.config)
-    if tfile.config is None and not tfile.info:
+    if tfile.config is None and not tfile.info and tfile.ngf is not None:
         name = None if cfg.generator in ("", "auto") else cfg.generator
         if (name or tfile.name) != tfile.name or (cfg.ngf or tfile.ngf) != tfile.ngf:
             raise ValueError(
-                f"teacher {cfg.teacher} is a {tfile.name} ngf {tfile.ngf} generator ({tfile.source}), not the "
+                f"teacher {cfg.teacher} is a {tfile.label} generator ({tfile.source}), not the "
                 f"{cfg.generator} ngf {cfg.ngf} that generator/ngf ask for (--generator auto --ngf 0: what the file "
                 "implies)"
             )
@@ -484,7 +550,7 @@ def resolve_teacher(cfg: Config, tfile: GeneratorFile) -> tuple[Config, str]:
         disc = "starts from the teacher run's"
     else:
         disc = f"starts fresh ({cfg.discriminator}, ndf {cfg.ndf}; --teacher-d PATH loads one)"
-    note = (f"teacher {cfg.teacher}: {tfile.name} ngf {tfile.ngf} ({tfile.source}); objective {model}, direction "
+    note = (f"teacher {cfg.teacher}: {tfile.label} ({tfile.source}); objective {model}, direction "
             f"{direction} from {origin}; the discriminator {disc}")  # fmt: skip
     return replace(cfg, model=model, direction=direction), note
 
@@ -498,20 +564,54 @@ def build_distiller(
     paired: bool,
     backend: str = "auto",
 ) -> Distiller:
-    """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner."""
+    """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner. The
+    taps are resolved and hooked on the models as given (before any DDP or torch.compile wrapper), and their shapes
+    at the crop size checked pair by pair (`check_tap_pairs`)."""
     if "auto" in (cfg.taps, cfg.student_taps):
         teacher_taps, student_taps = auto_tap_pairs(cfg, teacher, student)
     else:
         teacher_taps, student_taps = _taps(cfg.taps, teacher_name), _taps(cfg.student_taps, student_name)
-    return Distiller(
-        tapped(teacher, teacher_taps),
-        tapped(student, student_taps),
-        teacher_taps,
-        student_taps,
-        paired=paired,
-        gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode,
-        settings=distill_settings(cfg, backend),
-    )
+    if len(teacher_taps) != len(student_taps) or len(teacher_taps) < 2:
+        raise UsageError(f"--taps names {len(teacher_taps)} tap(s) and --student-taps {len(student_taps)}: give the "
+                         "same number, two or more (the first is only a source)")  # fmt: skip
+    t_model, s_model = tapped(teacher, teacher_taps, "--taps"), tapped(student, student_taps, "--student-taps")
+    settings = distill_settings(cfg, backend)
+    if settings.kd != "none":
+        check_tap_pairs(cfg, t_model, teacher_taps, s_model, student_taps, settings)
+    return Distiller(t_model, s_model, teacher_taps, student_taps, paired=paired,
+                     gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode, settings=settings)  # fmt: skip
+
+
+def tap_shapes(model: nn.Module, taps: tuple[str, ...], size: int) -> dict[str, tuple[int, ...]]:
+    """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a meta copy (shapes only)."""
+    if isinstance(model, ModuleTaps):
+        return model.probe(size)
+    meta = copy.deepcopy(model).to("meta").eval()
+    with torch.no_grad():
+        _, features = meta(torch.empty(1, 3, size, size, device="meta"), taps=taps)
+    return {name: tuple(f.shape[1:]) for name, f in features.items()}
+
+
+def check_tap_pairs(cfg: Config, teacher: nn.Module, teacher_taps: tuple[str, ...], student: nn.Module,
+                    student_taps: tuple[str, ...], settings: DistillSettings) -> None:  # fmt: skip
+    """UsageError, in one line, when a teacher tap and its student tap differ in resolution at the crop size (a 1x1
+    connector maps channels, not sizes) or ACK-A's heads do not divide a refined tap's channels."""
+    try:
+        t_shapes, s_shapes = tap_shapes(teacher, teacher_taps, cfg.crop_size), tap_shapes(student, student_taps,
+                                                                                          cfg.crop_size)  # fmt: skip
+    except ValueError as e:
+        raise UsageError(f"--taps / --student-taps at --crop-size {cfg.crop_size}: {e}") from None
+    for t, s in zip(teacher_taps, student_taps, strict=True):
+        if t_shapes[t][1:] != s_shapes[s][1:]:
+            shown_t, shown_s = " x ".join(map(str, t_shapes[t])), " x ".join(map(str, s_shapes[s]))
+            raise UsageError(f"tap pair {t} ({shown_t}) <- {s} ({shown_s}) at --crop-size "
+                             f"{cfg.crop_size}: a connector maps channels, not sizes; pair maps of one resolution "
+                             "(ackd-fast taps --teacher T --student S suggests pairs)")  # fmt: skip
+    if settings.kd == "ackd" and settings.mode != "fusion":
+        for t in teacher_taps[1:]:
+            if t_shapes[t][0] % settings.heads:
+                raise UsageError(f"--heads {settings.heads} must divide the channels of every refined teacher tap; "
+                                 f"{t} has {t_shapes[t][0]}")  # fmt: skip
 
 
 def distill_settings(cfg: Config, backend: str = "auto") -> DistillSettings:
@@ -606,7 +706,7 @@ def check_values(cfg: Config) -> None:
               what=" (--crop-size: the crop is cut from the resized image)")  # fmt: skip
     _in_range(cfg, "batch_size", 0, what=" (0: 4 when paired, 1 when unpaired)")
     _in_range(cfg, "workers", 0, what=" (0: load in the training process)")
-    _one_of(cfg, "generator", (*GENERATORS, "auto") if distill else tuple(GENERATORS))
+    _model_flags(cfg, "generator", "auto" if distill else None)
     _in_range(cfg, "ngf", 0 if distill else 1, what=" (distill: 0 = what the teacher file implies)" if distill else "")
     _one_of(cfg, "discriminator", DISCRIMINATORS)
     _in_range(cfg, "ndf", 1)
@@ -614,6 +714,10 @@ def check_values(cfg: Config) -> None:
     if distill:
         _one_of(cfg, "recipe", RECIPES)
         _in_range(cfg, "student_ngf", 1)
+        if cfg.student:
+            _model_flags(cfg, "student")
+        elif cfg.student_kwargs:
+            raise UsageError("--student-kwargs is for --student package.module:callable, and --student is not given")
         _one_of(cfg, "kd", KD_MODES)
         _one_of(cfg, "mode", REFINER_MODES)
         _one_of(cfg, "composition", COMPOSITIONS)
@@ -652,6 +756,26 @@ def check_values(cfg: Config) -> None:
         raise UsageError("--stop-at > 0 stops with a checkpoint to resume from, and --ckpt-every 0 writes none")
     if cfg.resume and cfg.overwrite:
         raise UsageError("--resume continues the run in --out-dir and --overwrite starts it afresh: give one")
+
+
+def _model_flags(cfg: Config, name: str, extra: str | None = None) -> None:
+    """--NAME (a built-in, `extra`, or package.module:callable) and --NAME-kwargs (a JSON object, for an import path
+    only); nothing is imported here: a run config read from a file passes these checks too."""
+    value, kwargs = getattr(cfg, name), getattr(cfg, f"{name}_kwargs")
+    if not isinstance(value, str) or not (value in GENERATORS or value == extra or is_import_path(value)):
+        shown = ", ".join([*GENERATORS, *([extra] if extra else [])])
+        raise UsageError(f"{_flag(name)} must be one of {shown}, or package.module:callable for a generator of your "
+                         f"own; got {value!r}")  # fmt: skip
+    if not isinstance(kwargs, str):
+        raise UsageError(f"{_flag(name + '_kwargs')} must be JSON text; got {type(kwargs).__name__}")
+    try:
+        parse_kwargs(kwargs, _flag(name + "_kwargs"))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if kwargs and not is_import_path(value):
+        width = "--ngf" if name == "generator" else "--student-ngf"
+        raise UsageError(f"{_flag(name + '_kwargs')} is for {_flag(name)} package.module:callable; {_flag(name)} "
+                         f"{value} is built-in (its width: {width})")  # fmt: skip
 
 
 def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size: bool = False) -> int:

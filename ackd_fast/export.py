@@ -18,6 +18,7 @@ or replaces an existing file unless asked (`overwrite`).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -29,7 +30,8 @@ from ackd_fast.checkpoint import WriteError, write_atomic, write_bytes_atomic
 from ackd_fast.data import from_uint8
 from ackd_fast.errors import UsageError, optional_import
 from ackd_fast.metrics import quantize
-from ackd_fast.models import TappedGenerator
+from ackd_fast.models import ModuleTaps, TappedGenerator
+from ackd_fast.models.architectures import ARCHITECTURES, LAYOUT_NAMES
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
 from ackd_fast.rundir import SAMPLES, run_files
@@ -64,9 +66,23 @@ class Uint8Images(nn.Module):
         return quantize(self.generator(from_uint8(x.permute(0, 3, 1, 2)))).permute(0, 2, 3, 1)
 
 
-def size_multiple(generator: TappedGenerator) -> int:
-    """The input sizes the generator takes are multiples of this."""
-    return 2 ** getattr(generator, "num_downs", N_DOWNSAMPLING)
+def size_multiple(generator: nn.Module) -> int:
+    """The input sizes the generator takes are multiples of this: a built-in's from its structure; any other's the
+    smallest power of two p for which 3p x 3p and 5p x 5p images come out at their own size (a forward of a meta
+    copy: shapes only), odd multiples so that p is all the model needs."""
+    if isinstance(generator, TappedGenerator) and not isinstance(generator, ModuleTaps):
+        return 2 ** getattr(generator, "num_downs", N_DOWNSAMPLING)
+    meta = copy.deepcopy(generator).to("meta").eval()
+    problem = ""
+    for p in (2**k for k in range(9)):
+        try:
+            with torch.no_grad():
+                if all(meta(torch.empty(1, 3, n, n, device="meta")).shape[-2:] == (n, n) for n in (3 * p, 5 * p)):
+                    return p
+        except (RuntimeError, ValueError, NotImplementedError) as e:  # too small for it, or sizes that do not fit
+            problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+    raise ValueError(f"{type(generator).__name__} turns no square image of a side 3p or 5p (p a power of two up to "
+                     f"256) into one of its own size{f' (last: {problem})' if problem else ''}")  # fmt: skip
 
 
 def _check_size(generator: TappedGenerator, size: object) -> int:
@@ -143,7 +159,7 @@ def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
 
 
 def export_peer(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
-    """The state dict in the peers' layout (peers.PEER_LAYOUT) to `out`."""
+    """The state dict in the peers' layout (the architecture's peer_layout) to `out`."""
     state = {k: v.detach().clone() for k, v in to_peer_state_dict(g.generator, g.name).items()}
     write_bytes_atomic(out, lambda f: torch.save(state, f))
     return [Path(out)]
@@ -233,15 +249,18 @@ def export(checkpoint: str | os.PathLike, fmt: str, out: str | os.PathLike, size
         raise TypeError(f"overwrite must be a bool, got {type(overwrite).__name__}")
     _check_targets(checkpoint, fmt, Path(out), overwrite)
     g = read_generator(checkpoint)
+    if fmt == "peer" and g.name not in ARCHITECTURES:
+        raise UsageError(f"--format peer writes the peers' key layouts, which exist for the built-in generators only; "
+                         f"{checkpoint} holds {g.label}: export pth, onnx or pt2")  # fmt: skip
     _check_size(g.generator, size)
     out = _check_out(out)
     result: dict = {"format": fmt, "checkpoint": str(checkpoint), "generator": g.name, "ngf": g.ngf,
-                    "source": g.source}  # fmt: skip
+                    "source": g.source} | ({"kwargs": g.kwargs} if g.kwargs else {})  # fmt: skip
     if fmt == "pth":
         files = export_pth(g, out)
     elif fmt == "peer":
         files = export_peer(g, out)
-        result["layout"] = "GAN Compression / OMGD" if not g.name.startswith("unet") else "pytorch-CycleGAN-and-pix2pix"
+        result["layout"] = LAYOUT_NAMES[ARCHITECTURES[g.name].peer_layout]
     elif fmt == "onnx":
         files, result["max_abs_diff"] = export_onnx(g, out, size, dynamic, io)
     else:

@@ -24,34 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ackd_fast.checkpoint import load_tensors
 from ackd_fast.data import DIRECTIONS
 from ackd_fast.losses import OBJECTIVES
-from ackd_fast.models import GENERATORS, NLayerDiscriminator, TappedGenerator, build_generator
+from ackd_fast.models import ARCHITECTURES, GENERATORS, GeneratorSpec, NLayerDiscriminator, build_generator
+from ackd_fast.models.architectures import GAN_COMPRESSION, LAYOUT_NAMES, OURS
+from ackd_fast.models.by_path import is_import_path
 
-OURS = "ackd_fast"
-GAN_COMPRESSION = "gan_compression"
-CYCLEGAN_PIX2PIX = "cyclegan_pix2pix"
-LAYOUT_NAMES = {
-    OURS: "ackd_fast",
-    GAN_COMPRESSION: "GAN Compression / OMGD",
-    CYCLEGAN_PIX2PIX: "pytorch-CycleGAN-and-pix2pix / OMGD",
-}
-# the layouts each generator is saved in, in the order they are tried
-LAYOUTS = {
-    "resnet_9blocks": (OURS, GAN_COMPRESSION, CYCLEGAN_PIX2PIX),
-    "mobile_resnet_9blocks": (OURS, GAN_COMPRESSION),
-    "unet_256": (OURS, CYCLEGAN_PIX2PIX),
-    "unet_256_bn": (OURS, CYCLEGAN_PIX2PIX),
-}
-PEER_LAYOUT = {  # what `ackd-fast export --format peer` writes: the layout GAN Compression's / OMGD's test.py loads
-    "resnet_9blocks": GAN_COMPRESSION,
-    "mobile_resnet_9blocks": GAN_COMPRESSION,
-    "unet_256": CYCLEGAN_PIX2PIX,
-    "unet_256_bn": CYCLEGAN_PIX2PIX,
-}
 SIDECAR_FORMAT = "ackd_fast.generator"  # the "format" of an exported generator's JSON sidecar
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -100,22 +81,27 @@ def _unet_key(key: str, num_downs: int) -> str:
     return prefix + ".".join([str(peer_index), *rest])
 
 
-def peer_keys(generator: TappedGenerator, name: str, layout: str) -> dict[str, str]:
+def peer_keys(generator: nn.Module, name: str, layout: str) -> dict[str, str]:
     """{our state-dict key: the key in `layout`} for `generator` (built by `name`): the one mapping, both ways."""
-    if layout not in LAYOUTS.get(name, ()):
-        raise ValueError(f"generator {name!r} has no {layout!r} layout; it has {LAYOUTS.get(name, ())}")
+    layouts = ARCHITECTURES[name].layouts if name in ARCHITECTURES else ()
+    if layout not in layouts:
+        raise ValueError(f"generator {name!r} has no {layout!r} layout; it has {layouts}")
     keys = list(generator.state_dict())
     if layout == OURS:
         return {k: k for k in keys}
-    if name.startswith("unet"):
+    if ARCHITECTURES[name].family == "unet":
         return {k: _unet_key(k, generator.num_downs) for k in keys}
     n_blocks = sum(len(generator.stages[t]) for t in generator.stages if t != "stem")
     return {k: _resnet_key(k, layout, n_blocks) for k in keys}
 
 
-def to_peer_state_dict(generator: TappedGenerator, name: str, layout: str | None = None) -> dict[str, Tensor]:
-    """Our generator's state dict in a peer's key layout (default: PEER_LAYOUT[name]), tensors shared."""
-    mapping = peer_keys(generator, name, layout or PEER_LAYOUT[name])
+def to_peer_state_dict(generator: nn.Module, name: str, layout: str | None = None) -> dict[str, Tensor]:
+    """Our generator's state dict in a peer's key layout (default: the architecture's peer_layout), tensors shared;
+    ValueError for a generator that is no built-in (the peers have no layout for it)."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"{name} is no built-in generator: the peers' key layouts exist for {', '.join(GENERATORS)} "
+                         "only")  # fmt: skip
+    mapping = peer_keys(generator, name, layout or ARCHITECTURES[name].peer_layout)
     state = generator.state_dict()
     return {mapping[k]: v for k, v in state.items()}
 
@@ -133,15 +119,11 @@ class _Fit:
     problem: str = ""
 
 
-def _first_conv_key(name: str) -> str:
-    return "stages.enc1.0.weight" if name.startswith("unet") else "stages.stem.1.weight"
-
-
 def _try(state: dict[str, Tensor], name: str, layout: str, ngf: int | None) -> _Fit:
     fit = _Fit(name, layout)
     with torch.device("meta"):
         mapping = peer_keys(build_generator(name, 1), name, layout)
-    first = mapping[_first_conv_key(name)]
+    first = mapping[ARCHITECTURES[name].first_conv]
     fit.overlap = sum(k in state for k in mapping.values())
     if first not in state:
         fit.problem = f"has no key {first!r}"
@@ -181,10 +163,10 @@ def _match(path: Path, state: dict, name: str | None, ngf: int | None, layouts: 
         raise ValueError(f"name must be one of {tuple(GENERATORS)} or None, got {name!r}")
     if ngf is not None and (isinstance(ngf, bool) or not isinstance(ngf, int) or ngf < 1):
         raise ValueError(f"ngf must be a positive int or None, got {ngf!r}")
-    names = [name] if name else list(LAYOUTS)
+    names = [name] if name else list(GENERATORS)
     fits = []
     for n in names:
-        for layout in LAYOUTS[n]:
+        for layout in ARCHITECTURES[n].layouts:
             if layouts is not None and layout not in layouts:
                 continue
             fit = _try(state, n, layout, ngf)
@@ -220,19 +202,29 @@ def _tensor_dict(path: Path, obj: object, what: str) -> dict[str, Tensor]:
 class GeneratorFile:
     """A generator read from a file, and what the file says about it.
 
-    generator: in eval mode, on the CPU. name, ngf: its architecture. source: what the file was (a run checkpoint,
-    an exported generator, or a peer's layout). config: the run's config (run checkpoints and exported generators
-    carry it), else None. step, selection: a run checkpoint's step and (best.pt) how it was selected."""
+    generator: in eval mode, on the CPU. name, ngf, kwargs: its architecture (`spec`): a built-in and its width, or
+    an import path (ngf None) and its keyword arguments. source: what the file was (a run checkpoint, an exported
+    generator, or a peer's layout). config: the run's config (run checkpoints and exported generators carry it),
+    else None. step, selection: a run checkpoint's step and (best.pt) how it was selected."""
 
-    generator: TappedGenerator
+    generator: nn.Module
     name: str
-    ngf: int
+    ngf: int | None
     source: str
     config: dict | None = None
     step: int | None = None
     selection: dict | None = None
     info: dict = field(default_factory=dict)  # an exported generator's sidecar
     discriminators: dict | None = None  # a run checkpoint's discriminator states (its "d" entry), read in the same go
+    kwargs: dict = field(default_factory=dict)
+
+    @property
+    def spec(self) -> GeneratorSpec:
+        return GeneratorSpec(self.name, self.ngf, self.kwargs)
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
 
     @property
     def direction(self) -> str | None:
@@ -247,33 +239,65 @@ class GeneratorFile:
 def _check_sidecar(side: Path, info: dict) -> None:
     """ValueError naming the sidecar when a value it gives is not one a generator can have (the run config in it is
     checked where it is used: assembly.file_config)."""
-    allowed = {"name": (*GENERATORS, None), "direction": (*DIRECTIONS, None), "model": (*OBJECTIVES, None)}
+    name = info.get("name")
+    if name is not None and name not in GENERATORS and not is_import_path(name):
+        raise ValueError(f"{side}: 'name' must be one of {', '.join(GENERATORS)} or package.module:callable, got "
+                         f"{name!r}")  # fmt: skip
+    allowed = {"direction": (*DIRECTIONS, None), "model": (*OBJECTIVES, None)}
     for key, values in allowed.items():
         if info.get(key) not in values:
             raise ValueError(f"{side}: {key!r} must be one of {', '.join(map(str, values))}, got {info.get(key)!r}")
     ngf = info.get("ngf")
     if ngf is not None and (isinstance(ngf, bool) or not isinstance(ngf, int) or ngf < 1):
         raise ValueError(f"{side}: 'ngf' must be a positive int, got {ngf!r}")
+    if not isinstance(info.get("kwargs", {}), dict):
+        raise ValueError(f"{side}: 'kwargs' must be a JSON object, got {info.get('kwargs')!r}")
 
 
-def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None) -> GeneratorFile:
-    """The generator in `path` with what the file says about it; `name`/`ngf`: the architecture it must have
-    (None: what the file says or its tensors imply). Nothing in the file runs (weights_only=True), nothing is
-    written, and a file that fits no known generator raises a ValueError naming the file."""
+def load_into(model: nn.Module, state: dict[str, Tensor], path: str | os.PathLike, label: str) -> nn.Module:
+    """`state` loaded into `model` (every key, every shape); ValueError naming the file and the first key that
+    does not fit."""
+    expected = model.state_dict()
+    for key, value in expected.items():
+        if key not in state:
+            raise ValueError(f"{path} does not fit {label}: it has no key {key!r}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(f"{path} does not fit {label}: key {key!r} has shape {tuple(state[key].shape)}, the "
+                             f"model's {tuple(value.shape)}")  # fmt: skip
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise ValueError(f"{path} does not fit {label}: unexpected key {extra[0]!r} ({len(extra)} in all)")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None,
+                   kwargs: dict | str | None = None, model: nn.Module | None = None) -> GeneratorFile:  # fmt: skip
+    """The generator in `path` with what the file says about it; `name`/`ngf`: the built-in architecture it must
+    have (None: what the file says or its tensors imply), or `name` "package.module:callable" and its `kwargs`;
+    `model`: a module to load the weights into instead (one the file cannot rebuild). Nothing in the file runs
+    (weights_only=True; an import path the file names is called only when it builds modules: models/by_path.py),
+    nothing is written, and a file that fits no known generator raises a ValueError naming the file."""
     path = Path(path)
+    if model is not None and not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
+    if name is not None and name not in GENERATORS and not is_import_path(name):
+        raise ValueError(f"name must be one of {GENERATORS}, package.module:callable or None, got {name!r}")
     obj = load_tensors(path)
     config, step, selection, info, discriminators = None, None, None, {}, None
+    named_in: Path | None = None  # the file, when the architecture is the file's word rather than the caller's
     if isinstance(obj, dict) and "generator" in obj and isinstance(obj["generator"], dict):  # a run checkpoint
-        spec = obj["generator"]
-        if spec.get("name") not in GENERATORS or not isinstance(spec.get("ngf"), int) or "state" not in spec:
-            raise ValueError(f"{path} is a checkpoint whose generator entry is not ours (keys {sorted(spec)})")
-        if (name is not None and name != spec["name"]) or (ngf is not None and ngf != spec["ngf"]):
-            raise ValueError(
-                f"{path} holds a {spec['name']} ngf {spec['ngf']} generator, not the {name or spec['name']} "
-                f"ngf {ngf or spec['ngf']} asked for"
-            )
-        name, ngf, source = spec["name"], spec["ngf"], "run checkpoint"
-        state = _tensor_dict(path, spec["state"], "generator")
+        entry = obj["generator"]
+        if not isinstance(entry.get("name"), str) or "state" not in entry:
+            raise ValueError(f"{path} is a checkpoint whose generator entry is not ours (keys {sorted(entry)})")
+        recorded = GeneratorSpec.from_record(entry, path)
+        if (name is not None and name != recorded.name) or (ngf is not None and ngf != recorded.ngf):
+            asked = GeneratorSpec(name or recorded.name, ngf or recorded.ngf, kwargs or recorded.kwargs)
+            raise ValueError(f"{path} holds a {recorded.label} generator, not the {asked.label} asked for")
+        named_in = None if name is not None else path  # a name given is the caller's word for what the file holds
+        name, ngf, kwargs = recorded.name, recorded.ngf, recorded.kwargs
+        source = "run checkpoint"
+        state = _tensor_dict(path, entry["state"], "generator")
         config, step, selection = obj.get("config"), obj.get("step"), obj.get("selection")
         discriminators = obj.get("d") if isinstance(obj.get("d"), dict) else None
         layouts: tuple[str, ...] | None = (OURS,)
@@ -292,13 +316,23 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
                 info = {}  # some other JSON beside the file: not ours
             else:
                 _check_sidecar(side, info)
-                name, ngf = name or info.get("name"), ngf or info.get("ngf")
+                if name is None and info.get("name") is not None:
+                    name, kwargs, named_in = info["name"], info.get("kwargs") or {}, side
+                ngf = ngf or info.get("ngf")
                 config = info.get("config")
                 if config is not None and not isinstance(config, dict):
                     got = f"{type(config).__name__} {str(config)[:40]!r}"
                     raise ValueError(f"{side}, the sidecar of {path}: 'config' must be a JSON object (the run's "
                                      f"config) or absent, got {got}")  # fmt: skip
                 source = "exported generator"
+    if model is not None or (name is not None and name not in GENERATORS):
+        spec = GeneratorSpec(name, None, kwargs or {}) if name is not None else None
+        label = spec.label if spec else type(model).__name__
+        generator = model if model is not None else spec.build(named_in=named_in)
+        load_into(generator, state, path, label)
+        name = name or f"{type(model).__module__}:{type(model).__qualname__}"
+        return GeneratorFile(generator.eval(), name, None, source or "state dict", config, step, selection, info,
+                             discriminators, dict(kwargs or {}))  # fmt: skip
     fit = _match(path, state, name, ngf, layouts)
     generator = build_generator(fit.name, fit.ngf, init="default")  # the file overwrites every weight
     generator.load_state_dict(fit.state, strict=True)
@@ -306,13 +340,26 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
     return GeneratorFile(generator.eval(), fit.name, fit.ngf, source, config, step, selection, info, discriminators)
 
 
-def load_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None) -> TappedGenerator:
+def load_generator(path: str | os.PathLike, name: str | None = None, ngf: int | None = None,
+                   kwargs: dict | str | None = None, model: nn.Module | None = None) -> nn.Module:  # fmt: skip
     """The generator in `path`, in eval mode on the CPU, from any of: our run checkpoints (`ckpt.pt`, `best.pt`),
     our exported generators (`ackd-fast export --format pth`), and the bare state dicts that GAN Compression, OMGD
     and pytorch-CycleGAN-and-pix2pix save (ResNet, mobile ResNet and U-Net generators). `name` and `ngf` are
-    inferred from the tensors when not given. Nothing in the file runs; a file that fits no known generator raises a
-    ValueError naming the file, the first key or shape that did not fit and the generators tried."""
-    return read_generator(path, name, ngf).generator
+    inferred from the tensors when not given. A generator of your own comes back as the checkpoint or sidecar
+    records it (its import path and keyword arguments), or give `name="package.module:callable"` and `kwargs`, or
+    the `model` to load the weights into. Nothing in the file runs; a file that fits no known generator raises a
+    ValueError naming the file, the first key or shape that did not fit and the generators tried.
+
+    >>> import ackd_fast, torch
+    >>> from ackd_fast.models import build_generator
+    >>> import tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "g.pth")
+    >>> torch.save(build_generator("mobile_resnet_9blocks", 8).state_dict(), path)
+    >>> g = ackd_fast.load_generator(path)
+    >>> g(torch.zeros(1, 3, 64, 64)).shape
+    torch.Size([1, 3, 64, 64])
+    """
+    return read_generator(path, name, ngf, kwargs, model).generator
 
 
 _CONV = re.compile(r"^model\.(\d+)\.(weight|bias)$")
@@ -351,20 +398,20 @@ def discriminator_from_state(state: dict[str, Tensor], path: str) -> NLayerDiscr
 
 
 def export_sidecar(g: GeneratorFile) -> dict:
-    """The JSON sidecar of an exported generator: architecture, ngf, taps, direction, objective, the run's config."""
-    taps = list(g.generator.tap_names)
-    return {"format": SIDECAR_FORMAT, "version": 1, "name": g.name, "ngf": g.ngf, "taps": taps,
-            "direction": g.direction, "model": g.objective, "config": g.config}  # fmt: skip
+    """The JSON sidecar of an exported generator: architecture (name and ngf, or import path and kwargs), its stage
+    taps (a built-in's; none for a generator of your own), direction, objective, the run's config."""
+    taps = list(getattr(g.generator, "tap_names", ()))
+    return {"format": SIDECAR_FORMAT, "version": 1, **g.spec.record(), "taps": taps, "direction": g.direction,
+            "model": g.objective, "config": g.config}  # fmt: skip
 
 
 __all__ = [
-    "LAYOUTS",
-    "PEER_LAYOUT",
     "GeneratorFile",
     "discriminator_from_state",
     "export_sidecar",
     "load_discriminator",
     "load_generator",
+    "load_into",
     "peer_keys",
     "read_generator",
     "sidecar_path",

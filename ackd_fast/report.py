@@ -28,6 +28,7 @@ from ackd_fast.checkpoint import BEST, check_writable, write_atomic
 from ackd_fast.errors import UsageError
 from ackd_fast.evaluation import cached_reference_stats, evaluate_generator
 from ackd_fast.flags import flag, flag_name
+from ackd_fast.models import GENERATORS, GeneratorSpec
 from ackd_fast.peers import read_generator
 from ackd_fast.results_page import write_index
 
@@ -220,13 +221,23 @@ def _write_atomic(path: Path, text: str) -> None:
 # --------------------------------------------------------------------------------------- `ackd-fast evaluate`
 
 
+def _model_label(name: str, ngf: int, kwargs: str | None) -> str:
+    """GeneratorSpec.label from a run config's flags (a built-in keeps its ngf, an import path its kwargs)."""
+    return GeneratorSpec(name, ngf if name in GENERATORS else None, kwargs or {}).label
+
+
 def describe_run(config: dict) -> str:
     """A row label from a run's config: what was trained and how."""
     if config.get("job") == "teacher":
-        return f"teacher {config['generator']} ngf {config['ngf']}"
+        return f"teacher {_model_label(config['generator'], config['ngf'], config.get('generator_kwargs'))}"
     kd = config.get("kd", "ackd") if config.get("ackd", True) else "none"  # "ackd": the field of older runs
     ackd = kd == "ackd"
-    student = "self-distilled" if config.get("recipe") == "self" else f"student ngf {config.get('student_ngf')}"
+    if config.get("student"):
+        student = f"student {_model_label(config['student'], config.get('student_ngf'), config.get('student_kwargs'))}"
+    elif config.get("recipe") == "self":
+        student = "self-distilled"
+    else:
+        student = f"student ngf {config.get('student_ngf')}"
     label = f"{ {'ackd': 'ACKD', 'plain': 'plain-KD', 'none': 'baseline'}.get(kd, kd)} {student}"
     if ackd and config.get("mode", "both") != "both":
         label += {"attention": ", ACK-A only", "fusion": ", ACK-F only"}[config["mode"]]
@@ -520,7 +531,7 @@ def evaluate_checkpoints(checkpoints: list[str], settings: EvaluationSettings | 
                                     s.kid_subset_size, f"scoring {path}" if s.progress else "",
                                     on_batch=pages.saver(index) if pages else None)  # fmt: skip
         row = {
-            "model": describe_run(loaded.config) if loaded.config else f"{loaded.name} ngf {loaded.ngf}",
+            "model": describe_run(loaded.config) if loaded.config else loaded.label,
             "selected": selected,
             "checkpoint": path,
             "params_M": metrics.count_params(g) / 1e6,

@@ -75,6 +75,7 @@ from ackd_fast.flags import flag_name as _flag
 from ackd_fast.loggers import Loggers, check_loggers, open_loggers, parse_loggers, write_metrics_csv
 from ackd_fast.losses import Critic
 from ackd_fast.metrics import count_params
+from ackd_fast.models import GeneratorSpec
 from ackd_fast.plots import plot_run, read_log
 from ackd_fast.rundir import (
     LOG,
@@ -475,12 +476,13 @@ START_FLAGS = ("job", "resume", "overwrite", "allow_world_change")
 PATH_FLAGS = ("dataroot", "teacher", "teacher_d")
 
 
-def generator_state(cfg: Config, step: int, generator: nn.Module, spec: dict) -> dict:
+def generator_state(cfg: Config, step: int, generator: nn.Module, spec: GeneratorSpec) -> dict:
     """What load_generator reads: the config, the step and the generator (architecture `spec` and weights)."""
-    return {"config": asdict(cfg), "step": step, "generator": {**spec, "state": generator.state_dict()}}
+    return {"config": asdict(cfg), "step": step, "generator": {**spec.record(), "state": generator.state_dict()}}
 
 
-def training_state(cfg: Config, step: int, stateful: dict, generator: nn.Module, spec: dict, evaluator) -> dict:
+def training_state(cfg: Config, step: int, stateful: dict, generator: nn.Module, spec: GeneratorSpec,
+                   evaluator) -> dict:  # fmt: skip
     """The checkpoint dict: the generator's state and everything `resume` needs (`stateful`: the models,
     optimizers, schedules and gradient scaler by checkpoint key; the RNGs; the evaluator's best step)."""
     return generator_state(cfg, step, generator, spec) | {
@@ -626,7 +628,8 @@ def check_resume(ckpt: dict, cfg: Config, data: dict, path: Path, launch: Launch
 # ----------------------------------------------------------------------------------------- the summary
 
 
-def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Critic, generator: nn.Module, spec: dict,
+def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Critic, generator: nn.Module,
+                    spec: GeneratorSpec,
                     data: dict, macs: dict[str, int], batch_size: int, step: int, end: int,
                     teacher_name: str = "") -> str:  # fmt: skip
     """What the run will do, printed before its first step: task, models (params, and `macs` at the crop size by
@@ -639,14 +642,14 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
     lines = []
     if cfg.job == "teacher":
         lines.append(f"{COMMANDS[cfg.job]}: {cfg.model} teacher")
-        lines.append(model("generator", generator, f"{spec['name']} ngf {spec['ngf']}"))
+        lines.append(model("generator", generator, spec.label))
     else:
         kd = {"ackd": f"ACKD (refiners: {cfg.mode}, {cfg.composition}, {cfg.ack_train}, init {cfg.refiner_init})",
               "plain": "plain feature distillation (GAN Compression's)", "none": "no feature distillation"}[cfg.kd]
         lines.append(f"{COMMANDS[cfg.job]}: {cfg.model} student by {kd}, teacher {cfg.teacher}")
         teacher = objective.teacher
         lines.append(model("teacher", teacher, teacher_name or type(teacher).__name__))
-        lines.append(model("student", generator, f"{spec['name']} ngf {spec['ngf']}"))
+        lines.append(model("student", generator, spec.label))
         extra = sum(p.numel() for p in objective.parameters() if p.requires_grad) - count_params(generator)
         if extra:
             lines.append(f"  refiners and connectors: {extra / 1e6:.3f} M params (trained, not deployed)")
@@ -693,16 +696,19 @@ def checked_images(dataset, split: str, cfg: Config, show_progress: bool):
     return dataset.without({path for path, _ in bad})
 
 
-def train(cfg: Config) -> dict:
-    """Runs cfg.job; returns {"checkpoint": ckpt.pt (None with ckpt_every=0), "step", "wall_s", "logs": the last
-    logged losses, averaged over their interval and the ranks}. Raises UsageError for a value, folder or resume
+def train(cfg: Config, modules: dict[str, nn.Module] | None = None) -> dict:
+    """Runs cfg.job; `modules`: models already built, which the config's flags name ("generator" for a teacher job;
+    "teacher" (a GeneratorFile) and "student" for distill; `ackd_fast.api` passes them). Returns {"checkpoint":
+    ckpt.pt (None with ckpt_every=0), "step", "wall_s", "logs": the last logged losses, averaged over their interval
+    and the ranks}. Raises UsageError for a value, folder or resume
     target it cannot take (before writing anything), RunInterrupted after a signal (the checkpoint written),
     FloatingPointError at a non-finite loss (the last good checkpoint kept)."""
     # --- checks that need no data: every value, the teacher file, the run folder
     check_config(cfg)
+    modules = modules or {}
     teacher, teacher_note = None, ""
     if cfg.job == "distill":  # read once, before anything is written: a bad teacher file raises here
-        teacher = read_teacher(cfg)
+        teacher = modules["teacher"] if "teacher" in modules else read_teacher(cfg)
         cfg, teacher_note = resolve_teacher(cfg, teacher)
     launch = read_launch()
     if launch.rank == 0:  # the one process that logs: its logger packages are there, or nothing starts
@@ -713,7 +719,7 @@ def train(cfg: Config) -> dict:
     rt = setup_runtime(cfg, launch)
     lock = RunLock(out_dir) if rt.master else None  # a second run into out_dir is refused from here on
     try:
-        return _train(cfg, rt, launch, teacher, teacher_note, out_dir)
+        return _train(cfg, rt, launch, teacher, teacher_note, out_dir, modules.get("student", modules.get("generator")))
     finally:
         if lock is not None:
             lock.release()
@@ -732,7 +738,8 @@ def data_folders(cfg: Config) -> dict[str, str]:
     return {f"the {name} split of --dataroot": str(root / name) for name in names if (root / name).is_dir()}
 
 
-def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str, out_dir: Path) -> dict:
+def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str, out_dir: Path,
+           model: nn.Module | None = None) -> dict:  # fmt: skip
     seed_everything(cfg.seed)
 
     # --- data: every image opened first; DistributedSampler splits each epoch's permutation between the ranks
@@ -748,9 +755,9 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
     data_record = {"files": len(files), "digest": data_lib.names_digest(files, dataset.root)}
 
     # --- models, optimizers, schedules; each network checked against the crop size on the meta device
-    objective, critic, generator, spec = build_task(cfg, teacher)
+    objective, critic, generator, spec = build_task(cfg, teacher, model)
     label = "student" if cfg.job == "distill" else "generator"
-    macs = {label: check_crop(generator, 3, cfg.crop_size, f"{spec['name']} generator", same_size=True)}
+    macs = {label: check_crop(generator, 3, cfg.crop_size, f"{spec.label} generator", same_size=True)}
     if cfg.job == "distill":
         macs["teacher"] = check_crop(objective.teacher, 3, cfg.crop_size, "teacher generator", same_size=True)
     for i, disc in enumerate(critic.discriminators):
@@ -794,7 +801,7 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
             print(evaluator.note)
         data = {"root": dataset.root, "mode": "aligned" if dataset.paired else "unaligned",
                 "train": len(dataset), "eval": len(eval_set) if eval_set is not None else 0, "eval_split": eval_split}
-        teacher_name = f"{teacher.name} ngf {teacher.ngf}" if teacher is not None else ""
+        teacher_name = teacher.label if teacher is not None else ""
         print(opening_summary(cfg, rt, objective, critic, generator, spec, data, macs, batch_size, step, end,
                               teacher_name), flush=True)  # fmt: skip
         if resume_notice:

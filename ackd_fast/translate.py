@@ -35,8 +35,7 @@ from ackd_fast.assembly import check_device
 from ackd_fast.checkpoint import check_writable, load_tensors, write_bytes_atomic
 from ackd_fast.errors import UsageError
 from ackd_fast.export import size_multiple
-from ackd_fast.models import build_generator
-from ackd_fast.peers import GeneratorFile, read_generator
+from ackd_fast.peers import GeneratorFile, load_into, read_generator
 from ackd_fast.results_page import INDEX, write_index
 
 AMP_CHOICES = ("none", "bf16")
@@ -75,13 +74,8 @@ def _cyclegan_reverse(path: Path, g: GeneratorFile) -> nn.Module:
         raise ValueError(f"{path} holds the CycleGAN generator for {g.direction} only (a best.pt, an exported "
                          f"generator or a distilled student has one); the {_other_direction(g.direction)} one is in "
                          "the teacher run's ckpt.pt")  # fmt: skip
-    reverse = build_generator(g.name, g.ngf, init="default")
-    try:
-        reverse.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: its CycleGAN generator_b does not fit {g.name} ngf {g.ngf}: "
-                         f"{str(e).splitlines()[0]}") from None  # fmt: skip
-    return reverse.eval()
+    reverse = g.spec.build(init="default", named_in=path)
+    return load_into(reverse, weights, f"{path}'s CycleGAN generator_b", g.label).eval()
 
 
 def pick_generator(checkpoint: str | os.PathLike, direction: str) -> tuple[nn.Module, str, dict]:
@@ -108,7 +102,8 @@ def pick_generator(checkpoint: str | os.PathLike, direction: str) -> tuple[nn.Mo
     if first_conv is not None and first_conv.in_channels != 3:
         raise ValueError(f"{path}: the generator takes {first_conv.in_channels}-channel images (its first "
                          "convolution); translate reads images as RGB, 3 channels")  # fmt: skip
-    about = {"checkpoint": str(path), "generator": g.name, "ngf": g.ngf, "source": g.source, "direction": direction}
+    about = {"checkpoint": str(path), "generator": g.name, "ngf": g.ngf, "source": g.source, "direction": direction,
+             "label": g.label}  # fmt: skip
     return generator, direction, about
 
 
@@ -343,7 +338,7 @@ def translate(checkpoint: str | os.PathLike, inputs: list[str | os.PathLike], ou
                       "device": metrics.device_name(dev)}  # fmt: skip
     if index:
         columns = ["input", "output", *(["target"] if aligned else [])]
-        notes = [f"{about['checkpoint']} ({about['generator']} ngf {about['ngf']}, {about['source']}), "
+        notes = [f"{about['checkpoint']} ({about['label']}, {about['source']}), "
                  f"{direction}; {len(jobs)} images" + (f" resized to {size}x{size}" if size else "")]  # fmt: skip
         ordered = [rows[job.name] for job in jobs]
         result["index"] = str(write_index(output, "ackd-fast translate", ordered, columns, notes))

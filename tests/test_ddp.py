@@ -27,8 +27,8 @@ def _rank(rank: int, port: int, cfg: Config) -> None:
     built, local = [], []
     build_task, train_step = train_lib.build_task, train_lib.train_step
 
-    def recording_build_task(cfg, teacher=None):
-        built.extend(build_task(cfg, teacher))
+    def recording_build_task(cfg, teacher=None, model=None):
+        built.extend(build_task(cfg, teacher, model))
         return tuple(built)
 
     def recording_train_step(*args):

@@ -72,7 +72,7 @@ def test_self_distillation_and_discriminator_from_the_teacher(tmp_path, paired_r
 
     cfg = _cfg(tmp_path, paired_root, job="distill", teacher=teacher_ckpt, recipe="self", mode="fusion")
     distiller, critic, student, spec = build_task(cfg)
-    assert spec == {"name": "resnet_9blocks", "ngf": 4} and type(student) is type(distiller.teacher)
+    assert spec.record() == {"name": "resnet_9blocks", "ngf": 4} and type(student) is type(distiller.teacher)
     teacher_d = load_checkpoint(teacher_ckpt)["d"]
     for k, v in critic.state_dict().items():
         assert torch.equal(v, teacher_d[k]), k

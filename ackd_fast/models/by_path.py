@@ -1,13 +1,20 @@
-"""Generators named by import path (issue 30's groundwork): `import_model("package.module:callable", kwargs)`
-builds a user's own network, a class or a factory function, with keyword arguments given as a dict or as JSON
-text (what a flag holds). The module is imported only because the path names it; everything that can go wrong is a
-ValueError in one line naming the path."""
+"""Generators named by import path: `import_model("package.module:callable", kwargs)` builds a user's own network,
+a class or a factory function, with keyword arguments given as a dict or as JSON text (what a flag holds). The module
+is imported only because a flag or a file names it; everything that can go wrong is a ValueError in one line naming
+the path.
+
+A path read from a file (a checkpoint, a sidecar: `named_in=` the file) is called only when it is an nn.Module class
+or a function annotated to return one: a file's path and arguments otherwise could name any function of any installed
+package (`subprocess:run`, `torch:load` with weights_only false) and run it."""
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
+import os
 import re
+import typing
 
 from torch import nn
 
@@ -33,9 +40,20 @@ def parse_kwargs(kwargs: dict | str | None, what: str = "kwargs") -> dict:
     return kwargs
 
 
-def import_model(path: str, kwargs: dict | str | None = None) -> nn.Module:
+def _builds_modules(target: object) -> bool:
+    """Whether `target` is an nn.Module class or a function annotated to return one."""
+    if inspect.isclass(target):
+        return issubclass(target, nn.Module)
+    try:
+        returns = typing.get_type_hints(target).get("return")
+    except Exception:  # an annotation that does not resolve says nothing
+        return False
+    return inspect.isclass(returns) and issubclass(returns, nn.Module)
+
+
+def import_model(path: str, kwargs: dict | str | None = None, named_in: str | os.PathLike | None = None) -> nn.Module:
     """`path` ("package.module:callable", the callable an attribute path in the module) imported and called with
-    `kwargs`; it must return an nn.Module."""
+    `kwargs`; it must return an nn.Module. `named_in`: the file the path was read from (module docstring)."""
     if not is_import_path(path):
         raise ValueError(f"a model path must look like package.module:callable, got {path!r}")
     kwargs = parse_kwargs(kwargs, f"the keyword arguments of {path}")
@@ -51,6 +69,9 @@ def import_model(path: str, kwargs: dict | str | None = None) -> nn.Module:
         target, owner = getattr(target, part), f"{owner}.{part}"
     if not callable(target):
         raise ValueError(f"{path}: {attribute} is a {type(target).__name__}, not a class or function")
+    if named_in is not None and not _builds_modules(target):
+        raise ValueError(f"{named_in} names {path}, which is neither an nn.Module class nor a function annotated "
+                         "'-> nn.Module'; a model named in a file must be one (anything else could run any code)")
     try:
         model = target(**kwargs)
     except TypeError as e:  # most often keyword arguments it does not take

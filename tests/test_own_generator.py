@@ -1,0 +1,293 @@
+"""Distilling generators that are no TappedGenerator (issue 30): a class in a file outside the package and a model of
+a third-party package (segmentation_models_pytorch's U-Net), named by import path with keyword arguments and tapped
+by module path, through every command: train-teacher, distill (ACKD and plain KD), evaluate, export (onnx, pt2, pth),
+deploy; evaluate and export in fresh processes that know nothing but the checkpoint (and the module on the path)."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from tiny_runs import CROP, ENV, SIZE, assert_one_line_error, sample_set
+
+import ackd_fast
+
+OWN_NETS = textwrap.dedent('''
+    """A user's own generators, in a file outside ackd_fast."""
+    import torch
+    from torch import nn
+
+
+    class TinyUnet(nn.Module):
+        """Two downs, two ups, skips: the tail after a tap needs maps from before it."""
+
+        def __init__(self, width: int = 8):
+            super().__init__()
+            w = width
+            self.inc = nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU())
+            self.down1 = nn.Sequential(nn.Conv2d(w, 2 * w, 4, 2, 1), nn.InstanceNorm2d(2 * w), nn.ReLU())
+            self.down2 = nn.Sequential(nn.Conv2d(2 * w, 4 * w, 4, 2, 1), nn.InstanceNorm2d(4 * w), nn.ReLU())
+            self.mid = nn.Sequential(nn.Conv2d(4 * w, 4 * w, 3, padding=1), nn.ReLU())
+            self.up2 = nn.Sequential(nn.ConvTranspose2d(8 * w, 2 * w, 4, 2, 1), nn.ReLU())
+            self.up1 = nn.Sequential(nn.ConvTranspose2d(4 * w, w, 4, 2, 1), nn.ReLU())
+            self.out = nn.Sequential(nn.Conv2d(2 * w, 3, 3, padding=1), nn.Tanh())
+
+        def forward(self, x):
+            a = self.inc(x)
+            b = self.down1(a)
+            c = self.down2(b)
+            u = self.up2(torch.cat([self.mid(c), c], 1))
+            u = self.up1(torch.cat([u, b], 1))
+            return self.out(torch.cat([u, a], 1))
+
+
+    def small_unet(width: int = 4) -> nn.Module:
+        """A factory: annotated to return a module, so a checkpoint may name it."""
+        return TinyUnet(width)
+
+
+    def unannotated(width: int = 4):
+        return TinyUnet(width)
+
+
+    class Halves(nn.Module):
+        """Not an image-to-image map of the input's size."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 4, 2, 1)
+
+        def forward(self, x):
+            return self.conv(x)
+''')
+TEACHER = ["--generator", "own_nets:TinyUnet", "--generator-kwargs", '{"width": 8}']
+STUDENT = ["--student", "own_nets:small_unet", "--student-kwargs", '{"width": 4}']
+TAPS = ["--taps", "inc,down1,mid", "--student-taps", "inc,down1,mid", "--heads", "2"]
+TINY = ["--load-size", SIZE, "--crop-size", CROP, "--workers", 0, "--batch-size", 2, "--no-progress",
+        "--sample-every", 0, "--log-every", 1, "--steps", 2, "--device", "cpu"]  # fmt: skip
+SMP_KWARGS = {"encoder_weights": None, "classes": 3, "activation": "tanh"}
+SMP_TEACHER = SMP_KWARGS | {"encoder_name": "resnet18", "decoder_channels": [32, 16, 8, 8, 8]}
+SMP_STUDENT = SMP_KWARGS | {"encoder_name": "mobilenet_v2", "decoder_channels": [16, 8, 8, 4, 4]}
+
+
+@pytest.fixture(scope="module")
+def own_nets(tmp_path_factory):
+    """The folder of own_nets.py, on sys.path for this process and on PYTHONPATH for the ones it starts."""
+    folder = tmp_path_factory.mktemp("user_code")
+    (folder / "own_nets.py").write_text(OWN_NETS)
+    sys.path.insert(0, str(folder))
+    yield folder
+    sys.path.remove(str(folder))
+    sys.modules.pop("own_nets", None)
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return sample_set(tmp_path_factory.mktemp("paired"))
+
+
+def fresh_process(args: list, pythonpath: str = "") -> subprocess.CompletedProcess:
+    """`ackd-fast ARGS` in a process of its own: what it knows comes from the files and the path alone."""
+    env = ENV | ({"PYTHONPATH": pythonpath} if pythonpath else {})
+    return subprocess.run([sys.executable, "-m", "ackd_fast.cli", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=300)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def own_teacher(own_nets, data_root, tmp_path_factory):
+    from ackd_fast import cli
+
+    out = tmp_path_factory.mktemp("own_teacher")
+    cli.main(["train-teacher", *TEACHER, "--ndf", "8", "--dataroot", str(data_root), "--out-dir", str(out),
+              *map(str, TINY)])
+    return out / "ckpt.pt"
+
+
+def _no_hooks(model: torch.nn.Module) -> bool:
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+# 40 s: the whole life of a user's generator (two training runs, evaluate and three exports, two in fresh processes)
+def test_a_generator_in_a_file_of_its_own_through_every_command(own_nets, own_teacher, data_root, tmp_path, run_cli):
+    ckpt = torch.load(own_teacher, weights_only=True)
+    assert ckpt["generator"]["name"] == "own_nets:TinyUnet" and ckpt["generator"]["kwargs"] == {"width": 8}
+    student_dir = tmp_path / "ackd"
+    code, out, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, *TAPS, "--dataroot", data_root,
+                              "--out-dir", student_dir, *TINY])  # fmt: skip
+    assert code == 0, err
+    assert "student: own_nets:small_unet(width=4)" in out and "taps (teacher <- student): inc <- inc" in out
+    assert "teacher: own_nets:TinyUnet(width=8)" in out
+    logs = [json.loads(line) for line in (student_dir / "log.jsonl").read_text().splitlines()]
+    assert all(r["g_feat"] > 0 and r["ack_path"] > 0 for r in logs if "g_feat" in r)
+    # plain KD, taps paired by the probe
+    code, out, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, "--kd", "plain", "--taps", "auto",
+                              "--dataroot", data_root, "--out-dir", tmp_path / "plain", *TINY])  # fmt: skip
+    assert code == 0, err
+    assert "taps (teacher <- student): inc <- inc, down1 <- down1, mid <- mid" in out
+
+    # fresh processes: evaluate and export read the architecture from the checkpoint
+    student = student_dir / "ckpt.pt"
+    done = fresh_process(["evaluate", "--checkpoint", student, "--no-fid", "--out-dir", tmp_path / "eval",
+                          "--no-progress", "--latency-runs", "0"], str(own_nets))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    row = json.loads(done.stdout)[0]
+    assert row["model"] == "ACKD student own_nets:small_unet(width=4)" and row["PSNR"] > 0
+    for fmt in ("onnx", "pt2"):
+        done = fresh_process(["export", student, "--format", fmt, "--out", tmp_path / f"s.{fmt}", "--size", CROP,
+                              "--dynamic"], str(own_nets))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+    code, _, err = run_cli(["export", student, "--format", "pth", "--out", tmp_path / "s.pth"])
+    assert code == 0, err
+    code, _, err = run_cli(["export", student, "--format", "peer", "--out", tmp_path / "s.peer"])
+    assert_one_line_error(code, err, 2, "--format peer", "own_nets:small_unet(width=4)")
+
+    # what was exported is the student alone: no hooks, no connectors, the checkpoint's weights
+    x = torch.rand(2, 3, CROP + 8, CROP + 8) * 2 - 1
+    trained = ackd_fast.load_generator(student)
+    exported = ackd_fast.load_generator(tmp_path / "s.pth")
+    assert type(exported).__name__ == "TinyUnet" and _no_hooks(exported) and _no_hooks(trained)
+    assert exported.state_dict().keys() == trained.state_dict().keys()
+    with torch.no_grad():
+        expected = trained(x)
+        torch.testing.assert_close(exported(x), expected, rtol=0, atol=0)
+        program = torch.export.load(tmp_path / "s.pt2")
+        torch.testing.assert_close(program.module()(x[:1]), expected[:1])
+    deployed = ackd_fast.deploy(exported, torch.randn(1, 3, CROP, CROP), method="kernels")
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x[:1]), expected[:1], rtol=1e-4, atol=1e-4)
+    assert json.loads((tmp_path / "s.json").read_text())["name"] == "own_nets:small_unet"
+
+
+def test_resume_and_a_student_as_teacher_rebuild_from_the_checkpoint(own_nets, own_teacher, data_root, tmp_path,
+                                                                      run_cli):  # fmt: skip
+    out = tmp_path / "self"
+    args = ["distill", "--teacher", own_teacher, "--recipe", "self", "--taps", "auto", "--kd", "plain",
+            "--dataroot", data_root, "--out-dir", out, *TINY, "--ckpt-every", 1]  # fmt: skip
+    code, _, err = run_cli([*args, "--stop-at", 1])
+    assert code == 0, err
+    code, stdout, err = run_cli([*args, "--resume"])
+    assert code == 0, err
+    assert torch.load(out / "ckpt.pt", weights_only=True)["step"] == 2
+    assert "student: own_nets:TinyUnet(width=8)" in stdout
+    # the distilled student teaches the next one
+    code, stdout, err = run_cli(["distill", "--teacher", out / "ckpt.pt", *STUDENT, "--taps", "auto", "--kd", "plain",
+                                 "--dataroot", data_root, "--out-dir", tmp_path / "next", *TINY])  # fmt: skip
+    assert code == 0, err
+    assert "teacher: own_nets:TinyUnet(width=8)" in stdout
+
+
+def test_a_file_names_only_models(own_nets, own_teacher, tmp_path):
+    """A checkpoint whose record names a function that is not annotated to build a module (it could be any function
+    of any package) is refused before it is called; a sidecar too."""
+    ckpt = torch.load(own_teacher, weights_only=True)
+    for name in ("own_nets:unannotated", "subprocess:run"):
+        ckpt["generator"] |= {"name": name, "kwargs": {"args": "touch pwned", "shell": True} if "run" in name else {}}
+        torch.save(ckpt, tmp_path / "forged.pt")
+        with pytest.raises(ValueError, match=f"forged.pt names {name}, which is neither an nn.Module class"):
+            ackd_fast.load_generator(tmp_path / "forged.pt")
+    assert not (tmp_path / "pwned").exists()
+    # the caller may name it: an argument or a flag is the user's word
+    ckpt["generator"] |= {"name": "own_nets:unannotated", "kwargs": {"width": 8}}
+    torch.save(ckpt, tmp_path / "forged.pt")
+    g = ackd_fast.load_generator(tmp_path / "forged.pt", "own_nets:unannotated", kwargs={"width": 8})
+    assert type(g).__name__ == "TinyUnet"
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (["--taps", "inc,down9,mid"], ["--taps: tap 'down9'", "nearest: down2 (32 x 8 x 8), down1 (16 x 16 x 16)"]),
+        (["--taps", "re:down.,inc,mid"], ["must match exactly one module path, and it matches 2: down1, down2"]),
+        (["--taps", "re:nothing.*,inc,mid"], ["matches none"]),
+        (["--taps", "inc,mid", "--student-taps", "inc"], ["--taps names 2 tap(s) and --student-taps 1"]),
+        (["--taps", "inc", "--student-taps", "inc"], ["two or more"]),
+        (["--taps", "inc,mid", "--student-taps", "inc,down1"], ["tap pair mid (32 x 8 x 8) <- down1 (8 x 16 x 16)"]),
+        (["--taps", "inc,down1,mid", "--heads", "3"], ["--heads 3 must divide", "down1 has 16"]),
+        (["--taps", ""], ["has no default taps", "--taps auto"]),
+    ],
+)
+def test_bad_taps_fail_in_one_line_before_anything_is_written(own_teacher, data_root, tmp_path, run_cli, args, parts):
+    student_taps = [] if "--student-taps" in args else ["--student-taps", "inc,down1,mid"]
+    code, _, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, *student_taps, *args,
+                            "--dataroot", data_root, "--out-dir", tmp_path / "run", *TINY])  # fmt: skip
+    assert_one_line_error(code, err, 2, *parts)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "parts"),
+    [
+        (["--generator", "no_such_module:Net"], ["cannot import no_such_module"]),
+        (["--generator", "own_nets:Missing"], ["own_nets has no attribute 'Missing'"]),
+        (["--generator", "own_nets:TinyUnet", "--generator-kwargs", '{"depth": 3}'], ["rejects the keyword"]),
+        (["--generator", "own_nets:TinyUnet", "--generator-kwargs", "{width: 3}"], ["must be a JSON object"]),
+        (["--generator", "own_nets:TinyUnet", "--generator-kwargs", "[3]"], ["must be a JSON object"]),
+        (["--generator", "resnet_9blocks", "--generator-kwargs", '{"width": 3}'], ["is built-in"]),
+        (["--generator", "own_nets:Halves"], ["turns 32x32 images into 16x16 ones"]),
+        (["--generator", "own_nets"], ["or package.module:callable"]),
+    ],
+)
+def test_bad_models_fail_in_one_line_before_anything_is_written(own_nets, data_root, tmp_path, run_cli, args, parts):
+    code, _, err = run_cli(["train-teacher", *args, "--dataroot", data_root, "--out-dir", tmp_path / "run", *TINY])
+    assert_one_line_error(code, err, 2, *parts)
+    assert not (tmp_path / "run").exists()
+
+
+# 45 s: a 12 M-parameter teacher and a 2.6 M-parameter student of another package, trained, distilled and exported
+def test_a_third_party_model_by_import_path_and_kwargs(data_root, tmp_path, run_cli):
+    pytest.importorskip("segmentation_models_pytorch")
+    tiny = ["--load-size", 64, "--crop-size", 64, *TINY[4:]]  # its encoder halves the size five times
+    teacher = tmp_path / "teacher"
+    code, _, err = run_cli(["train-teacher", "--generator", "segmentation_models_pytorch:Unet", "--generator-kwargs",
+                            json.dumps(SMP_TEACHER), "--ndf", 8, "--dataroot", data_root, "--out-dir", teacher,
+                            *tiny])  # fmt: skip
+    assert code == 0, err
+    for kd, taps in (("ackd", ["encoder.layer1,encoder.layer2,encoder.layer3",
+                               "encoder.features.3,encoder.features.6,encoder.features.13"]), ("plain", ["auto", ""])):
+        code, out, err = run_cli(["distill", "--teacher", teacher / "ckpt.pt", "--student",
+                                  "segmentation_models_pytorch:Unet", "--student-kwargs", json.dumps(SMP_STUDENT),
+                                  "--kd", kd, "--taps", taps[0], "--student-taps", taps[1], "--dataroot", data_root,
+                                  "--out-dir", tmp_path / kd, *tiny])  # fmt: skip
+        assert code == 0, err
+        assert "student: segmentation_models_pytorch:Unet(" in out
+    student = tmp_path / "ackd" / "ckpt.pt"
+    done = fresh_process(["export", student, "--format", "onnx", "--out", tmp_path / "s.onnx", "--size", 64])
+    assert done.returncode == 0, done.stderr
+    code, _, err = run_cli(["export", student, "--format", "pt2", "--out", tmp_path / "s.pt2", "--size", 64])
+    assert code == 0, err
+    done = fresh_process(["evaluate", "--checkpoint", student, "--no-fid", "--out-dir", tmp_path / "eval",
+                          "--no-progress", "--latency-runs", "0", "--crop-size", 64])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    g = ackd_fast.load_generator(student)
+    assert type(g).__module__.startswith("segmentation_models_pytorch") and _no_hooks(g)
+
+
+def test_the_python_api_takes_modules_and_taps(own_nets, data_root, tmp_path):
+    import doctest
+
+    import own_nets as nets
+
+    from ackd_fast import api
+
+    assert doctest.testmod(api).failed == 0
+    tiny = {"load_size": SIZE, "crop_size": CROP, "workers": 0, "batch_size": 2, "steps": 2, "progress": False,
+            "sample_every": 0, "device": "cpu", "dataroot": str(data_root)}  # fmt: skip
+    teacher = nets.TinyUnet(width=8)
+    result = api.train_teacher(teacher, generator_kwargs={"width": 8}, out_dir=str(tmp_path / "t"), ndf=8, **tiny)
+    rebuilt = ackd_fast.load_generator(result["checkpoint"])
+    assert type(rebuilt) is nets.TinyUnet and all(torch.equal(v, teacher.state_dict()[k].cpu())
+                                                  for k, v in rebuilt.state_dict().items())  # fmt: skip
+    taps = ackd_fast.Taps(teacher=["inc", "down1", "mid"], student=["inc", "down1", "mid"])
+    for given in (result["checkpoint"], rebuilt):  # a file, or the module itself (frozen in place)
+        out = tmp_path / ("from_file" if isinstance(given, str) else "from_module")
+        student = api.distill(given, nets.TinyUnet(width=4), student_kwargs={"width": 4}, taps=taps,
+                                    heads=2, out_dir=str(out), **tiny)  # fmt: skip
+        assert student["logs"]["g_feat"] > 0
+        assert type(ackd_fast.load_generator(student["checkpoint"])) is nets.TinyUnet
+    assert not any(p.requires_grad for p in rebuilt.parameters())
+    with pytest.raises(TypeError, match=r"unknown settings \['stepz'\]"):
+        api.train_teacher("own_nets:TinyUnet", stepz=3)
+    with pytest.raises(ValueError, match="as many student taps as teacher taps"):
+        ackd_fast.Taps(teacher=["inc", "mid"], student=["inc"])
