@@ -40,7 +40,7 @@ from ackd_fast.models import (
     build_discriminator,
 )
 from ackd_fast.models.by_path import is_import_path, parse_kwargs
-from ackd_fast.models.module_taps import auto_taps, pair_taps
+from ackd_fast.models.module_taps import REPLACE_PATHS, auto_taps, pair_taps
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
@@ -170,6 +170,13 @@ class Config:
         "",
         "comma-separated student taps matching --taps (default: the student's stem,block3,block6,block9); stage "
         "names or module paths, as --taps",
+        only="distill",
+    )
+    replace_path: str = flag(
+        "auto",
+        "how the teacher path replaces a tap named by module path: split (a torch.fx split of the teacher that runs "
+        "only what follows the tap), hook (the whole forward with the tap's value swapped in by a hook: any model), "
+        "or auto (the split where the teacher traces, else the hook; the opening summary says which)",
         only="distill",
     )
     kd: str = flag(
@@ -396,14 +403,16 @@ def auto_tap_pairs(cfg: Config, teacher: nn.Module, student: nn.Module) -> tuple
     return tuple(t for t, _ in pairs), tuple(s for _, s in pairs)
 
 
-def tapped(generator: nn.Module, taps: tuple[str, ...], flag_name: str = "taps") -> nn.Module:
+def tapped(generator: nn.Module, taps: tuple[str, ...], flag_name: str = "taps", replace_path: str = "auto",
+           size: int | None = None) -> nn.Module:  # fmt: skip
     """What the Distiller reads `taps` of: the generator itself when they are its stage taps ("stem", "block3"),
-    else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input").
-    A tap that does not resolve is a UsageError naming `flag_name`."""
+    else the generator with taps named by module path (ModuleTaps: "stages.block3.1", "re:...", "...@input"),
+    replacing them as `replace_path` says. A tap that does not resolve is a UsageError naming `flag_name` (and the
+    nearest module paths with their shapes at `size`)."""
     if isinstance(generator, TappedGenerator) and all(name in generator.tap_names for name in taps):
         return generator
     try:
-        return ModuleTaps(generator, taps)
+        return ModuleTaps(generator, taps, replace_path=replace_path, size=size)
     except (TypeError, ValueError) as e:
         raise UsageError(f"{flag_name}: {e}") from None
 
@@ -574,7 +583,8 @@ def build_distiller(
     if len(teacher_taps) != len(student_taps) or len(teacher_taps) < 2:
         raise UsageError(f"--taps names {len(teacher_taps)} tap(s) and --student-taps {len(student_taps)}: give the "
                          "same number, two or more (the first is only a source)")  # fmt: skip
-    t_model, s_model = tapped(teacher, teacher_taps, "--taps"), tapped(student, student_taps, "--student-taps")
+    t_model = tapped(teacher, teacher_taps, "--taps", cfg.replace_path, cfg.crop_size)
+    s_model = tapped(student, student_taps, "--student-taps", size=cfg.crop_size)
     settings = distill_settings(cfg, backend)
     if settings.kd != "none":
         check_tap_pairs(cfg, t_model, teacher_taps, s_model, student_taps, settings)
@@ -723,6 +733,7 @@ def check_values(cfg: Config) -> None:
         _one_of(cfg, "composition", COMPOSITIONS)
         _one_of(cfg, "refiner_init", REFINER_INITS)
         _one_of(cfg, "ack_train", ACK_TRAIN)
+        _one_of(cfg, "replace_path", REPLACE_PATHS)
         _in_range(cfg, "mask_ratio", 0, 1, closed_high=False)
         _in_range(cfg, "ack_path_every", 1)
         if cfg.ack_path_every > 1 and cfg.ack_train == "joint":

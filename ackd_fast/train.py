@@ -656,6 +656,9 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
         if objective.kd != "none":
             pairs = zip(objective.teacher_taps, objective.student_taps, strict=True)
             lines.append(f"  taps (teacher <- student): {', '.join(f'{t} <- {s}' for t, s in pairs)}")
+            if objective.kd == "ackd":
+                used = getattr(teacher, "replace_path_used", "its stages from the tap on")
+                lines.append(f"  teacher path (a decode from each refined tap, --replace-path): {used}")
     discs = critic.discriminators
     lines.append(f"  discriminator{'s' if len(discs) > 1 else ''}: {len(discs)} x "
                  f"{count_params(discs[0]) / 1e6:.3f} M params")  # fmt: skip

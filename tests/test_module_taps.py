@@ -208,7 +208,7 @@ def test_a_tap_path_that_fits_nothing_is_one_line_naming_the_nearest(tmp_path, r
                             "--crop-size", CROP, "--student-ngf", 4, "--workers", 0, "--batch-size", 2,
                             "--out-dir", tmp_path / "s", "--taps", "stages.stem,stages.blok3", "--student-taps",
                             "stem,block3"])  # fmt: skip
-    assert_one_line_error(code, err, 1, "tap 'stages.blok3'", "nearest: stages.block3")
+    assert_one_line_error(code, err, 2, "tap 'stages.blok3'", "nearest: stages.block3 (16 x 8 x 8)")
     assert not (tmp_path / "s").exists()
 
 

@@ -291,3 +291,78 @@ def test_the_python_api_takes_modules_and_taps(own_nets, data_root, tmp_path):
         api.train_teacher("own_nets:TinyUnet", stepz=3)
     with pytest.raises(ValueError, match="as many student taps as teacher taps"):
         ackd_fast.Taps(teacher=["inc", "mid"], student=["inc"])
+
+
+def _own_config(out, teacher, root, **kw):
+    from tiny_runs import tiny_config
+
+    own = {"job": "distill", "teacher": str(teacher), "student": "own_nets:small_unet",
+           "student_kwargs": '{"width": 4}', "taps": "inc,down1,mid", "student_taps": "inc,down1,mid", "heads": 2}
+    return tiny_config(out, root, **(own | kw))
+
+
+# 15 s: two gloo processes
+def test_ddp_with_a_generator_of_ones_own(own_nets, own_teacher, data_root, tmp_path):
+    import torch.multiprocessing as mp
+    from test_ddp import WORLD, _rank
+    from tiny_runs import free_port
+
+    # --no-residual: every refiner parameter is used, which DDP (not searching for unused ones) needs
+    cfg = _own_config(tmp_path, own_teacher, data_root, steps=2, residual=False, kv_stride=2)
+    mp.spawn(_rank, args=(free_port(), cfg), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    for key in ("g", "d"):
+        for name, value in ranks[0][key].items():
+            assert torch.equal(value, ranks[1][key][name]), f"{key}.{name} differs between the ranks"
+    assert all(r["g_feat"] > 0 and r["ack_path"] > 0 for r in ranks[0]["losses"])
+    assert ranks[0]["losses"][0]["g_loss"] != ranks[1]["losses"][0]["g_loss"]  # each rank saw its own half
+
+
+@pytest.mark.parametrize("replace_path", ["hook", "split"])
+def test_compile_with_a_generator_of_ones_own_keeps_its_taps(own_nets, own_teacher, data_root, replace_path):
+    """torch.compile over the objective's modules, hooks and split registered before it: the distillation terms
+    are there and equal to the eager step's (a tap lost under compile would zero them)."""
+    import contextlib
+
+    from ackd_fast.assembly import build_optimizers, build_task, compile_task
+    from ackd_fast.train import train_step
+
+    cfg = _own_config("unused", own_teacher, data_root, replace_path=replace_path)
+    gen = torch.Generator().manual_seed(0)
+    batches = [[torch.rand(2, 3, CROP, CROP, generator=gen) * 2 - 1 for _ in "ab"] for _ in range(2)]
+
+    def run(compiled: bool) -> list[dict]:
+        torch.manual_seed(0)
+        objective, critic, _, _ = build_task(cfg)
+        assert objective.teacher.replace_path_used == replace_path
+        if compiled:
+            compile_task(objective, critic, backend="eager")
+        g_opt, d_opt, _, _ = build_optimizers(cfg, objective, critic)
+        scaler = torch.amp.GradScaler("cpu", enabled=False)
+        logs = []
+        for a, b in batches:
+            out, _ = train_step(objective, critic, critic, g_opt, d_opt, scaler, contextlib.nullcontext(), a, b)
+            logs.append({k: v.item() for k, v in out.logs.items()})
+        return logs
+
+    eager, compiled = run(False), run(True)
+    assert all(step["g_feat"] > 0 and step["ack_path"] > 0 for step in compiled)
+    for e, c in zip(eager, compiled, strict=True):
+        assert c == pytest.approx(e, rel=1e-5, abs=1e-6)
+
+
+def test_a_built_in_named_as_student_is_the_recipe_bit_for_bit(data_root, tmp_path):
+    """The new path (--student NAME) builds what --recipe compress built, and trains it to the same weights."""
+    from tiny_runs import tiny_config
+
+    from ackd_fast.train import train
+
+    teacher = tmp_path / "teacher"
+    train(tiny_config(teacher, data_root, steps=1))
+    runs = {}
+    for name, kw in (("recipe", {}), ("named", {"student": "mobile_resnet_9blocks"})):
+        train(tiny_config(tmp_path / name, data_root, job="distill", teacher=str(teacher / "ckpt.pt"), steps=2, **kw))
+        runs[name] = torch.load(tmp_path / name / "ckpt.pt", weights_only=True)
+    assert runs["named"]["generator"]["name"] == "mobile_resnet_9blocks" and "kwargs" not in runs["named"]["generator"]
+    for key, value in runs["recipe"]["g"].items():
+        assert torch.equal(value, runs["named"]["g"][key]), key

@@ -50,9 +50,10 @@ class Tap:
     part: str = ""
 
 
-def resolve_tap(model: nn.Module, name: str) -> Tap:
-    """`name` resolved against `model.named_modules()`; ValueError naming the nearest paths when it fits none, and
-    every match when a "re:" pattern matches more than one."""
+def resolve_tap(model: nn.Module, name: str, size: int | None = None) -> Tap:
+    """`name` resolved against `model.named_modules()`; ValueError naming the nearest paths when it fits none (with
+    their output (C, H, W) for a `size` x `size` image when a size is given), and every match when a "re:" pattern
+    matches more than one."""
     if not isinstance(name, str) or not name:
         raise TypeError(f"a tap name must be a non-empty str, got {name!r}")
     spec, _, part = name.partition("@")
@@ -72,8 +73,19 @@ def resolve_tap(model: nn.Module, name: str) -> Tap:
         path = spec
     else:
         near = difflib.get_close_matches(spec, paths, n=5, cutoff=0.5) or paths[:5]
-        raise ValueError(f"tap {name!r}: {type(model).__name__} has no module {spec!r}; nearest: {', '.join(near)}")
+        shapes = _shapes_or_none(model, size) if size else {}
+        shown = [f"{p} ({' x '.join(map(str, shapes[p]))})" if shapes.get(p) else p for p in near]
+        raise ValueError(f"tap {name!r}: {type(model).__name__} has no module {spec!r}; nearest: {', '.join(shown)}")
     return Tap(name, path, part)
+
+
+def _shapes_or_none(model: nn.Module, size: int) -> dict[str, tuple[int, int, int] | None]:
+    """Each module's output (C, H, W) at `size` (module_table), or nothing when the model cannot be probed: only
+    an error message's detail."""
+    try:
+        return {row.path: row.shape for row in module_table(model, size)}
+    except ValueError:
+        return {}
 
 
 def _part_of(value, part: str, tap: Tap):
@@ -147,9 +159,10 @@ class ModuleTaps(TappedGenerator):
 
     `replace_path` ("auto", "hook" or "split") picks how `replace=` runs (module docstring). A forced "split" on a
     model that does not trace is a ValueError here, one replacing a tap that cannot be split one at the call. A
-    call that also reads taps it does not replace takes the hook path (the split graph outputs only the image)."""
+    call that also reads taps it does not replace takes the hook path (the split graph outputs only the image).
+    `size`: the image side a tap name that fits no module is reported at (the nearest paths with their shapes)."""
 
-    def __init__(self, model: nn.Module, taps: Sequence[str], replace_path: str = "auto"):
+    def __init__(self, model: nn.Module, taps: Sequence[str], replace_path: str = "auto", size: int | None = None):
         nn.Module.__init__(self)  # a TappedGenerator without stages: the model is the whole network
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -159,7 +172,7 @@ class ModuleTaps(TappedGenerator):
         if not names or len(set(names)) != len(names):
             raise ValueError(f"taps must name one or more distinct taps, got {names}")
         self.model = model
-        self.taps = {name: resolve_tap(model, name) for name in names}
+        self.taps = {name: resolve_tap(model, name, size) for name in names}
         self.replace_path = replace_path
         # Split graphs by (replaced taps, model.training): a plain dict, not submodules, so that their (shared)
         # parameters are neither counted twice nor saved under a second name.
@@ -409,8 +422,9 @@ def module_table(model: nn.Module, size: int, in_channels: int = 3) -> list[Modu
 def auto_taps(model: nn.Module, size: int, in_channels: int = 3) -> list[tuple[str, tuple[int, int, int]]]:
     """The taps "--taps auto" picks: the last feature map at each scale (a power of two of the input's side; a
     padding's few pixels do not change it) before the scale changes, as (module path, (C, H, W)) in forward order.
-    Of the modules that finish on the same map (a block and its last layer) the outermost names it; the output is
-    no tap."""
+    Of the modules that finish on the same map (a block and its last layer) the outermost names it, and of a scale's
+    maps the last of the shallowest paths (a block's output, not a layer inside the next block that still works at
+    that scale); the output is no tap."""
     finished, _ = _meta_forward(model, size, in_channels)
     maps: list[tuple[str, Tensor]] = []
     for path, _, out in finished:
@@ -420,9 +434,19 @@ def auto_taps(model: nn.Module, size: int, in_channels: int = 3) -> list[tuple[s
             maps[-1] = (path, out)
         else:
             maps.append((path, out))
-    scale = [round(math.log2(size / out.shape[-1])) for _, out in maps]
-    changes = zip(maps[:-1], scale[:-1], scale[1:], strict=True)
-    return [(path, tuple(out.shape[1:])) for (path, out), here, after in changes if here != after]
+    runs: list[tuple[int, list[tuple[str, Tensor]]]] = []  # (scale, its consecutive maps)
+    for path, out in maps:
+        scale = round(math.log2(size / out.shape[-1]))
+        if runs and runs[-1][0] == scale:
+            runs[-1][1].append((path, out))
+        else:
+            runs.append((scale, [(path, out)]))
+    picked = []
+    for _, run in runs[:-1]:  # the last scale is the output's
+        depth = min(path.count(".") for path, _ in run)
+        path, out = [(p, o) for p, o in run if p.count(".") == depth][-1]
+        picked.append((path, tuple(out.shape[1:])))
+    return picked
 
 
 def pair_taps(teacher: list[tuple[str, tuple[int, ...]]], student: list[tuple[str, tuple[int, ...]]]
