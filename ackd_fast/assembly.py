@@ -575,7 +575,7 @@ def build_distiller(
 ) -> Distiller:
     """The Distiller the config asks for (taps, ACKD switches, loss weights); `backend` goes to every refiner. The
     taps are resolved and hooked on the models as given (before any DDP or torch.compile wrapper), and their shapes
-    at the crop size checked pair by pair (`check_tap_pairs`)."""
+    at the crop size probed and checked pair by pair (`tap_pairs_plan`)."""
     if "auto" in (cfg.taps, cfg.student_taps):
         teacher_taps, student_taps = auto_tap_pairs(cfg, teacher, student)
     else:
@@ -586,10 +586,11 @@ def build_distiller(
     t_model = tapped(teacher, teacher_taps, "--taps", cfg.replace_path, cfg.crop_size)
     s_model = tapped(student, student_taps, "--student-taps", size=cfg.crop_size)
     settings = distill_settings(cfg, backend)
-    if settings.kd != "none":
-        check_tap_pairs(cfg, t_model, teacher_taps, s_model, student_taps, settings)
-    return Distiller(t_model, s_model, teacher_taps, student_taps, paired=paired,
-                     gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode, settings=settings)  # fmt: skip
+    plan = tap_pairs_plan(cfg, t_model, teacher_taps, s_model, student_taps, settings) if settings.kd != "none" else []
+    distiller = Distiller(t_model, s_model, teacher_taps, student_taps, paired=paired,
+                          gan_mode=Pix2Pix.gan_mode if paired else CycleGAN.gan_mode, settings=settings)  # fmt: skip
+    distiller.tap_plan = plan  # what the opening summary prints
+    return distiller
 
 
 def tap_shapes(model: nn.Module, taps: tuple[str, ...], size: int) -> dict[str, tuple[int, ...]]:
@@ -602,26 +603,27 @@ def tap_shapes(model: nn.Module, taps: tuple[str, ...], size: int) -> dict[str, 
     return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
-def check_tap_pairs(cfg: Config, teacher: nn.Module, teacher_taps: tuple[str, ...], student: nn.Module,
-                    student_taps: tuple[str, ...], settings: DistillSettings) -> None:  # fmt: skip
-    """UsageError, in one line, when a teacher tap and its student tap differ in resolution at the crop size (a 1x1
-    connector maps channels, not sizes) or ACK-A's heads do not divide a refined tap's channels."""
+def tap_pairs_plan(cfg: Config, teacher: nn.Module, teacher_taps: tuple[str, ...], student: nn.Module,
+                   student_taps: tuple[str, ...], settings: DistillSettings) -> list[str]:  # fmt: skip
+    """One line per tap pair for the opening summary, "T (C x H x W) <- S (C x H x W)" at the crop size, from one
+    probe of each model: the 1x1 connectors map the student's channels to the teacher's, and a student map of
+    another resolution is resized (bilinear) to the teacher's, which the line says. UsageError in one line when a
+    tap is no (B, C, H, W) map or ACK-A's heads do not divide a refined tap's channels."""
     try:
-        t_shapes, s_shapes = tap_shapes(teacher, teacher_taps, cfg.crop_size), tap_shapes(student, student_taps,
-                                                                                          cfg.crop_size)  # fmt: skip
+        t_shapes = tap_shapes(teacher, teacher_taps, cfg.crop_size)
+        s_shapes = tap_shapes(student, student_taps, cfg.crop_size)
     except ValueError as e:
         raise UsageError(f"--taps / --student-taps at --crop-size {cfg.crop_size}: {e}") from None
-    for t, s in zip(teacher_taps, student_taps, strict=True):
-        if t_shapes[t][1:] != s_shapes[s][1:]:
-            shown_t, shown_s = " x ".join(map(str, t_shapes[t])), " x ".join(map(str, s_shapes[s]))
-            raise UsageError(f"tap pair {t} ({shown_t}) <- {s} ({shown_s}) at --crop-size "
-                             f"{cfg.crop_size}: a connector maps channels, not sizes; pair maps of one resolution "
-                             "(ackd-fast taps --teacher T --student S suggests pairs)")  # fmt: skip
     if settings.kd == "ackd" and settings.mode != "fusion":
         for t in teacher_taps[1:]:
             if t_shapes[t][0] % settings.heads:
                 raise UsageError(f"--heads {settings.heads} must divide the channels of every refined teacher tap; "
                                  f"{t} has {t_shapes[t][0]}")  # fmt: skip
+    lines = []
+    for t, s in zip(teacher_taps, student_taps, strict=True):
+        line = f"{t} ({' x '.join(map(str, t_shapes[t]))}) <- {s} ({' x '.join(map(str, s_shapes[s]))}"
+        lines.append(line + (", resized)" if t_shapes[t][1:] != s_shapes[s][1:] else ")"))
+    return lines
 
 
 def distill_settings(cfg: Config, backend: str = "auto") -> DistillSettings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 from dataclasses import fields
 from pathlib import Path
@@ -58,6 +59,8 @@ def _checked(path: Path, key: str, action: argparse.Action, value: object) -> ob
         if not isinstance(value, bool):
             raise UsageError(f"{bad} true or false, got {value!r}")
         return value if not isinstance(action, argparse._StoreFalseAction) else not value
+    if action.dest.endswith("kwargs") and isinstance(value, dict):  # a model's keyword arguments, as YAML
+        return json.dumps(value)
     if isinstance(action, argparse._StoreConstAction):
         if value not in (action.const, action.default):
             raise UsageError(f"{bad} {action.const!r}, got {value!r}")

@@ -31,7 +31,7 @@ from ackd_fast.data import DIRECTIONS
 from ackd_fast.losses import OBJECTIVES
 from ackd_fast.models import ARCHITECTURES, GENERATORS, GeneratorSpec, NLayerDiscriminator, build_generator
 from ackd_fast.models.architectures import GAN_COMPRESSION, LAYOUT_NAMES, OURS
-from ackd_fast.models.by_path import is_import_path
+from ackd_fast.models.by_path import is_import_path, parse_kwargs
 
 SIDECAR_FORMAT = "ackd_fast.generator"  # the "format" of an exported generator's JSON sidecar
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
@@ -283,6 +283,7 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
         raise TypeError(f"model must be an nn.Module or None, got {type(model).__name__}")
     if name is not None and name not in GENERATORS and not is_import_path(name):
         raise ValueError(f"name must be one of {GENERATORS}, package.module:callable or None, got {name!r}")
+    kwargs = parse_kwargs(kwargs, "kwargs")
     obj = load_tensors(path)
     config, step, selection, info, discriminators = None, None, None, {}, None
     named_in: Path | None = None  # the file, when the architecture is the file's word rather than the caller's

@@ -654,8 +654,9 @@ def opening_summary(cfg: Config, rt: Runtime, objective: nn.Module, critic: Crit
         if extra:
             lines.append(f"  refiners and connectors: {extra / 1e6:.3f} M params (trained, not deployed)")
         if objective.kd != "none":
-            pairs = zip(objective.teacher_taps, objective.student_taps, strict=True)
-            lines.append(f"  taps (teacher <- student): {', '.join(f'{t} <- {s}' for t, s in pairs)}")
+            pairs = getattr(objective, "tap_plan", None) or [
+                f"{t} <- {s}" for t, s in zip(objective.teacher_taps, objective.student_taps, strict=True)]
+            lines.append(f"  taps (teacher <- student) at {cfg.crop_size}x{cfg.crop_size}: {', '.join(pairs)}")
             if objective.kd == "ackd":
                 used = getattr(teacher, "replace_path_used", "its stages from the tap on")
                 lines.append(f"  teacher path (a decode from each refined tap, --replace-path): {used}")

@@ -191,8 +191,8 @@ def test_distilling_through_module_paths_is_the_run_through_stage_names_bit_for_
                           student_taps=taps.replace("re:stages\\.block9", "stages.block9")))  # fmt: skip
         runs[label] = load_checkpoint(out / "ckpt.pt")
         summary = capsys.readouterr().out
-        assert "taps (teacher <- student): " + ("stem <- stem" if label == "stages" else
-                                                "stages.stem <- stages.stem") in summary  # fmt: skip
+        first = "stem (16 x 8 x 8) <- stem (16 x 8 x 8)" if label == "stages" else "stages.stem (16 x 8 x 8) <- stages"
+        assert "taps (teacher <- student) at 32x32: " + first in summary
     a, b = runs["stages"]["generator"]["state"], runs["paths"]["generator"]["state"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # the student's keys as always
 
@@ -266,8 +266,10 @@ def test_taps_auto_pairs_teacher_and_student_by_resolution_and_says_so(tmp_path,
     teacher = str(tmp_path / "teacher" / "ckpt.pt")
     capsys.readouterr()
     train(tiny_config(tmp_path / "s", root, job="distill", teacher=teacher, steps=1, taps="auto"))
-    assert ("taps (teacher <- student): stages.stem.3 <- stages.stem.3, stages.stem.6 <- stages.stem.6, "
-            "stages.block9 <- stages.block9") in capsys.readouterr().out  # fmt: skip
+    summary = capsys.readouterr().out
+    for pair in ("stages.stem.3 (4 x 32 x 32) <- stages.stem.3", "stages.stem.6 (8 x 16 x 16) <- stages.stem.6",
+                 "stages.block9 (16 x 8 x 8) <- stages.block9"):  # fmt: skip
+        assert pair in summary, summary
     with pytest.raises(UsageError, match="--taps auto pairs the student's taps too"):
         train(tiny_config(tmp_path / "t", root, job="distill", teacher=teacher, steps=1, taps="auto",
                           student_taps="stem,block3"))  # fmt: skip

@@ -117,7 +117,9 @@ def test_a_generator_in_a_file_of_its_own_through_every_command(own_nets, own_te
     code, out, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, *TAPS, "--dataroot", data_root,
                               "--out-dir", student_dir, *TINY])  # fmt: skip
     assert code == 0, err
-    assert "student: own_nets:small_unet(width=4)" in out and "taps (teacher <- student): inc <- inc" in out
+    assert "student: own_nets:small_unet(width=4)" in out
+    assert ("taps (teacher <- student) at 32x32: inc (8 x 32 x 32) <- inc (4 x 32 x 32), down1 (16 x 16 x 16) <- "
+            "down1 (8 x 16 x 16), mid (32 x 8 x 8) <- mid (16 x 8 x 8)") in out  # fmt: skip
     assert "teacher: own_nets:TinyUnet(width=8)" in out
     logs = [json.loads(line) for line in (student_dir / "log.jsonl").read_text().splitlines()]
     assert all(r["g_feat"] > 0 and r["ack_path"] > 0 for r in logs if "g_feat" in r)
@@ -125,7 +127,13 @@ def test_a_generator_in_a_file_of_its_own_through_every_command(own_nets, own_te
     code, out, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, "--kd", "plain", "--taps", "auto",
                               "--dataroot", data_root, "--out-dir", tmp_path / "plain", *TINY])  # fmt: skip
     assert code == 0, err
-    assert "taps (teacher <- student): inc <- inc, down1 <- down1, mid <- mid" in out
+    assert "inc (8 x 32 x 32) <- inc (4 x 32 x 32), down1 (16 x 16 x 16) <- down1 (8 x 16 x 16), mid" in out
+    # a pair of different resolutions: the student's map is resized to the teacher's, as the summary says
+    code, out, err = run_cli(["distill", "--teacher", own_teacher, *STUDENT, "--kd", "plain", "--taps", "inc,mid",
+                              "--student-taps", "inc,down1", "--dataroot", data_root, "--out-dir", tmp_path / "resized",
+                              *TINY])  # fmt: skip
+    assert code == 0, err
+    assert "mid (32 x 8 x 8) <- down1 (8 x 16 x 16, resized)" in out
 
     # fresh processes: evaluate and export read the architecture from the checkpoint
     student = student_dir / "ckpt.pt"
@@ -203,7 +211,7 @@ def test_a_file_names_only_models(own_nets, own_teacher, tmp_path):
         (["--taps", "re:nothing.*,inc,mid"], ["matches none"]),
         (["--taps", "inc,mid", "--student-taps", "inc"], ["--taps names 2 tap(s) and --student-taps 1"]),
         (["--taps", "inc", "--student-taps", "inc"], ["two or more"]),
-        (["--taps", "inc,mid", "--student-taps", "inc,down1"], ["tap pair mid (32 x 8 x 8) <- down1 (8 x 16 x 16)"]),
+        (["--taps", "inc,down1,mid", "--student-taps", "inc,down1,mid@1"], ["'mid@1'", "has no element '1'"]),
         (["--taps", "inc,down1,mid", "--heads", "3"], ["--heads 3 must divide", "down1 has 16"]),
         (["--taps", ""], ["has no default taps", "--taps auto"]),
     ],
@@ -262,6 +270,10 @@ def test_a_third_party_model_by_import_path_and_kwargs(data_root, tmp_path, run_
     assert done.returncode == 0, done.stderr
     g = ackd_fast.load_generator(student)
     assert type(g).__module__.startswith("segmentation_models_pytorch") and _no_hooks(g)
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    deployed = ackd_fast.deploy(g, torch.randn(1, 3, 64, 64), method="openvino")
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(x), g(x), rtol=1e-4, atol=1e-4)
 
 
 def test_the_python_api_takes_modules_and_taps(own_nets, data_root, tmp_path):
@@ -366,3 +378,22 @@ def test_a_built_in_named_as_student_is_the_recipe_bit_for_bit(data_root, tmp_pa
     assert runs["named"]["generator"]["name"] == "mobile_resnet_9blocks" and "kwargs" not in runs["named"]["generator"]
     for key, value in runs["recipe"]["g"].items():
         assert torch.equal(value, runs["named"]["g"][key]), key
+
+
+def test_a_bare_teacher_file_and_a_config_file_name_the_model(own_nets, own_teacher, data_root, tmp_path, run_cli):
+    """A state dict alone (no record of its architecture) is read as the --generator the user names; a config file
+    gives a model's keyword arguments as a YAML mapping."""
+    state = torch.load(own_teacher, weights_only=True)["generator"]["state"]
+    torch.save(state, tmp_path / "bare.pth")
+    (tmp_path / "run.yaml").write_text("generator: own_nets:TinyUnet\ngenerator-kwargs: {width: 8}\n"
+                                       "student: own_nets:small_unet\nstudent-kwargs: {width: 4}\n")  # fmt: skip
+    args = ["distill", "--config", tmp_path / "run.yaml", "--teacher", tmp_path / "bare.pth", "--taps", "auto",
+            "--kd", "plain", "--dataroot", data_root, "--out-dir", tmp_path / "s", *TINY]  # fmt: skip
+    code, out, err = run_cli(args)
+    assert code == 0, err
+    assert "teacher: own_nets:TinyUnet(width=8)" in out and "student: own_nets:small_unet(width=4)" in out
+    # the wrong width for the file: one line naming the file and the first tensor that does not fit
+    (tmp_path / "run.yaml").write_text("generator: own_nets:TinyUnet\ngenerator-kwargs: {width: 6}\n")
+    code, _, err = run_cli([*args[:-len(TINY) - 2], "--out-dir", tmp_path / "t", *TINY])
+    assert_one_line_error(code, err, 1, "bare.pth does not fit own_nets:TinyUnet(width=6)", "inc.0.weight")
+    assert not (tmp_path / "t").exists()
