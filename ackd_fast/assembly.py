@@ -40,7 +40,7 @@ from ackd_fast.models import (
     build_discriminator,
 )
 from ackd_fast.models.by_path import is_import_path, parse_kwargs
-from ackd_fast.models.module_taps import REPLACE_PATHS, auto_taps, pair_taps
+from ackd_fast.models.module_taps import REPLACE_PATHS, auto_taps, on_copy, pair_taps
 from ackd_fast.modules import COMPOSITIONS, REFINER_INITS, REFINER_MODES
 from ackd_fast.peers import GeneratorFile, discriminator_from_state, load_discriminator, read_generator
 
@@ -594,12 +594,10 @@ def build_distiller(
 
 
 def tap_shapes(model: nn.Module, taps: tuple[str, ...], size: int) -> dict[str, tuple[int, ...]]:
-    """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a meta copy (shapes only)."""
+    """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a copy (`on_copy`: meta where it can)."""
     if isinstance(model, ModuleTaps):
         return model.probe(size)
-    meta = copy.deepcopy(model).to("meta").eval()
-    with torch.no_grad():
-        _, features = meta(torch.empty(1, 3, size, size, device="meta"), taps=taps)
+    _, features = on_copy(model, lambda copied, example: copied(example(1, 3, size, size), taps=taps))
     return {name: tuple(f.shape[1:]) for name, f in features.items()}
 
 
@@ -793,20 +791,29 @@ def _model_flags(cfg: Config, name: str, extra: str | None = None) -> None:
 
 def check_crop(module: nn.Module, channels: int, crop: int, what: str, same_size: bool = False) -> int:
     """UsageError when `module` cannot take a training batch of `crop`-px images (a U-Net below 256 px, a PatchGAN
-    deeper than the crop allows): a forward in training mode on the meta device, which computes shapes only. Returns
-    its MACs per image at that size (torchprofile's convention), counted on the same meta copy."""
-    meta = copy.deepcopy(module).to("meta").train()
-    x = torch.empty(2, channels, crop, crop, device="meta")
+    deeper than the crop allows): a forward of a copy in training mode (`on_copy`: on the meta device, which computes
+    shapes only, where the model allows). Returns its MACs per image at that size (torchprofile's convention),
+    counted on the same copy."""
+    def run(copied: nn.Module, example) -> tuple[object, int]:
+        x = example(2, channels, crop, crop)
+        return copied(x), count_macs(copied, x[:1])
+
     try:
-        y = meta(x)
-        macs = count_macs(meta, x[:1])
-    except (RuntimeError, ValueError) as e:
+        y, macs = on_copy(module, run, train=True)
+    except Exception as e:  # a user's generator runs here first: whatever its forward raises, in one line
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"--crop-size {crop}: the {what} cannot take {crop}x{crop} images ({first})") from None
-    if same_size and y.shape[-2:] != x.shape[-2:]:
-        raise UsageError(
-            f"--crop-size {crop}: the {what} turns {crop}x{crop} images into {y.shape[-1]}x{y.shape[-2]} ones"
-        )
+    if same_size:  # a generator: an image of its input's size and channels
+        if not isinstance(y, torch.Tensor) or y.dim() != 4:
+            got = f"a {y.dim()}-d tensor" if isinstance(y, torch.Tensor) else f"a {type(y).__name__}"
+            raise UsageError(f"the {what} returns {got}; a generator returns a (B, {channels}, H, W) image")
+        if y.shape[-2:] != (crop, crop):
+            raise UsageError(
+                f"--crop-size {crop}: the {what} turns {crop}x{crop} images into {y.shape[-1]}x{y.shape[-2]} ones"
+            )
+        if y.shape[1] != channels:
+            raise UsageError(f"the {what} turns {channels}-channel images into {y.shape[1]}-channel ones; a "
+                             f"generator returns an RGB image ({channels} channels)")  # fmt: skip
     return macs
 
 

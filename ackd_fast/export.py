@@ -18,7 +18,6 @@ or replaces an existing file unless asked (`overwrite`).
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from pathlib import Path
@@ -32,6 +31,7 @@ from ackd_fast.errors import UsageError, optional_import
 from ackd_fast.metrics import quantize
 from ackd_fast.models import ModuleTaps, TappedGenerator
 from ackd_fast.models.architectures import ARCHITECTURES, LAYOUT_NAMES
+from ackd_fast.models.module_taps import on_copy
 from ackd_fast.models.resnet import N_DOWNSAMPLING
 from ackd_fast.peers import GeneratorFile, export_sidecar, read_generator, sidecar_path, to_peer_state_dict
 from ackd_fast.rundir import SAMPLES, run_files
@@ -68,21 +68,22 @@ class Uint8Images(nn.Module):
 
 def size_multiple(generator: nn.Module) -> int:
     """The input sizes the generator takes are multiples of this: a built-in's from its structure; any other's the
-    smallest power of two p for which 3p x 3p and 5p x 5p images come out at their own size (a forward of a meta
-    copy: shapes only), odd multiples so that p is all the model needs."""
+    smallest power of two p for which 3p x 3p and 5p x 5p images come out at their own size (forwards of a copy,
+    `on_copy`: on the meta device where the model allows), odd multiples so that p is all the model needs."""
     if isinstance(generator, TappedGenerator) and not isinstance(generator, ModuleTaps):
         return 2 ** getattr(generator, "num_downs", N_DOWNSAMPLING)
-    meta = copy.deepcopy(generator).to("meta").eval()
-    problem = ""
-    for p in (2**k for k in range(9)):
-        try:
-            with torch.no_grad():
-                if all(meta(torch.empty(1, 3, n, n, device="meta")).shape[-2:] == (n, n) for n in (3 * p, 5 * p)):
+    def smallest(copied: nn.Module, example) -> int:
+        problem = ""
+        for p in (2**k for k in range(9)):
+            try:
+                if all(copied(example(1, 3, n, n)).shape[-2:] == (n, n) for n in (3 * p, 5 * p)):
                     return p
-        except (RuntimeError, ValueError, NotImplementedError) as e:  # too small for it, or sizes that do not fit
-            problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
-    raise ValueError(f"{type(generator).__name__} turns no square image of a side 3p or 5p (p a power of two up to "
-                     f"256) into one of its own size{f' (last: {problem})' if problem else ''}")  # fmt: skip
+            except Exception as e:  # too small for it, or sizes that do not fit: the next power of two
+                problem = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise ValueError(f"{type(generator).__name__} turns no square image of a side 3p or 5p (p a power of two up "
+                         f"to 256) into one of its own size{f' (last: {problem})' if problem else ''}")  # fmt: skip
+
+    return on_copy(generator, smallest)
 
 
 def _check_size(generator: TappedGenerator, size: object) -> int:

@@ -53,14 +53,31 @@ OWN_NETS = textwrap.dedent('''
 
 
     class Halves(nn.Module):
-        """Not an image-to-image map of the input's size."""
+        """Not an image-to-image map of the input's size (or of its channels, or not a tensor)."""
 
-        def __init__(self):
+        def __init__(self, channels: int = 3, as_dict: bool = False):
             super().__init__()
-            self.conv = nn.Conv2d(3, 3, 4, 2, 1)
+            self.conv = nn.Conv2d(3, channels, 3, 2 if channels == 3 else 1, 1)
+            self.as_dict = as_dict
 
         def forward(self, x):
-            return self.conv(x)
+            return {"out": self.conv(x)} if self.as_dict else self.conv(x)
+
+
+    class Branchy(nn.Module):
+        """A forward that reads a value (no torch.fx trace, no meta-device probe)."""
+
+        def __init__(self, width: int = 8):
+            super().__init__()
+            self.a = nn.Conv2d(3, width, 3, padding=1)
+            self.b = nn.Conv2d(width, width, 3, 2, 1)
+            self.c = nn.ConvTranspose2d(width, 3, 4, 2, 1)
+
+        def forward(self, x):
+            h = self.a(x)
+            if h.abs().mean() > 1e6:
+                h = h / 2
+            return torch.tanh(self.c(self.b(h)))
 ''')
 TEACHER = ["--generator", "own_nets:TinyUnet", "--generator-kwargs", '{"width": 8}']
 STUDENT = ["--student", "own_nets:small_unet", "--student-kwargs", '{"width": 4}']
@@ -234,6 +251,9 @@ def test_bad_taps_fail_in_one_line_before_anything_is_written(own_teacher, data_
         (["--generator", "own_nets:TinyUnet", "--generator-kwargs", "[3]"], ["must be a JSON object"]),
         (["--generator", "resnet_9blocks", "--generator-kwargs", '{"width": 3}'], ["is built-in"]),
         (["--generator", "own_nets:Halves"], ["turns 32x32 images into 16x16 ones"]),
+        (["--generator", "own_nets:Halves", "--generator-kwargs", '{"channels": 1}'], ["into 1-channel ones"]),
+        (["--generator", "own_nets:Halves", "--generator-kwargs", '{"channels": 3, "as_dict": true}'],
+         ["returns a dict"]),
         (["--generator", "own_nets"], ["or package.module:callable"]),
     ],
 )
@@ -397,3 +417,23 @@ def test_a_bare_teacher_file_and_a_config_file_name_the_model(own_nets, own_teac
     code, _, err = run_cli([*args[:-len(TINY) - 2], "--out-dir", tmp_path / "t", *TINY])
     assert_one_line_error(code, err, 1, "bare.pth does not fit own_nets:TinyUnet(width=6)", "inc.0.weight")
     assert not (tmp_path / "t").exists()
+
+
+def test_a_model_that_reads_values_is_probed_on_the_cpu_and_replaced_by_hooks(own_nets, data_root, tmp_path, run_cli):
+    """A forward with a Python branch on a tensor's value runs on neither the meta device nor torch.fx: its shapes
+    come from a CPU forward and ACKD's teacher path takes the hooks, as the summary says."""
+    code, out, err = run_cli(["taps", "own_nets:Branchy", "--size", CROP])
+    assert code == 0, err
+    assert "8 x 16 x 16" in out
+    code, _, err = run_cli(["train-teacher", "--generator", "own_nets:Branchy", "--ndf", 8, "--dataroot", data_root,
+                            "--out-dir", tmp_path / "t", *TINY])  # fmt: skip
+    assert code == 0, err
+    code, out, err = run_cli(["distill", "--teacher", tmp_path / "t" / "ckpt.pt", "--student", "own_nets:Branchy",
+                              "--student-kwargs", '{"width": 4}', "--taps", "a,b", "--student-taps", "a,b",
+                              "--heads", 2, "--dataroot", data_root, "--out-dir", tmp_path / "s", *TINY])  # fmt: skip
+    assert code == 0, err
+    assert "--replace-path): hook (torch.fx cannot trace Branchy" in out
+    code, _, err = run_cli(["distill", "--teacher", tmp_path / "t" / "ckpt.pt", "--student", "own_nets:Branchy",
+                            "--taps", "a,b", "--student-taps", "a,b", "--replace-path", "split", "--dataroot",
+                            data_root, "--out-dir", tmp_path / "forced", *TINY])  # fmt: skip
+    assert_one_line_error(code, err, 2, "--taps: replace_path 'split': torch.fx cannot trace Branchy")

@@ -28,8 +28,9 @@ import copy
 import difflib
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.fx
@@ -38,6 +39,7 @@ from torch import Tensor, nn
 from ackd_fast.models.base import TappedGenerator
 
 INPUT = "input"
+T = TypeVar("T")
 REPLACE_PATHS = ("auto", "hook", "split")
 
 
@@ -114,6 +116,20 @@ def _with_part(value, part: str, new):
 
 def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def on_copy(model: nn.Module, run: Callable[[nn.Module, Callable[..., Tensor]], T], train: bool = False) -> T:
+    """`run(copy, example)` on a copy of `model` on the meta device (shapes only: nothing is allocated or computed),
+    or, where its forward needs values that meta tensors do not have (`.item()`, a Python branch on a tensor), on a
+    CPU copy; without gradients, `example(*shape)` giving an input on the copy's device (on the CPU random values
+    from a fixed seed: the global RNG is left alone). What the CPU run raises, raises."""
+    with torch.no_grad():
+        try:
+            return run(copy.deepcopy(model).to("meta").train(train), lambda *shape: torch.empty(shape, device="meta"))
+        except Exception:  # the user's forward on meta tensors: whatever it raises, the CPU run tells for real
+            pass
+        seed = torch.Generator().manual_seed(0)
+        return run(copy.deepcopy(model).to("cpu").train(train), lambda *shape: torch.randn(shape, generator=seed))
 
 
 def _changes_live(root: nn.Module, node: torch.fx.Node) -> bool:
@@ -338,16 +354,17 @@ class ModuleTaps(TappedGenerator):
 
     @torch.no_grad()
     def probe(self, size: int, in_channels: int = 3) -> dict[str, tuple[int, ...]]:
-        """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a copy on the meta device (shapes
-        only, nothing allocated); kept in `shapes`."""
-        meta = ModuleTaps(copy.deepcopy(self.model).to("meta"), list(self.taps), replace_path="hook")
-        meta.eval()
+        """Each tap's (C, H, W) for a `size` x `size` image, from one forward of a copy (`on_copy`: on the meta
+        device where the model allows); kept in `shapes`."""
+        def run(model: nn.Module, example) -> dict[str, Tensor]:
+            tapped = ModuleTaps(model, list(self.taps), replace_path="hook")
+            return tapped(example(1, in_channels, size, size), taps=self.tap_names)[1]
+
         try:
-            _, features = meta(torch.empty(1, in_channels, size, size, device="meta"), taps=self.tap_names)
-        except (RuntimeError, NotImplementedError) as e:  # data-dependent code (.item(), numpy) cannot run on meta
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-            raise ValueError(f"{type(self.model).__name__} cannot be probed at {size}x{size} on the meta device "
-                             f"({first})") from None  # fmt: skip
+            features = on_copy(self.model, run)
+        except Exception as e:  # the user's forward: whatever it raises, in one line
+            what = type(self.model).__name__
+            raise ValueError(f"{what} cannot be probed at {size}x{size} ({_first_line(e)})") from None
         for name, feature in features.items():
             if not isinstance(feature, Tensor) or feature.dim() != 4:
                 raise ValueError(f"tap {name!r} is not a (B, C, H, W) feature map: got {type(feature).__name__} "
@@ -384,27 +401,25 @@ class ModuleRow:
 @torch.no_grad()
 def _meta_forward(model: nn.Module, size: int, in_channels: int) -> tuple[list[tuple[str, nn.Module, object]], dict]:
     """(path, module, output) of every module in the order the forward finishes them, and the FLOPs by module, from
-    one forward of a meta copy at `size` x `size`."""
+    one forward of a copy at `size` x `size` (`on_copy`)."""
     from ackd_fast.metrics import flop_counter
 
-    meta = copy.deepcopy(model).to("meta").eval()
-    finished: list[tuple[str, nn.Module, object]] = []
-    handles = [m.register_forward_hook(lambda mod, args, out, path=path: finished.append((path, mod, out)))
-               for path, m in meta.named_modules() if path]  # fmt: skip
-    try:
+    def run(copied: nn.Module, example) -> tuple[list[tuple[str, nn.Module, object]], dict]:
+        finished: list[tuple[str, nn.Module, object]] = []
+        for path, m in copied.named_modules():
+            if path:
+                m.register_forward_hook(lambda mod, args, out, path=path: finished.append((path, mod, out)))
         with flop_counter("torchprofile") as counter:
-            meta(torch.empty(1, in_channels, size, size, device="meta"))
-    except (RuntimeError, NotImplementedError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise ValueError(f"{type(model).__name__} cannot be probed at {size}x{size} on the meta device "
-                         f"({first})") from None  # fmt: skip
-    finally:
-        for handle in handles:
-            handle.remove()
-    prefix = type(meta).__name__
-    flops = {key[len(prefix) + 1 :]: sum(ops.values()) for key, ops in counter.get_flop_counts().items()
-             if key.startswith(prefix + ".")}  # fmt: skip
-    return finished, flops
+            copied(example(1, in_channels, size, size))
+        prefix = type(copied).__name__
+        flops = {key[len(prefix) + 1 :]: sum(ops.values()) for key, ops in counter.get_flop_counts().items()
+                 if key.startswith(prefix + ".")}  # fmt: skip
+        return finished, flops
+
+    try:
+        return on_copy(model, run)
+    except Exception as e:  # the user's forward: whatever it raises, in one line
+        raise ValueError(f"{type(model).__name__} cannot be probed at {size}x{size} ({_first_line(e)})") from None
 
 
 def module_table(model: nn.Module, size: int, in_channels: int = 3) -> list[ModuleRow]:
