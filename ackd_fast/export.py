@@ -18,8 +18,13 @@ or replaces an existing file unless asked (`overwrite`).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import re
+import sys
 from pathlib import Path
 
 import torch
@@ -150,6 +155,28 @@ def _dims(generator: TappedGenerator, size: int, square: bool, io: str = "float"
     return {"x": {height: multiple * h, width: multiple * w}}
 
 
+@contextlib.contextmanager
+def _exporter_output():
+    """Around a torch.export call: what it prints passes on when it succeeds; when it fails (pages of graphs, logs and
+    advice), a ValueError says in one line what failed (its summary, else its first line)."""
+    printed, torch_log = io.StringIO(), logging.getLogger("torch")
+    level = torch_log.level
+    torch_log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            yield
+    except Exception as e:
+        text = " ".join(str(e).split())
+        summary = re.search(r"Exception summary <class '[\w.]*?(\w+)'>: (.*?)(?= Caused by| For more information|$)",
+                            text)  # fmt: skip
+        why = f"{summary.group(1)}: {summary.group(2)}" if summary else (str(e).strip().splitlines() or [""])[0]
+        hint = "; a forward that branches on a tensor's value does not export" if "data-dependent" in text else ""
+        raise ValueError(f"torch.export cannot export the generator ({why[:300] or type(e).__name__}){hint}") from None
+    finally:
+        torch_log.setLevel(level)
+    sys.stderr.write(printed.getvalue())
+
+
 def export_pth(g: GeneratorFile, out: str | os.PathLike) -> list[Path]:
     """The state dict (our keys) to `out` and its sidecar to `sidecar_path(out)`."""
     state = {k: v.detach().clone() for k, v in g.generator.state_dict().items()}
@@ -193,15 +220,16 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
     tolerance = UINT8_TOLERANCE if io == "uint8" else ONNX_TOLERANCE
     tmp = out.with_name(out.name + ".tmp.onnx")
     try:
-        program = torch.onnx.export(
-            model,
-            (_example(size, io=io),),
-            dynamo=True,
-            dynamic_shapes=_dims(g.generator, size, square=False, io=io) if dynamic else None,
-            input_names=["image"],
-            output_names=["output"],
-            verbose=False,
-        )
+        with _exporter_output():
+            program = torch.onnx.export(
+                model,
+                (_example(size, io=io),),
+                dynamo=True,
+                dynamic_shapes=_dims(g.generator, size, square=False, io=io) if dynamic else None,
+                input_names=["image"],
+                output_names=["output"],
+                verbose=False,
+            )
         try:
             program.save(str(tmp))
         except OSError as e:
@@ -221,10 +249,11 @@ def export_onnx(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bo
 
 def export_pt2(g: GeneratorFile, out: str | os.PathLike, size: int, dynamic: bool, io: str = "float") -> list[Path]:
     """A torch.export ExportedProgram (dynamic H = W with `dynamic`), saved with torch.export.save."""
-    program = torch.export.export(
-        _model(g, io), (_example(size, io=io),),
-        dynamic_shapes=_dims(g.generator, size, square=True, io=io) if dynamic else None,
-    )  # fmt: skip
+    with _exporter_output():
+        program = torch.export.export(
+            _model(g, io), (_example(size, io=io),),
+            dynamic_shapes=_dims(g.generator, size, square=True, io=io) if dynamic else None,
+        )  # fmt: skip
     write_bytes_atomic(out, lambda f: torch.export.save(program, f))
     return [Path(out)]
 

@@ -437,3 +437,6 @@ def test_a_model_that_reads_values_is_probed_on_the_cpu_and_replaced_by_hooks(ow
                             "--taps", "a,b", "--student-taps", "a,b", "--replace-path", "split", "--dataroot",
                             data_root, "--out-dir", tmp_path / "forced", *TINY])  # fmt: skip
     assert_one_line_error(code, err, 2, "--taps: replace_path 'split': torch.fx cannot trace Branchy")
+    code, _, err = run_cli(["export", tmp_path / "s" / "ckpt.pt", "--format", "pt2", "--out", tmp_path / "s.pt2"])
+    assert_one_line_error(code, err, 1, "torch.export cannot export the generator", "branches on a tensor's value")
+    assert not (tmp_path / "s.pt2").exists()
