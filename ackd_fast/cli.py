@@ -78,7 +78,10 @@ def _any_model(spec: str, kwargs: str, ngf: int):
     if spec in GENERATORS:
         return build_generator(spec, ngf, init="default"), spec
     if is_import_path(spec):
-        return import_model(spec, kwargs), spec
+        try:
+            return import_model(spec, kwargs), spec
+        except ValueError as e:  # the flag's module, callable or kwargs: a bad flag value
+            raise UsageError(str(e)) from None
     if Path(spec).is_file():
         g = read_generator(spec)
         return g.generator, g.name

@@ -440,3 +440,10 @@ def test_a_model_that_reads_values_is_probed_on_the_cpu_and_replaced_by_hooks(ow
     code, _, err = run_cli(["export", tmp_path / "s" / "ckpt.pt", "--format", "pt2", "--out", tmp_path / "s.pt2"])
     assert_one_line_error(code, err, 1, "torch.export cannot export the generator", "branches on a tensor's value")
     assert not (tmp_path / "s.pt2").exists()
+
+
+def test_taps_names_a_bad_model_in_one_line(own_nets, run_cli):
+    code, _, err = run_cli(["taps", "nosuch.mod:Net"])
+    assert_one_line_error(code, err, 2, "cannot import nosuch.mod")
+    code, _, err = run_cli(["taps", "own_nets:TinyUnet", "--kwargs", '{"depth": 2}'])
+    assert_one_line_error(code, err, 2, "rejects the keyword arguments")
