@@ -86,13 +86,10 @@ def list_taps(model: nn.Module | str, size: int = 256, kwargs: dict | str | None
 
 
 def module_spec(model: nn.Module, kwargs: dict | None = None) -> GeneratorSpec:
-    """What a checkpoint records of a module given as an instance: its class's import path and `kwargs`."""
+    """What a checkpoint records of a module given as an instance: its class's import path and `kwargs` (a class
+    defined inside a function records a path no other code imports: load such a run with `model=`)."""
     cls = type(model)
-    path = f"{cls.__module__}:{cls.__qualname__}"
-    if not is_import_path(path):
-        raise ValueError(f"{cls.__qualname__} is defined inside a function ({path}): define it at the top level of a "
-                         "module, so that a checkpoint can name it")  # fmt: skip
-    return GeneratorSpec(path, None, kwargs or {})
+    return GeneratorSpec(f"{cls.__module__}:{cls.__qualname__}", None, kwargs or {})
 
 
 def _config(job: str, flags: dict) -> Config:

@@ -447,3 +447,31 @@ def test_taps_names_a_bad_model_in_one_line(own_nets, run_cli):
     assert_one_line_error(code, err, 2, "cannot import nosuch.mod")
     code, _, err = run_cli(["taps", "own_nets:TinyUnet", "--kwargs", '{"depth": 2}'])
     assert_one_line_error(code, err, 2, "rejects the keyword arguments")
+
+
+def test_the_python_api_takes_a_class_defined_in_a_function(data_root, tmp_path):
+    """A class no other code can import (defined here) trains; its checkpoint says to load it with model=."""
+    from torch import nn
+
+    from ackd_fast import api
+
+    class Local(nn.Module):
+        def __init__(self, width: int = 4):
+            super().__init__()
+            self.enc = nn.Sequential(nn.Conv2d(3, width, 3, 2, 1), nn.ReLU())
+            self.mid = nn.Conv2d(width, width, 3, padding=1)
+            self.dec = nn.ConvTranspose2d(width, 3, 4, 2, 1)
+
+        def forward(self, x):
+            return torch.tanh(self.dec(self.mid(self.enc(x))))
+
+    tiny = {"load_size": SIZE, "crop_size": CROP, "workers": 0, "batch_size": 2, "steps": 1, "progress": False,
+            "sample_every": 0, "device": "cpu", "dataroot": str(data_root)}  # fmt: skip
+    teacher = api.train_teacher(Local(8), out_dir=str(tmp_path / "t"), ndf=8, **tiny)
+    with pytest.raises(ValueError, match=r"Local is a class defined inside a function.*model="):
+        ackd_fast.load_generator(teacher["checkpoint"])
+    loaded = ackd_fast.load_generator(teacher["checkpoint"], model=Local(8))
+    student = api.distill(loaded, Local(4), taps=api.Taps(["enc", "mid"], ["enc", "mid"]), heads=2,
+                          out_dir=str(tmp_path / "s"), **tiny)  # fmt: skip
+    assert student["logs"]["g_feat"] > 0
+    assert isinstance(ackd_fast.load_generator(student["checkpoint"], model=Local(4)), Local)

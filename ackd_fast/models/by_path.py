@@ -18,7 +18,10 @@ import typing
 
 from torch import nn
 
-_PATH = re.compile(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*")
+# package.module:attribute.path; "<locals>" in the attribute path is what a class defined inside a function records
+# (Python's __qualname__): importing it fails with a message that says so
+_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.([A-Za-z_]\w*|<locals>))*")
+LOCALS = "<locals>"
 
 
 def is_import_path(name: str) -> bool:
@@ -62,6 +65,9 @@ def import_model(path: str, kwargs: dict | str | None = None, named_in: str | os
         target = importlib.import_module(module_name)
     except Exception as e:  # the user's module: anything its import raises
         raise ValueError(f"{path}: cannot import {module_name} ({type(e).__name__}: {e})") from None
+    if LOCALS in attribute.split("."):
+        raise ValueError(f"{path} is a class defined inside a function, which cannot be imported: pass the module "
+                         "itself (ackd_fast.load_generator(path, model=...))")  # fmt: skip
     owner = module_name
     for part in attribute.split("."):
         if not hasattr(target, part):
