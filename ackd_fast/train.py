@@ -761,7 +761,7 @@ def _train(cfg: Config, rt: Runtime, launch: Launch, teacher, teacher_note: str,
     # --- models, optimizers, schedules; each network checked against the crop size on the meta device
     objective, critic, generator, spec = build_task(cfg, teacher, model)
     label = "student" if cfg.job == "distill" else "generator"
-    macs = {label: check_crop(generator, 3, cfg.crop_size, f"{spec.label} generator", same_size=True)}
+    macs = {label: check_crop(generator, 3, cfg.crop_size, f"{spec.name} generator", same_size=True)}
     if cfg.job == "distill":
         macs["teacher"] = check_crop(objective.teacher, 3, cfg.crop_size, "teacher generator", same_size=True)
     for i, disc in enumerate(critic.discriminators):
