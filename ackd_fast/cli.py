@@ -139,15 +139,20 @@ def cmd_study(args: argparse.Namespace, argv: list[str]) -> None:
 
 def cmd_bench_deploy(args: argparse.Namespace) -> None:
     from ackd_fast.bench import PATHS, bench_deploy, parse_batches
-    from ackd_fast.models import build_generator
+    from ackd_fast.models import GENERATORS, build_generator
+    from ackd_fast.models.by_path import is_import_path
     from ackd_fast.peers import load_generator
 
     generators = {}
     for spec in args.arch:
         name, _, ngf = spec.partition(":")
-        if not ngf.isdigit():
-            raise UsageError(f"--arch takes NAME:NGF (e.g. mobile_resnet_9blocks:16), got {spec!r}")
-        generators[spec] = build_generator(name, int(ngf))
+        if name in GENERATORS and ngf.isdigit():
+            generators[spec] = build_generator(name, int(ngf))
+        elif is_import_path(spec):  # a generator of one's own, with its default arguments
+            generators[spec] = _any_model(spec, "", 0)[0]
+        else:
+            raise UsageError(f"--arch takes NAME:NGF (e.g. mobile_resnet_9blocks:16) or package.module:callable, got "
+                             f"{spec!r}")  # fmt: skip
     for ckpt in args.checkpoints:
         generators[ckpt] = load_generator(ckpt)
     if not generators:
@@ -270,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("checkpoints", nargs="*", help="ckpt.pt files whose generators to time")
     p.add_argument("--arch", nargs="*", default=[], help="NAME:NGF generators with random weights, e.g. "
-                   "mobile_resnet_9blocks:16 resnet_9blocks:64")  # fmt: skip
+                   "mobile_resnet_9blocks:16 resnet_9blocks:64, or package.module:callable (its default "
+                   "arguments)")  # fmt: skip
     p.add_argument("--size", type=int, default=256, help="square input size (default: %(default)s)")
     p.add_argument("--batch", default="1,4", help="comma-separated batch sizes (default: %(default)s)")
     p.add_argument("--dtypes", default="", help="comma-separated among fp32, bf16, fp16; default: fp32 and the "

@@ -475,3 +475,11 @@ def test_the_python_api_takes_a_class_defined_in_a_function(data_root, tmp_path)
                           out_dir=str(tmp_path / "s"), **tiny)  # fmt: skip
     assert student["logs"]["g_feat"] > 0
     assert isinstance(ackd_fast.load_generator(student["checkpoint"], model=Local(4)), Local)
+
+
+def test_bench_deploy_times_a_generator_of_ones_own(own_nets, tmp_path, run_cli):
+    code, _, err = run_cli(["bench-deploy", "--arch", "own_nets:TinyUnet", "mobile_resnet_9blocks:4", "--size", 16,
+                            "--batch", 1, "--paths", "eager", "--rounds", 1, "--out", tmp_path])  # fmt: skip
+    assert code == 0, err
+    rows = json.loads((tmp_path / "bench_deploy.json").read_text())["rows"]
+    assert {r["name"] for r in rows} == {"own_nets:TinyUnet", "mobile_resnet_9blocks:4"}
