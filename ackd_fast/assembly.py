@@ -606,12 +606,18 @@ def tap_pairs_plan(cfg: Config, teacher: nn.Module, teacher_taps: tuple[str, ...
     """One line per tap pair for the opening summary, "T (C x H x W) <- S (C x H x W)" at the crop size, from one
     probe of each model: the 1x1 connectors map the student's channels to the teacher's, and a student map of
     another resolution is resized (bilinear) to the teacher's, which the line says. UsageError in one line when a
-    tap is no (B, C, H, W) map or ACK-A's heads do not divide a refined tap's channels."""
+    tap is no (B, C, H, W) map, the taps are not in the order the forward reaches them (shallow to deep: the sources
+    of a refined tap are the taps before it) or ACK-A's heads do not divide a refined tap's channels."""
     try:
         t_shapes = tap_shapes(teacher, teacher_taps, cfg.crop_size)
         s_shapes = tap_shapes(student, student_taps, cfg.crop_size)
     except ValueError as e:
         raise UsageError(f"--taps / --student-taps at --crop-size {cfg.crop_size}: {e}") from None
+    for flag_name, given, shapes in (("--taps", teacher_taps, t_shapes), ("--student-taps", student_taps, s_shapes)):
+        reached = [name for name in shapes if name in given]  # the probe's features, in the order the forward made them
+        if reached != list(given):
+            raise UsageError(f"{flag_name} must name the taps shallow to deep, in the order the forward reaches them: "
+                             f"{','.join(reached)}; got {','.join(given)}")  # fmt: skip
     if settings.kd == "ackd" and settings.mode != "fusion":
         for t in teacher_taps[1:]:
             if t_shapes[t][0] % settings.heads:

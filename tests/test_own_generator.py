@@ -230,6 +230,7 @@ def test_a_file_names_only_models(own_nets, own_teacher, tmp_path):
         (["--taps", "inc", "--student-taps", "inc"], ["two or more"]),
         (["--taps", "inc,down1,mid", "--student-taps", "inc,down1,mid@1"], ["'mid@1'", "has no element '1'"]),
         (["--taps", "inc,down1,mid", "--heads", "3"], ["--heads 3 must divide", "down1 has 16"]),
+        (["--taps", "inc,mid,down1"], ["--taps must name the taps shallow to deep", "got inc,mid,down1"]),
         (["--taps", ""], ["has no default taps", "--taps auto"]),
     ],
 )
