@@ -23,6 +23,7 @@ import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 from torch import nn
 
@@ -30,7 +31,7 @@ from ackd_fast.assembly import COMMAND_DEFAULTS, Config
 from ackd_fast.models import GENERATORS, GeneratorSpec, build_generator
 from ackd_fast.models.by_path import import_model, is_import_path
 from ackd_fast.models.module_taps import ModuleRow, module_table
-from ackd_fast.peers import GeneratorFile
+from ackd_fast.peers import GeneratorFile, read_generator
 
 
 @dataclass(frozen=True)
@@ -65,31 +66,32 @@ class Taps:
         return {"taps": ",".join(self.teacher), "student_taps": ",".join(self.student)}
 
 
-def _model(model: nn.Module | str, kwargs: dict | str | None, ngf: int) -> nn.Module:
+def named_model(model: nn.Module | str | os.PathLike, kwargs: dict | str | None = None,
+                ngf: int = 64) -> tuple[nn.Module, str]:  # fmt: skip
+    """(module, its name) for a model named any way: a module, a built-in name (at `ngf`), "package.module:callable"
+    (with `kwargs`), or a generator file `load_generator` reads; ValueError for anything else."""
     if isinstance(model, nn.Module):
-        return model
+        return model, GeneratorSpec.of_module(model).name
     if model in GENERATORS:
-        return build_generator(model, ngf, init="default")
+        return build_generator(model, ngf, init="default"), model
     if isinstance(model, str) and is_import_path(model):
-        return import_model(model, kwargs)
-    raise ValueError(f"model must be an nn.Module, one of {GENERATORS} or package.module:callable, got {model!r}")
+        return import_model(model, kwargs), model
+    if isinstance(model, (str, os.PathLike)) and Path(model).is_file():
+        g = read_generator(model)
+        return g.generator, g.name
+    raise ValueError(f"{model!r} is no built-in generator ({', '.join(GENERATORS)}), file, package.module:callable "
+                     "or nn.Module")  # fmt: skip
 
 
-def list_taps(model: nn.Module | str, size: int = 256, kwargs: dict | str | None = None,
+def list_taps(model: nn.Module | str | os.PathLike, size: int = 256, kwargs: dict | str | None = None,
               ngf: int = 64) -> list[ModuleRow]:  # fmt: skip
-    """Every module of `model` (a module, a built-in name at `ngf`, or "package.module:callable" with `kwargs`) in
-    the order its forward finishes them, with its output (C, H, W), stride and MACs for a `size` x `size` image:
-    what a tap can name (`ackd-fast taps` prints it). One forward of a meta copy: nothing is allocated."""
+    """Every module of `model` (a module, a built-in name at `ngf`, "package.module:callable" with `kwargs`, or a
+    generator file) in the order its forward finishes them, with its output (C, H, W), stride and MACs for a
+    `size` x `size` image: what a tap can name (`ackd-fast taps` prints it). One forward of a meta copy where the
+    model allows (nothing is allocated)."""
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
-    return module_table(_model(model, kwargs, ngf), size)
-
-
-def module_spec(model: nn.Module, kwargs: dict | None = None) -> GeneratorSpec:
-    """What a checkpoint records of a module given as an instance: its class's import path and `kwargs` (a class
-    defined inside a function records a path no other code imports: load such a run with `model=`)."""
-    cls = type(model)
-    return GeneratorSpec(f"{cls.__module__}:{cls.__qualname__}", None, kwargs or {})
+    return module_table(named_model(model, kwargs, ngf)[0], size)
 
 
 def _config(job: str, flags: dict) -> Config:
@@ -119,7 +121,7 @@ def train_teacher(generator: nn.Module | str = "resnet_9blocks", *, generator_kw
 
     modules = {}
     if isinstance(generator, nn.Module):
-        spec = module_spec(generator, generator_kwargs if isinstance(generator_kwargs, dict) else None)
+        spec = GeneratorSpec.of_module(generator, generator_kwargs if isinstance(generator_kwargs, dict) else None)
         generator, generator_kwargs, modules = spec.name, spec.kwargs, {"generator": generator}
     cfg = _config("teacher", flags | {"generator": generator, "generator_kwargs": _kwargs_flag(generator_kwargs)})
     return train(cfg, modules)
@@ -141,11 +143,11 @@ def distill(teacher: str | os.PathLike | nn.Module, student: nn.Module | str | N
 
     modules: dict = {}
     if isinstance(teacher, nn.Module):
-        spec = module_spec(teacher)
+        spec = GeneratorSpec.of_module(teacher)
         modules["teacher"] = GeneratorFile(teacher.eval(), spec.name, None, "module given to distill()")
         teacher = f"{spec.name} (a module given to distill())"
     if isinstance(student, nn.Module):
-        spec = module_spec(student, student_kwargs if isinstance(student_kwargs, dict) else None)
+        spec = GeneratorSpec.of_module(student, student_kwargs if isinstance(student_kwargs, dict) else None)
         modules["student"], student, student_kwargs = student, spec.name, spec.kwargs
     if taps == "auto":
         taps = Taps.auto()
@@ -155,4 +157,4 @@ def distill(teacher: str | os.PathLike | nn.Module, student: nn.Module | str | N
     return train(_config("distill", flags | given | (taps.flags() if taps else {})), modules)
 
 
-__all__ = ["Taps", "distill", "list_taps", "module_spec", "train_teacher"]
+__all__ = ["Taps", "distill", "list_taps", "named_model", "train_teacher"]

@@ -67,25 +67,18 @@ def cmd_translate(args: argparse.Namespace) -> None:
 
 
 def _any_model(spec: str, kwargs: str, ngf: int):
-    """A generator named on the command line: a built-in name (at --ngf), a file read_generator reads, or
-    package.module:callable (with --kwargs)."""
+    """A generator named on the command line (`api.named_model`: a built-in name at --ngf, a file, or
+    package.module:callable with --kwargs); a name that builds nothing is a bad flag value, a bad file is not."""
     from pathlib import Path
 
-    from ackd_fast.models import GENERATORS, build_generator
-    from ackd_fast.models.by_path import import_model, is_import_path
-    from ackd_fast.peers import read_generator
+    from ackd_fast.api import named_model
 
-    if spec in GENERATORS:
-        return build_generator(spec, ngf, init="default"), spec
-    if is_import_path(spec):
-        try:
-            return import_model(spec, kwargs), spec
-        except ValueError as e:  # the flag's module, callable or kwargs: a bad flag value
-            raise UsageError(str(e)) from None
-    if Path(spec).is_file():
-        g = read_generator(spec)
-        return g.generator, g.name
-    raise UsageError(f"{spec!r} is no built-in generator ({', '.join(GENERATORS)}), file, or package.module:callable")
+    try:
+        return named_model(spec, kwargs, ngf)
+    except ValueError as e:
+        if Path(spec).is_file():
+            raise
+        raise UsageError(str(e)) from None
 
 
 def cmd_taps(args: argparse.Namespace) -> None:

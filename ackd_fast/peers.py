@@ -331,7 +331,7 @@ def read_generator(path: str | os.PathLike, name: str | None = None, ngf: int | 
         label = spec.label if spec else type(model).__name__
         generator = model if model is not None else spec.build(named_in=named_in)
         load_into(generator, state, path, label)
-        name = name or f"{type(model).__module__}:{type(model).__qualname__}"
+        name = name or GeneratorSpec.of_module(model).name
         return GeneratorFile(generator.eval(), name, None, source or "state dict", config, step, selection, info,
                              discriminators, dict(kwargs or {}))  # fmt: skip
     fit = _match(path, state, name, ngf, layouts)

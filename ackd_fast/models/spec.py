@@ -63,6 +63,12 @@ class GeneratorSpec:
         return {"name": self.name, "ngf": self.ngf} | ({} if self.builtin else {"kwargs": self.kwargs})
 
     @classmethod
+    def of_module(cls, model: nn.Module, kwargs: dict | None = None) -> GeneratorSpec:
+        """What a checkpoint records of a module given as an instance: its class's import path and `kwargs` (a class
+        defined inside a function records a path no other code imports: load such a run with `model=`)."""
+        return cls(f"{type(model).__module__}:{type(model).__qualname__}", None, kwargs or {})
+
+    @classmethod
     def from_record(cls, record: dict, where: str | os.PathLike) -> GeneratorSpec:
         """The spec a checkpoint or sidecar records; ValueError naming `where` when it is not one."""
         try:
