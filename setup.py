@@ -75,7 +75,7 @@ def _pip_cuda_includes() -> list[str]:
 
 
 def _cpu_vector_flags() -> list[str]:
-    """AVX2/FMA for the at::vec kernels when the building machine has them (the extension is built where it runs);
+    """AVX2/FMA/F16C for the at::vec kernels when the building machine has them (the extension is built where it runs);
     without these flags at::vec falls back to plain loops. ACKD_FAST_CPU_BASELINE=1 builds for any x86-64."""
     if _flag("ACKD_FAST_CPU_BASELINE") or platform.machine() not in ("x86_64", "AMD64"):
         return []
@@ -84,7 +84,8 @@ def _cpu_vector_flags() -> list[str]:
             flags = set(f.read().split())
     except OSError:
         return []
-    return ["-mavx2", "-mfma", "-DCPU_CAPABILITY_AVX2"] if {"avx2", "fma"} <= flags else []
+    # -mf16c: torch's Half conversions use F16C intrinsics under CPU_CAPABILITY_AVX2 (every AVX2 CPU has it)
+    return ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY_AVX2"] if {"avx2", "fma", "f16c"} <= flags else []
 
 
 def extensions():

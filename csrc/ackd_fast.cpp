@@ -34,6 +34,15 @@ TORCH_LIBRARY(ackd_fast, m) {
   // -> (grad of each source, grad of weights)
   m.def("ack_accumulate_backward(Tensor grad, Tensor[] sources, Tensor weights, str mode) -> (Tensor[], Tensor)");
 
+  // Tests only (cpu/accumulate_emulated.cpp): the two ops above through the CUDA kernels' code, run on the CPU.
+  // grid: the backward's blocks (0: one per tile); wide_index: int64 offsets; weight_table=False: the reader tables
+  // without weights, as for extreme resize ratios.
+  m.def("_emulated_cuda_ack_accumulate(Tensor[] sources, Tensor weights, int[2] size, str mode, bool wide_index=False)"
+        " -> Tensor");
+  m.def(
+      "_emulated_cuda_ack_accumulate_backward(Tensor grad, Tensor[] sources, Tensor weights, str mode, int grid=0,"
+      " bool wide_index=False, bool weight_table=True) -> (Tensor[], Tensor)");
+
   // y = act(instance_norm(x) * weight + bias) + residual, act "relu" | "none"; also returns the per-(sample, channel)
   // mean and 1/std that the backward needs.
   m.def(

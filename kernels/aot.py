@@ -38,7 +38,7 @@ from triton.compiler import ASTSource, make_backend
 from triton.runtime.jit import create_function_from_signature
 
 from ackd_fast.checks import MAX_SOURCES
-from ackd_fast.kernels import ack_attention, configs
+from ackd_fast.kernels import ack_attention, configs, sass
 
 # Dynamic shared memory a block may use (bytes): sm_80 (A100) 163 KB, sm_90 (H100) 227 KB; per SM 164 / 228 KB.
 SHARED_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
@@ -257,24 +257,18 @@ def compile_case(case: Case, covers: tuple[tuple[str, str, int], ...] = ()) -> R
 
 
 def _sass_counts(cubin: bytes) -> tuple[tuple[str, int], ...]:
-    """Static counts of SASS_OPS in the cubin (cuobjdump -sass, shipped with Triton); () when it cannot run."""
+    """Static counts of SASS_OPS in the cubin; () when cuobjdump cannot run."""
     import subprocess
     import tempfile
 
-    import triton.backends.nvidia
-
-    tool = os.path.join(os.path.dirname(triton.backends.nvidia.__file__), "bin", "cuobjdump")
-    if not os.path.exists(tool):
-        return ()
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
         try:
-            sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+            ops = sass.opcodes(sass.dump(f.name))
         except (OSError, subprocess.CalledProcessError):
             return ()
-    opcodes = re.findall(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z0-9_.]+)", sass)
-    return tuple((op, sum(1 for o in opcodes if o == op or o.startswith(op + "."))) for op in SASS_OPS)
+    return tuple((op, sass.count(ops, op)) for op in SASS_OPS)
 
 
 def cases(
@@ -364,13 +358,13 @@ def table(reports: list[Report]) -> str:
     order = sorted(reports, key=lambda r: (kernels.index(r.kernel), dtypes.index(r.dtype), r.block_d, r.tile,
                                            r.covers, r.arch))  # fmt: skip
     for r in order:
-        sass = dict(r.sass)
+        counts = dict(r.sass)
         ws = ("y" if r.asks_warp_specialize else "n") + ("y" if r.warp_specialized else "n")
 
-        def count(op, sass=sass):
-            return str(sass[op]) if op in sass else "?"
+        def count(op, counts=counts):
+            return str(counts[op]) if op in counts else "?"
 
-        mma = str(sass["HGMMA"] + sass["HMMA"]) if sass else "?"
+        mma = str(counts["HGMMA"] + counts["HMMA"]) if counts else "?"
         lines.append(
             f"{r.kernel:<10} {r.dtype:<5} {r.block_d:>3} {r.tile.block_m:>4} {r.tile.block_n:>4} "
             f"{r.tile.num_warps:>5} {r.tile.num_stages:>6} {_describe(r):<16} {'sm_' + str(r.arch):>5} "

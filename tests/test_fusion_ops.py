@@ -68,15 +68,15 @@ def accumulate_inputs(target, sizes, dtype, device, kind="contiguous", channels=
     return sources, weights
 
 
-def check_accumulate(target, sizes, mode, dtype, device, kind):
-    sources, weights = accumulate_inputs(target, sizes, dtype, device, kind)
+def check_accumulate(target, sizes, mode, dtype, device, kind, channels=5):
+    sources, weights = accumulate_inputs(target, sizes, dtype, device, kind, channels=channels)
     for t in (*sources, weights):
         t.requires_grad_()
     out = ops.ack_accumulate(sources, weights, target, mode)
     exact = [a.detach().double().requires_grad_() for a in (*sources, weights)]
     want = reference.ack_accumulate(exact[:-1], exact[-1], target, mode)
     close(out, want, dtype)
-    assert out.dtype == dtype and out.shape == (2, 5, *target)
+    assert out.dtype == dtype and out.shape == (2, channels, *target)
     assert out.is_contiguous(memory_format=ops._output_format(sources[0]))
     # One incoming gradient for both, rounded to dtype first: with the fp64 one the reference would see values the
     # kernel cannot, and a sum of a few hundred rounding errors of 2^-9 leaves bf16's tolerance now and then.
@@ -145,6 +145,92 @@ def test_accumulate_half_precision_on_cpu(dtype):
     """fp16/bf16 on CPU (computed in fp32): values and gradients against fp64, as on CUDA."""
     check_accumulate((7, 5), [(13, 11), (3, 4), (7, 5)], "bilinear", dtype, "cpu", "channels_last")
     check_accumulate((7, 5), [(13, 11), (3, 4)], "area", dtype, "cpu", "contiguous")
+
+
+# ------------------------------------------------------------- the CUDA kernels' code, emulated on the CPU
+#
+# ackd_fast._C's private ops _emulated_cuda_ack_accumulate(_backward) run the CUDA kernels' bodies
+# (csrc/accumulate_tiles.h) block by block on the CPU, with the variants the CUDA launcher picks (vectors of 16 bytes
+# where the layout allows, int32 or int64 offsets, reader tables with or without weights). They raise on a
+# misaligned vector access and on a write outside an output. So these check the GPU code without a GPU.
+
+# (target, source sizes): the cases above, plus widths that are multiples of 8 (planes take 16-byte vectors) and a
+# source far smaller than the target (wide reader ranges).
+EMULATED_CASES = [*ACCUMULATE_CASES, ((6, 40), [(6, 40), (3, 16), (12, 80)]), ((9, 64), [(2, 3)])]
+EMULATED_LAYOUTS = [*LAYOUTS, "channels_last_offset"]
+
+
+def emulated_layout(x: torch.Tensor, kind: str) -> torch.Tensor:
+    """As layout(), plus channels_last_offset: channels_last whose first element sits one element past a 16-byte
+    boundary, so vector loads must not be used."""
+    if kind != "channels_last_offset":
+        return layout(x, kind)
+    b, c, h, w = x.shape
+    big = torch.randn(b, c + 8, h, w, dtype=x.dtype).contiguous(memory_format=torch.channels_last)
+    big[:, 1 : 1 + c] = x
+    return big[:, 1 : 1 + c]
+
+
+def check_emulated(target, sizes, mode, dtype, kind, channels, grid=0, wide_index=False, weight_table=True):
+    sources = [emulated_layout(torch.randn(2, channels, *s, dtype=dtype), kind) for s in sizes]
+    weights = torch.randn(2 * len(sizes), dtype=dtype)[::2]  # a strided view: read through its stride
+    out = torch.ops.ackd_fast._emulated_cuda_ack_accumulate(sources, weights, list(target), mode, wide_index)
+    exact = [a.detach().double().requires_grad_() for a in (*sources, weights)]
+    want = reference.ack_accumulate(exact[:-1], exact[-1], target, mode)
+    close(out, want, dtype)
+    assert out.shape == (2, channels, *target) and out.is_contiguous(memory_format=ops._output_format(sources[0]))
+    grad = emulated_layout(torch.randn_like(want).to(dtype), kind)
+    got_sources, got_weights = torch.ops.ackd_fast._emulated_cuda_ack_accumulate_backward(
+        grad, sources, weights, mode, grid, wide_index, weight_table
+    )
+    expected = torch.autograd.grad(want, exact, grad.double())
+    for g, e, a in zip((*got_sources, got_weights), expected, (*sources, weights), strict=True):
+        close(g, e, dtype)
+        assert g.shape == a.shape and g.dtype == a.dtype
+    for g, a in zip(got_sources, sources, strict=True):
+        assert g.is_contiguous(memory_format=ops._output_format(a))
+
+
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+@pytest.mark.parametrize(("target", "sizes"), EMULATED_CASES)
+@pytest.mark.parametrize("kind", EMULATED_LAYOUTS)
+def test_cuda_kernels_emulated(mode, target, sizes, kind):
+    """fp32 at 5 channels (scalar accesses) and 8 (4-wide vectors along C for channels_last), fp64 at 6 (2-wide)."""
+    for dtype, channels in ((torch.float32, 5), (torch.float32, 8), (torch.float64, 6)):
+        check_emulated(target, sizes, mode, dtype, kind, channels)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_cuda_kernels_emulated_half_precision(dtype, kind):
+    """8-wide vectors of fp16/bf16, accumulated in fp32 (the host's conversions are exact, unlike the interpreter's)."""
+    for target, sizes in EMULATED_CASES[-2:]:
+        check_emulated(target, sizes, "bilinear", dtype, kind, 16)
+
+
+@pytest.mark.parametrize("mode", reference.RESIZE_MODES)
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last", "strided_width"])
+def test_cuda_kernels_emulated_variants(mode, kind):
+    """The variants the launcher picks for large maps or extreme ratios, forced at small sizes: int64 offsets,
+    reader tables without weights, and fewer blocks than tiles (each block walks several tiles of several sources)."""
+    target, sizes = (13, 11), [(7, 5), (13, 11), (26, 22), (2, 3)]
+    check_emulated(target, sizes, mode, torch.float32, kind, 8, grid=3, wide_index=True, weight_table=False)
+    check_emulated(target, sizes, mode, torch.float64, kind, 5, grid=1, wide_index=False, weight_table=True)
+    check_emulated(target, sizes, mode, torch.float32, kind, 8, grid=7, wide_index=True, weight_table=True)
+
+
+def test_cuda_kernels_emulated_mixed_layouts():
+    sources = [torch.randn(2, 8, *s, dtype=f64) for s in [(13, 11), (7, 6), (4, 3)]]
+    weights = torch.randn(3, dtype=f64)
+    mixed = [layout(sources[0], "channels_last"), layout(sources[1], "strided_width"), sources[2]]
+    grad = torch.randn(2, 8, 7, 6, dtype=f64)
+    out = torch.ops.ackd_fast._emulated_cuda_ack_accumulate(mixed, weights, [7, 6], "bilinear")
+    close(out, reference.ack_accumulate(sources, weights, (7, 6)), f64)
+    got_sources, got_weights = torch.ops.ackd_fast._emulated_cuda_ack_accumulate_backward(grad, mixed, weights,
+                                                                                          "bilinear")  # fmt: skip
+    want_sources, want_weights = torch.ops.ackd_fast.ack_accumulate_backward(grad, sources, weights, "bilinear")
+    for g, e in zip((*got_sources, got_weights), (*want_sources, want_weights), strict=True):
+        close(g, e, f64)
 
 
 # Three sources of 2 x 64 x ~33 x 29: the weight gradient's sum spans many chunks.
@@ -501,9 +587,11 @@ requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUD
 @pytest.mark.parametrize("dtype", CUDA_DTYPES)
 @pytest.mark.parametrize("kind", LAYOUTS)
 @pytest.mark.parametrize("mode", reference.RESIZE_MODES)
-@pytest.mark.parametrize(("target", "sizes"), ACCUMULATE_CASES[2:])
+@pytest.mark.parametrize(("target", "sizes"), ACCUMULATE_CASES[2:] + EMULATED_CASES[-2:])
 def test_accumulate_cuda(dtype, kind, mode, target, sizes):
+    """At 5 channels (scalar accesses) and 16 (whole 16-byte vectors along C for channels_last)."""
     check_accumulate(target, sizes, mode, dtype, "cuda", kind)
+    check_accumulate(target, sizes, mode, dtype, "cuda", kind, channels=16)
 
 
 @pytest.mark.cuda

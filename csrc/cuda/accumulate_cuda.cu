@@ -1,11 +1,16 @@
 // ack_accumulate on CUDA: acc = sum_j w_j * resize_j(A_j), and its backward.
 //
-// Forward: one thread per output element, in the output's memory order so stores coalesce; each source is read
-// through its own strides (channels_last and sliced views need no copy) at the taps of its resize rows.
-// Backward: one thread per source element gathers grad from the outputs that read it (no atomics); the weight
-// gradient <g_j, A_j> is reduced per block, then the block partials are summed: deterministic for a device.
-// The resize rows are computed in the kernels (resample.h), so no op copies a table from the host or synchronises
-// with it, and a CUDA graph can capture the ops at any size. fp16/bf16 accumulate in fp32 (at::opmath_type).
+// The kernels' bodies are accumulate_tiles.h (they also run on the CPU in the tests, through
+// cpu/accumulate_emulated.cpp); their arguments and variants come from accumulate_plan.h. What is here: the
+// __global__ wrappers, the launches, and the backward's reductions.
+//  - Forward: one launch for all sources; a block per 2-D tile of the output, 128-bit stores (and loads, channels_last).
+//  - Backward: one launch for all sources' gradients. Blocks walk the tiles of every source (grid-stride, a fixed
+//    grid per device); each keeps one partial <g, A_j> per source, reduces it over the block, and the last block to
+//    finish sums the blocks' partials in order into the weights' gradient, in the weights' dtype: no atomics on
+//    values, deterministic for a device, no host synchronisation.
+// The resize rows are computed in the kernels, so a CUDA graph can capture the ops at any size. fp16/bf16 accumulate
+// in fp32 (at::opmath_type).
+#include <algorithm>
 #include <tuple>
 
 #include <ATen/Dispatch.h>
@@ -17,128 +22,86 @@
 #include <torch/library.h>
 
 #include "../checks.h"
+#include "../accumulate_plan.h"
 #include "../resample.h"
-#include "launch.cuh"
 
 namespace ackd_fast {
 namespace {
 
-// One source as a kernel argument: data, strides, and its size (its resize rows are computed where needed).
-template <typename scalar_t>
-struct DeviceSource {
-  const scalar_t* ptr;
-  int64_t sb, sc, sh, sw, h, w;
-};
+using namespace tiles;
 
-template <typename scalar_t>
-struct DeviceSources {
-  DeviceSource<scalar_t> s[kMaxSources];
-};
-
-// (b, c, y, x) of element `idx` of a dense (B, C, H, W) tensor stored NCHW or NHWC.
-struct Coord {
-  int64_t b, c, y, x;
-};
-
-__device__ __forceinline__ Coord decode(int64_t idx, int64_t C, int64_t H, int64_t W, bool channels_last) {
-  Coord k;
-  if (channels_last) {
-    k.c = idx % C;
-    idx /= C;
-    k.x = idx % W;
-    idx /= W;
-    k.y = idx % H;
-    k.b = idx / H;
-  } else {
-    k.x = idx % W;
-    idx /= W;
-    k.y = idx % H;
-    idx /= H;
-    k.c = idx % C;
-    k.b = idx / C;
-  }
-  return k;
+template <int vec, typename scalar_t, typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    accumulate_forward_kernel(const ForwardArgs<scalar_t, acc_t, index_t> args) {
+  accumulate_forward_thread<vec>(args, blockIdx.x, static_cast<int>(threadIdx.x));
 }
 
-// Forward: sum over the taps of output (y, x) of weight * base[iy * sh + ix * sw], for a source of size h x w.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t gather_forward(const scalar_t* base, int64_t sh, int64_t sw, int64_t h, int64_t w,
-                                                int64_t H, int64_t W, Resize mode, int64_t y, int64_t x) {
-  const ResizeRow ry = resize_row(h, H, mode, y), rx = resize_row(w, W, mode, x);
-  acc_t v = 0;
-  for (int64_t ky = 0; ky < ry.count; ++ky) {
-    const scalar_t* line = base + (ry.first + ky) * sh;
-    acc_t vx = 0;
-    for (int64_t kx = 0; kx < rx.count; ++kx)
-      vx += static_cast<acc_t>(kx == 0 ? rx.w_first : rx.w_rest) * static_cast<acc_t>(line[(rx.first + kx) * sw]);
-    v += static_cast<acc_t>(ky == 0 ? ry.w_first : ry.w_rest) * vx;
-  }
-  return v;
-}
-
-// Backward: sum over the outputs (oy, ox) that read source element (sy, sx) of weight * grad[oy * gsh + ox * gsw]:
-// the transposed resize as a gather over the candidate readers (readers_of), no atomics.
-template <typename scalar_t, typename acc_t>
-__device__ __forceinline__ acc_t gather_backward(const scalar_t* grad, int64_t gsh, int64_t gsw, int64_t h, int64_t w,
-                                                 int64_t H, int64_t W, Resize mode, int64_t sy, int64_t sx) {
-  int64_t y0, y1, x0, x1;
-  readers_of(h, H, sy, y0, y1);
-  readers_of(w, W, sx, x0, x1);
-  acc_t v = 0;
-  for (int64_t oy = y0; oy <= y1; ++oy) {
-    const double wy = resize_row(h, H, mode, oy).weight(sy);
-    if (wy == 0.0) continue;
-    acc_t vx = 0;
-    for (int64_t ox = x0; ox <= x1; ++ox) {
-      const double wx = resize_row(w, W, mode, ox).weight(sx);
-      if (wx != 0.0) vx += static_cast<acc_t>(wx) * static_cast<acc_t>(grad[oy * gsh + ox * gsw]);
-    }
-    v += static_cast<acc_t>(wy) * vx;
-  }
-  return v;
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void accumulate_forward_kernel(DeviceSources<scalar_t> src, int n, const acc_t* __restrict__ w,
-                                          scalar_t* __restrict__ out, int64_t C, int64_t H, int64_t W, int64_t numel,
-                                          bool channels_last, Resize mode) {
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < numel;
-       idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const Coord k = decode(idx, C, H, W, channels_last);
-    acc_t acc = 0;
-    for (int j = 0; j < n; ++j) {
-      const auto& s = src.s[j];
-      acc += w[j] * gather_forward<scalar_t, acc_t>(s.ptr + k.b * s.sb + k.c * s.sc, s.sh, s.sw, s.h, s.w, H, W, mode,
-                                                    k.y, k.x);
-    }
-    out[idx] = static_cast<scalar_t>(acc);
-  }
-}
-
-template <typename scalar_t, typename acc_t>
-__global__ void accumulate_backward_kernel(DeviceSource<scalar_t> s, const scalar_t* __restrict__ grad, int64_t gsb,
-                                           int64_t gsc, int64_t gsh, int64_t gsw, const acc_t* __restrict__ weight,
-                                           scalar_t* __restrict__ grad_src, acc_t* __restrict__ partials, int64_t C,
-                                           int64_t H, int64_t W, int64_t numel, bool channels_last, Resize mode) {
-  const acc_t w = *weight;
-  acc_t local = 0;
-  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < numel;
-       idx += static_cast<int64_t>(blockDim.x) * gridDim.x) {
-    const Coord k = decode(idx, C, s.h, s.w, channels_last);
-    const acc_t g = gather_backward<scalar_t, acc_t>(grad + k.b * gsb + k.c * gsc, gsh, gsw, s.h, s.w, H, W, mode,
-                                                     k.y, k.x);
-    grad_src[idx] = static_cast<scalar_t>(w * g);
-    local += g * static_cast<acc_t>(s.ptr[k.b * s.sb + k.c * s.sc + k.y * s.sh + k.x * s.sw]);
+template <int vec, typename scalar_t, typename acc_t, typename index_t>
+__global__ void __launch_bounds__(kThreads)
+    accumulate_backward_kernel(const BackwardArgs<scalar_t, acc_t, index_t> args, acc_t* __restrict__ partials,
+                               unsigned int* __restrict__ blocks_done, void* __restrict__ grad_weights) {
+  extern __shared__ __align__(16) unsigned char smem[];
+  const int t = static_cast<int>(threadIdx.x);
+  acc_t part[kSources] = {};
+  for (int64_t walk = blockIdx.x; walk < args.tile_begin[args.n]; walk += gridDim.x) {
+    int64_t tile;
+    const int j = source_of(args, walk, tile);
+    const auto table = reader_table<acc_t, index_t>(smem, args.tiling[j]);
+    backward_fill(args, j, tile, t, table);
+    __syncthreads();
+    part[j] += backward_thread<vec>(args, j, tile, t, table);
+    __syncthreads();  // the next tile refills the table
   }
   using Reduce = cub::BlockReduce<acc_t, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
-  const acc_t total = Reduce(storage).Sum(local);
-  if (threadIdx.x == 0) partials[blockIdx.x] = total;
+  __shared__ bool last;
+  for (int j = 0; j < args.n; ++j) {
+    const acc_t total = Reduce(storage).Sum(part[j]);
+    if (t == 0) partials[j * gridDim.x + blockIdx.x] = total;
+    __syncthreads();
+  }
+  if (t == 0) {
+    __threadfence();  // this block's partials are visible before it counts itself done
+    last = atomicAdd(blocks_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int j = 0; j < args.n; ++j) {  // the last block: every block's partials, in a fixed order
+    acc_t sum = 0;
+    for (unsigned int i = t; i < gridDim.x; i += kThreads) sum += __ldcg(partials + j * gridDim.x + i);
+    const acc_t total = Reduce(storage).Sum(sum);
+    if (t == 0) store_param(grad_weights, args.weights_dtype, j, total);
+    __syncthreads();
+  }
 }
 
-template <typename scalar_t>
-DeviceSource<scalar_t> device_source(const at::Tensor& a) {
-  return {a.const_data_ptr<scalar_t>(), a.stride(0), a.stride(1), a.stride(2), a.stride(3), a.size(2), a.size(3)};
+template <int vec, typename scalar_t, typename acc_t, typename index_t>
+void launch_forward(at::TensorList sources, const at::Tensor& weights, const at::Tensor& out, Resize mode) {
+  const auto args = forward_args<scalar_t, acc_t, index_t>(sources, weights, out, mode, vec);
+  accumulate_forward_kernel<vec><<<static_cast<unsigned>(args.tiling.tiles), kThreads, 0,
+                                   at::cuda::getCurrentCUDAStream()>>>(args);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <int vec, typename scalar_t, typename acc_t, typename index_t>
+void launch_backward(const at::Tensor& grad, at::TensorList sources, const at::Tensor& weights,
+                     const std::vector<at::Tensor>& grad_sources, const at::Tensor& grad_weights, Resize mode,
+                     const BackwardPlan& plan) {
+  const auto args = backward_args<scalar_t, acc_t, index_t>(grad, sources, weights, grad_sources, mode, plan);
+  const auto kernel = accumulate_backward_kernel<vec, scalar_t, acc_t, index_t>;
+  int per_sm = 0;
+  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, plan.shared_bytes));
+  const int64_t cap = static_cast<int64_t>(at::cuda::getCurrentDeviceProperties()->multiProcessorCount) *
+                      std::max(per_sm, 1);
+  const auto blocks = static_cast<unsigned>(std::min(args.tile_begin[args.n], cap));
+  const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
+  auto partials = at::empty({static_cast<int64_t>(blocks) * args.n}, grad.options().dtype(acc_dtype));
+  auto done = at::zeros({1}, grad.options().dtype(at::kInt));
+  kernel<<<blocks, kThreads, plan.shared_bytes, at::cuda::getCurrentCUDAStream()>>>(
+      args, partials.template mutable_data_ptr<acc_t>(), reinterpret_cast<unsigned int*>(done.mutable_data_ptr<int>()),
+      grad_weights.mutable_data_ptr());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor ack_accumulate_cuda(at::TensorList sources, const at::Tensor& weights, at::IntArrayRef size,
@@ -146,19 +109,15 @@ at::Tensor ack_accumulate_cuda(at::TensorList sources, const at::Tensor& weights
   check_accumulate_args(sources, weights, size);
   const Resize mode = parse_resize(std::string(mode_name));
   const c10::cuda::CUDAGuard guard(sources[0].device());
-  const auto format = output_format(sources[0]);
-  const int64_t B = sources[0].size(0), C = sources[0].size(1), H = size[0], W = size[1];
-  auto out = new_output({B, C, H, W}, sources[0].options(), format);
+  const int64_t B = sources[0].size(0), C = sources[0].size(1);
+  auto out = new_output({B, C, size[0], size[1]}, sources[0].options(), output_format(sources[0]));
+  const ForwardPlan plan = plan_forward(sources, out, false);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "ack_accumulate_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    DeviceSources<scalar_t> src{};
-    for (size_t j = 0; j < sources.size(); ++j) src.s[j] = device_source<scalar_t>(sources[j]);
-    const auto w = weights.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const int64_t numel = out.numel();
-    accumulate_forward_kernel<scalar_t, acc_t><<<blocks_for(numel), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-        src, static_cast<int>(sources.size()), w.const_data_ptr<acc_t>(), out.mutable_data_ptr<scalar_t>(), C, H, W,
-        numel, format == at::MemoryFormat::ChannelsLast, mode);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    with_variant<scalar_t>(plan.vec, plan.wide, [&](auto vec, auto index) {
+      launch_forward<decltype(vec)::value, scalar_t, acc_t, typename decltype(index)::type>(sources, weights, out,
+                                                                                           mode);
+    });
   });
   return out;
 }
@@ -170,30 +129,18 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> ack_accumulate_backward_cuda(con
   check_accumulate_backward_args(grad, sources, weights);
   const Resize mode = parse_resize(std::string(mode_name));
   const c10::cuda::CUDAGuard guard(grad.device());
-  const int64_t C = grad.size(1), H = grad.size(2), W = grad.size(3);
   std::vector<at::Tensor> grad_sources;
-  std::vector<at::Tensor> grad_weights;
+  for (const auto& a : sources) grad_sources.push_back(new_output(a.sizes(), a.options(), output_format(a)));
+  auto grad_weights = new_output({weights.size(0)}, weights.options(), at::MemoryFormat::Contiguous);
+  const BackwardPlan plan = plan_backward(grad, sources, false, true);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "ack_accumulate_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto acc_dtype = c10::CppTypeToScalarType<acc_t>::value;
-    const auto w = weights.to(acc_dtype).contiguous();
-    for (size_t j = 0; j < sources.size(); ++j) {
-      const auto& a = sources[j];
-      const auto format = output_format(a);
-      auto gsrc = new_output(a.sizes(), a.options(), format);
-      const int64_t numel = a.numel();
-      const int blocks = blocks_for(numel);
-      auto partials = at::empty({blocks}, a.options().dtype(acc_dtype));
-      accumulate_backward_kernel<scalar_t, acc_t><<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
-          device_source<scalar_t>(a), grad.const_data_ptr<scalar_t>(), grad.stride(0), grad.stride(1), grad.stride(2),
-          grad.stride(3), w.const_data_ptr<acc_t>() + j, gsrc.mutable_data_ptr<scalar_t>(),
-          partials.mutable_data_ptr<acc_t>(), C, H, W, numel, format == at::MemoryFormat::ChannelsLast, mode);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      grad_sources.push_back(gsrc);
-      grad_weights.push_back(partials.sum());
-    }
+    with_variant<scalar_t>(plan.vec, plan.wide, [&](auto vec, auto index) {
+      launch_backward<decltype(vec)::value, scalar_t, acc_t, typename decltype(index)::type>(
+          grad, sources, weights, grad_sources, grad_weights, mode, plan);
+    });
   });
-  return {grad_sources, at::stack(grad_weights).to(weights.scalar_type())};
+  return {grad_sources, grad_weights};
 }
 
 }  // namespace
