@@ -1,12 +1,9 @@
 // The host side of ack_accumulate's CUDA kernels (accumulate_tiles.h): from the op's tensors to the kernels'
-// arguments, the choices among their variants, and the launch sizes. The CUDA launcher (cuda/accumulate_cuda.cu)
-// and the CPU emulation (cpu/accumulate_emulated.cpp) both build their arguments here, so the emulated kernels run
-// exactly the variants a GPU would.
+// arguments and the choice among their variants, for the CUDA launcher and the CPU emulation alike (tiles_host.h).
 #pragma once
 
 #include <algorithm>
 #include <string>
-#include <type_traits>
 #include <vector>
 
 #include <ATen/ATen.h>
@@ -15,6 +12,7 @@
 #include "accumulate_tiles.h"
 #include "checks.h"
 #include "resample.h"
+#include "tiles_host.h"
 
 namespace ackd_fast::tiles {
 
@@ -22,51 +20,6 @@ static_assert(kSources == kMaxSources, "accumulate_tiles.h and checks.h disagree
 
 // Shared memory a block may use without opting in on any GPU since sm_70; beyond it the tables drop their weights.
 constexpr size_t kMaxTableBytes = 48 * 1024;
-
-inline Dtype dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return Dtype::F32;
-    case at::kDouble: return Dtype::F64;
-    case at::kHalf: return Dtype::F16;
-    case at::kBFloat16: return Dtype::BF16;
-    default: TORCH_CHECK_TYPE(false, "ack_accumulate: weights must be float16, bfloat16, float32 or float64, got ",
-                              t.scalar_type());
-  }
-}
-
-// Elements in one 16-byte vector of the dtype.
-inline int full_vec(const at::Tensor& t) { return static_cast<int>(16 / t.element_size()); }
-
-// Whether t's packs of `vec` along dimension `unit_dim` (3: W, 1: C) load as whole 16-byte vectors: that dimension
-// has unit stride, the others are multiples of vec, and the first element is 16-byte aligned.
-inline bool packs_load_whole(const at::Tensor& t, int vec, int unit_dim) {
-  if (vec == 1) return false;
-  if (t.stride(unit_dim) != 1) return false;
-  for (int d = 0; d < 4; ++d)
-    if (d != unit_dim && t.stride(d) % vec != 0) return false;
-  return reinterpret_cast<uintptr_t>(t.const_data_ptr()) % 16 == 0;
-}
-
-// Whether in-plane offsets of t (y * stride_h + x * stride_w, plus a pack's channels) fit in int32.
-inline bool plane_fits_int32(const at::Tensor& t, int vec) {
-  const int64_t extent = (t.size(2) - 1) * t.stride(2) + (t.size(3) - 1) * t.stride(3) + vec * t.stride(1);
-  return extent < (int64_t{1} << 31);
-}
-
-template <typename T, typename index_t>
-Map<T, index_t> map_of(const at::Tensor& t) {
-  return {static_cast<T*>(const_cast<void*>(t.const_data_ptr())), t.stride(0), t.stride(1),
-          static_cast<index_t>(t.stride(2)), static_cast<index_t>(t.stride(3)), static_cast<index_t>(t.size(2)),
-          static_cast<index_t>(t.size(3))};
-}
-
-inline Tiling tiling_of(const at::Tensor& t, int vec) {
-  const bool pixels = output_format(t) == at::MemoryFormat::ChannelsLast;
-  const Tiling tl = tiling(pixels, vec, t.size(0), t.size(1), t.size(2), t.size(3));
-  TORCH_CHECK_VALUE(tl.tiles < (int64_t{1} << 31) && t.size(0) * std::max(t.size(1), t.size(2)) < (int64_t{1} << 31),
-                    "ack_accumulate: a map of shape ", t.sizes(), " is too large for the CUDA kernels' tiles");
-  return tl;
-}
 
 // The settings of one forward call: which instantiation runs (vec, wide index) and its arguments.
 struct ForwardPlan {
@@ -91,7 +44,7 @@ ForwardArgs<scalar_t, acc_t, index_t> forward_args(at::TensorList sources, const
                                                    const at::Tensor& out, Resize mode, int vec) {
   ForwardArgs<scalar_t, acc_t, index_t> a{};
   a.n = static_cast<int>(sources.size());
-  a.tiling = tiling_of(out, vec);
+  a.tiling = tiling_of(out, vec, "ack_accumulate");
   for (int j = 0; j < a.n; ++j) {
     const auto& s = sources[j];
     a.src[j] = map_of<const scalar_t, index_t>(s);
@@ -161,7 +114,7 @@ BackwardArgs<scalar_t, acc_t, index_t> backward_args(const at::Tensor& grad, at:
     const auto& s = sources[j];
     a.src[j] = map_of<const scalar_t, index_t>(s);
     a.grad_src[j] = map_of<scalar_t, index_t>(grad_sources[j]);
-    a.tiling[j] = tiling_of(grad_sources[j], p.vec);
+    a.tiling[j] = tiling_of(grad_sources[j], p.vec, "ack_accumulate_backward");
     a.src_vec[j] = packs_load_whole(s, p.vec, a.tiling[j].pixels ? 1 : 3);
     a.tile_begin[j + 1] = a.tile_begin[j] + a.tiling[j].tiles;
     a.ry[j] = resize_axis<acc_t, index_t>(s.size(2), grad.size(2), mode);
@@ -176,26 +129,6 @@ BackwardArgs<scalar_t, acc_t, index_t> backward_args(const at::Tensor& grad, at:
   a.weights_stride = weights.stride(0);
   a.weights_dtype = dtype_of(weights);
   return a;
-}
-
-template <typename T>
-struct Type {
-  using type = T;
-};
-
-// Calls f(std::integral_constant<int, vec>{}, Type<index_t>{}) for the instantiation a plan picked: vec 1 or a
-// whole 16-byte vector of scalar_t, int32 or int64 (wide) in-plane offsets.
-template <typename scalar_t, typename F>
-void with_variant(int vec, bool wide, F&& f) {
-  constexpr int full = 16 / sizeof(scalar_t);
-  TORCH_INTERNAL_ASSERT(vec == 1 || vec == full, "ack_accumulate: no kernel for vec ", vec);
-  if (vec == 1) {
-    if (wide) f(std::integral_constant<int, 1>{}, Type<int64_t>{});
-    else f(std::integral_constant<int, 1>{}, Type<int32_t>{});
-  } else {
-    if (wide) f(std::integral_constant<int, full>{}, Type<int64_t>{});
-    else f(std::integral_constant<int, full>{}, Type<int32_t>{});
-  }
 }
 
 }  // namespace ackd_fast::tiles

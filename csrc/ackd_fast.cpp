@@ -54,6 +54,15 @@ TORCH_LIBRARY(ackd_fast, m) {
       "instance_norm_act_residual_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor? weight,"
       " Tensor? bias, str act) -> (Tensor, Tensor, Tensor)");
 
+  // Tests only (cpu/norm_emulated.cpp): the two ops above through the CUDA kernels' code, run on the CPU;
+  // wide_index: int64 offsets on the channels_last path.
+  m.def(
+      "_emulated_cuda_instance_norm_act_residual(Tensor x, Tensor? weight, Tensor? bias, Tensor? residual, str act,"
+      " float eps, bool wide_index=False) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_emulated_cuda_instance_norm_act_residual_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd,"
+      " Tensor? weight, Tensor? bias, str act, bool wide_index=False) -> (Tensor, Tensor, Tensor)");
+
   // Inference only (ackd_fast.deploy, CPU): a whole MobileResnetBlock, x + IN(pw2(IN(dw2(pad(relu(IN(pw1(IN(dw1(
   // pad(x))))))))))), without the convs' biases (each feeds an instance norm, which removes them); dw: (C, 1, 3, 3),
   // pw: (C, C, 1, 1).

@@ -308,6 +308,66 @@ def check_norm(shape, dtype, device, kind, affine, with_residual, act, param_dty
         assert g.dtype == t.dtype and g.shape == t.shape
 
 
+def check_norm_emulated(shape, dtype, kind, affine, with_residual, act, param_dtype=None, wide_index=False):
+    """The CUDA kernels' code on the CPU (_emulated_cuda_instance_norm_act_residual and its backward) against the
+    fp64 reference: y, the statistics, and the gradients of x, weight and bias."""
+    x, weight, bias, residual = norm_inputs(shape, dtype, "cpu", "contiguous", affine, with_residual)
+    x = emulated_layout(x, kind)
+    residual = None if residual is None else emulated_layout(residual, kind)
+    if affine:
+        weight = torch.randn(2 * shape[1], dtype=param_dtype or dtype)[::2]  # strided, read through its stride
+        bias = torch.randn(shape[1], dtype=param_dtype or dtype)
+    y, mean, rstd = torch.ops.ackd_fast._emulated_cuda_instance_norm_act_residual(
+        x, weight, bias, residual, act, 1e-3, wide_index
+    )
+    live = [t for t in (x, weight, bias) if t is not None]
+    exact = [t.detach().double().requires_grad_() if t is not None else None for t in (x, weight, bias)]
+    want = reference.instance_norm_act_residual(*exact, None if residual is None else residual.double(), act=act,
+                                                eps=1e-3)  # fmt: skip
+    close(y, want, dtype)
+    assert y.is_contiguous(memory_format=ops._output_format(x))
+    xd = x.double()
+    close(mean, xd.mean((2, 3)), dtype)
+    close(rstd, (xd.var((2, 3), unbiased=False) + 1e-3).rsqrt(), dtype)
+    grad = emulated_layout(torch.randn_like(want).to(dtype), kind)
+    gx, gw, gb = torch.ops.ackd_fast._emulated_cuda_instance_norm_act_residual_backward(
+        grad, x, mean, rstd, weight, bias, act, wide_index
+    )
+    # the reference's grad in its output's layout: torch 2.14's F.instance_norm backward on CPU returns wrong values
+    # for a channels_last grad of a contiguous output (checked against finite differences)
+    expected = torch.autograd.grad(want, [e for e in exact if e is not None], grad.double().contiguous())
+    got = [gx] + ([gw, gb] if affine else [])
+    for g, e, t in zip(got, expected, live, strict=True):
+        close(g, e, dtype)
+        assert g.dtype == t.dtype and g.shape == t.shape
+    assert gx.is_contiguous(memory_format=ops._output_format(x))
+
+
+@pytest.mark.parametrize("kind", EMULATED_LAYOUTS)
+@pytest.mark.parametrize(("affine", "with_residual", "act"), [(True, True, "relu"), (False, False, "none"),
+                                                              (True, False, "none")])  # fmt: skip
+def test_norm_cuda_kernels_emulated(kind, affine, with_residual, act):
+    """Planes: 13 x 11 (scalar, cached), 8 x 8 (4-wide packs) and 67 x 63 (past the register cache); channels_last:
+    75 channels (scalar, 3 chunks of pixels), 76 (4-wide packs, a partial block of channels) and 300 (two full
+    blocks of 128 channels and a partial one, 2 chunks)."""
+    shapes = [(2, 5, 13, 11), (2, 3, 8, 8), (1, 2, 67, 63), (2, 75, 23, 29), (2, 76, 23, 29), (1, 300, 9, 31)]
+    for shape in shapes:
+        for dtype in (torch.float32, torch.float64):
+            check_norm_emulated(shape, dtype, kind, affine, with_residual, act)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_norm_cuda_kernels_emulated_half_precision(dtype, kind):
+    """8-wide packs of fp16/bf16 maps, with parameters in their dtype and in fp32 (as under autocast)."""
+    for param_dtype in (None, torch.float32):
+        check_norm_emulated((2, 16, 8, 8), dtype, kind, True, True, "relu", param_dtype)
+
+
+def test_norm_cuda_kernels_emulated_wide_offsets():
+    check_norm_emulated((2, 12, 9, 7), torch.float32, "channels_last", True, True, "relu", wide_index=True)
+
+
 @pytest.mark.parametrize("act", reference.ACTIVATIONS)
 @pytest.mark.parametrize("affine", [False, True])
 @pytest.mark.parametrize("with_residual", [False, True])

@@ -1,9 +1,7 @@
-// Tests only: ack_accumulate's CUDA kernels run on the CPU. The kernels' bodies (accumulate_tiles.h) are called block
-// by block and thread by thread, each block's table filled by all its threads before any of them gathers (the
-// kernel's barrier), with the arguments and variants the CUDA launcher would pick (accumulate_plan.h). So the tests
-// check, without a GPU, the tiles, masks, index arithmetic (int32 and int64), the reader tables and their sizes, and
-// that every vector access is aligned (the emulation raises where the GPU would fault). Outputs sit between NaN guard
-// zones that must stay untouched, so a write out of bounds is an error too.
+// Tests only: ack_accumulate's CUDA kernels run on the CPU (emulation.h). Each block's reader table is filled by all
+// its threads before any of them gathers (the kernel's barrier), with the arguments and variants the CUDA launcher
+// would pick (accumulate_plan.h): the tests check the tiles, masks, index arithmetic (int32 and int64), the reader
+// tables and their sizes, and the alignment of every vector access.
 #include <cmath>
 #include <limits>
 
@@ -11,42 +9,18 @@
 
 #include "../accumulate_plan.h"
 #include "../checks.h"
+#include "emulation.h"
 
 namespace ackd_fast {
 namespace {
 
 using namespace tiles;
 
-constexpr int64_t kGuard = 64;  // elements of NaN before and after each output (a multiple of 16 bytes)
-
-// An output laid out as `format`, with guard zones around its storage.
-struct Guarded {
-  at::Tensor buffer, view;
-};
-
-Guarded guarded_output(at::IntArrayRef sizes, const at::TensorOptions& options, at::MemoryFormat format) {
-  const auto strides = at::empty(sizes, options.memory_format(format)).strides().vec();
-  int64_t numel = 1;
-  for (auto s : sizes) numel *= s;
-  auto buffer = at::full({numel + 2 * kGuard}, std::numeric_limits<double>::quiet_NaN(), options);
-  return {buffer, buffer.as_strided(sizes, strides, kGuard)};
-}
-
-void check_guards(const Guarded& g, const std::string& what) {
-  const int64_t n = g.buffer.numel();
-  const auto zones = at::cat({g.buffer.narrow(0, 0, kGuard), g.buffer.narrow(0, n - kGuard, kGuard)});
-  TORCH_CHECK(zones.isnan().all().item<bool>(), "ack_accumulate emulation: a kernel wrote outside ", what);
-}
-
-void check_cpu(at::TensorList ts, const at::Tensor& weights) {
-  for (const auto& t : ts) TORCH_CHECK_VALUE(t.is_cpu(), "the emulated CUDA kernels take CPU tensors");
-  TORCH_CHECK_VALUE(weights.is_cpu(), "the emulated CUDA kernels take CPU tensors");
-}
-
 at::Tensor emulated_forward(at::TensorList sources, const at::Tensor& weights, at::IntArrayRef size,
                             c10::string_view mode_name, bool wide_index) {
   check_accumulate_args(sources, weights, size);
-  check_cpu(sources, weights);
+  check_cpu(sources);
+  check_cpu({weights});
   const Resize mode = parse_resize(std::string(mode_name));
   const int64_t B = sources[0].size(0), C = sources[0].size(1);
   const auto out = guarded_output({B, C, size[0], size[1]}, sources[0].options(), output_format(sources[0]));
@@ -69,7 +43,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> emulated_backward(const at::Tens
                                                                   c10::string_view mode_name, int64_t grid,
                                                                   bool wide_index, bool weight_table) {
   check_accumulate_backward_args(grad, sources, weights);
-  check_cpu(sources, weights);
+  check_cpu(sources);
+  check_cpu({weights});
   TORCH_CHECK_VALUE(grid >= 0, "grid must be >= 0 (0: one block per tile), got ", grid);
   const Resize mode = parse_resize(std::string(mode_name));
   std::vector<Guarded> guarded;
