@@ -11,7 +11,8 @@ Phases, in order of value, each under its share of the budget (a phase past its 
              (masked kernels) and at the paper shape (full-block kernels; SDPA's error there sets the tolerance);
              outputs start as NaN; a failing tile is excluded from the sweeps
   forward    kernel-only time (CUDA events over back-to-back launches) of every surviving forward tile at the
-             paper, student and hi-res shapes of bench_ack_attention.py
+             paper, student and hi-res shapes of bench_ack_attention.py, through pointers and (16-bit, Hopper)
+             through tensor descriptors (forward_tma); which forward is faster per shape goes into the tuned file
   backward   the same for the dK/dV and dQ tiles, and for the fused backward (dK, dV and dQ's fp32 sum in one
              kernel, then its conversion); which backward is faster per shape goes into the tuned file
   winners    the fastest tile per kernel and shape class, written in the kernels/tuned format (OUT_DIR/sm<arch>.json,
@@ -60,7 +61,11 @@ PHASES = {  # name: share of the budget (seconds of a 450 s budget)
     "env": 5, "compile": 60, "correct": 50, "forward": 60, "backward": 90, "winners": 5, "baselines": 90,
     "fp32": 40, "profile": 50,
 }  # fmt: skip
-KERNELS = ("forward", "dkdv", "dq", "dkdv_fused")  # dkdv_fused: the fused backward (its dq_convert at its default)
+# dkdv_fused: the fused backward (its dq_convert at its default); forward_tma: the forward through tensor descriptors,
+# where the inputs allow it (16-bit maps on Hopper; absent from the dry run's fp32 shapes)
+KERNELS = ("forward", "forward_tma", "dkdv", "dq", "dkdv_fused")
+OUTPUTS = {"forward": ("Out",), "forward_tma": ("Out",), "dkdv": ("DK", "DV"), "dq": ("DQ",),
+           "dkdv_fused": ("DK", "DV")}  # fmt: skip
 # The odd shape of the correctness phase (test_gpu_tiles.py's): B, heads, d, query (H, W), sources' (H, W)
 ODD = (2, 2, 64, (9, 7), ((5, 9), (13, 10), (3, 3)))
 DRY_SHAPES = {  # bench_ack_attention's shape tuples, tiny: fp32 (the interpreter computes bf16 wrongly)
@@ -199,14 +204,17 @@ def maps(shape, device, layout="contiguous", requires_grad=False, generator=None
 def staged_launches(q, keys, values, heads, grad=None):
     """Forward launch, and the backward's launches with their inputs computed once (out, lse, grad, Delta)."""
     k = kernels()
-    (out, lse), (forward,) = k.forward_launches(q, keys, values, heads)
+    (out, lse), (forward,) = k.forward_launches(q, keys, values, heads, tma=False)
     k._run(q, [forward])
+    _, (forward_tma,) = k.forward_launches(q, keys, values, heads, tma=True)
     grad = torch.randn_like(q) if grad is None else grad
     _, backward = k.backward_launches(grad, q, keys, values, out, lse, heads, fused=False)
     k._run(q, backward[:1])  # Delta, which dK/dV and dQ read
     _, fused = k.backward_launches(grad, q, keys, values, out, lse, heads, fused=True)
     k._run(q, fused[:1])
     launches = {"forward": forward, "dkdv": backward[1], "dq": backward[2], "dkdv_fused": fused[1]}
+    if forward_tma.kernel == "forward_tma":  # the inputs allow it
+        launches["forward_tma"] = forward_tma
     return {**launches, "dq_convert": fused[2]}, grad
 
 
@@ -257,7 +265,8 @@ def _warm_one(item) -> str:
     try:
         q, keys, values = maps(shape, "meta", layout)
         heads = shape[1]
-        (out, lse), launches = k.forward_launches(q, keys, values, heads)
+        (out, lse), launches = k.forward_launches(q, keys, values, heads, tma=False)
+        launches += k.forward_launches(q, keys, values, heads, tma=True)[1]
         for fused in (False, True):
             launches += k.backward_launches(torch.empty_like(q), q, keys, values, out, lse, heads, fused=fused)[1]
         launch = {x.kernel: x for x in launches}[kernel]
@@ -330,12 +339,14 @@ def phase_correct(run: Run, tiles: dict, shapes: dict, device: str) -> dict:
         scale = _scale_path(q, keys, values, heads, grad, run.dry)
         launches, _ = staged_launches(q, keys, values, heads, grad)
         for kernel in KERNELS:
+            if kernel not in launches:
+                continue
             for tile in list(passed[kernel]):
                 if not run.time_left():
                     run.skipped(f"correct {check} {kernel} {tuple(tile)}")
                     continue
                 launch = _fresh_outputs(launches[kernel])
-                outputs = {"forward": ("Out",), "dkdv": ("DK", "DV"), "dq": ("DQ",), "dkdv_fused": ("DK", "DV")}[kernel]
+                outputs = OUTPUTS[kernel]
                 try:
                     run_tile = launcher(launch, tile)  # launches once (compiles): start again from here
                     for name in outputs:  # poison: every element must be written
@@ -355,7 +366,7 @@ def phase_correct(run: Run, tiles: dict, shapes: dict, device: str) -> dict:
                                error=f"{type(exc).__name__}: {str(exc).splitlines()[-1][:300]}")  # fmt: skip
                     passed[kernel].remove(tile)
                     continue
-                if kernel == "forward":
+                if kernel in ("forward", "forward_tma"):
                     got, idx = [launch.args["Out"]], [0]
                 elif kernel == "dkdv":
                     got, idx = [*launch.args["DK"], *launch.args["DV"]], list(range(2, 2 + 2 * n))
@@ -403,8 +414,8 @@ def _fresh_outputs(launch):
     """`launch` writing into new buffers: a tile under test never overwrites what the later launches read (the
     forward's out and lse, which the backward's launches were given)."""
     args = dict(launch.args)
-    written = {"forward": ("Out", "LSE"), "dkdv": ("DK", "DV"), "dq": ("DQ",), "dkdv_fused": ("DK", "DV"),
-               "dq_convert": ("DQ",)}
+    written = {"forward": ("Out", "LSE"), "forward_tma": ("Out", "LSE"), "dkdv": ("DK", "DV"), "dq": ("DQ",),
+               "dkdv_fused": ("DK", "DV"), "dq_convert": ("DQ",)}
     for name in written[launch.kernel]:
         value = args[name]
         args[name] = tuple(map(torch.empty_like, value)) if isinstance(value, tuple) else torch.empty_like(value)
@@ -420,6 +431,8 @@ def phase_sweep(run: Run, kernels_to_time: tuple[str, ...], tiles: dict, shapes:
         q, keys, values = maps(shape, device)
         launches, _ = staged_launches(q, keys, values, shape[1])
         for kernel in kernels_to_time:
+            if kernel not in launches:
+                continue
             for tile in tiles[kernel]:
                 if not run.time_left():
                     run.skipped(f"{kernel} {shape_name} {tuple(tile)}")
@@ -458,6 +471,7 @@ def phase_winners(run: Run, rows: list[dict], arch: int, env: dict) -> Path:
     device = env.get("device")
     date = datetime.date.today().isoformat()
     data["backward"] = []
+    data["forward_kernel"] = []
     if not run.dry:  # the dry run's host timings of interpreted kernels are no measurement
         for (kernel, shape), r in sorted(best.items()):
             data["winners"].append({"kernel": kernel, "dot_class": "16bit", "block_d_class": "small",
@@ -475,6 +489,16 @@ def phase_winners(run: Run, rows: list[dict], arch: int, env: dict) -> Path:
         run.record(event="backward_rule", **rule)
         if not run.dry:
             data["backward"].append({**rule, "measured": True, "device": device, "date": date})
+    for shape in dict.fromkeys(shape for _, shape in best):
+        pointer, tma = best.get(("forward", shape)), best.get(("forward_tma", shape))
+        if not (pointer and tma):
+            continue
+        rule = {"dtype": "bfloat16", "block_d_class": "small", "bucket": pointer["bucket"], "shape": shape,
+                "winner": "tma" if tma["ms"] < pointer["ms"] else "pointer", "tma_ms": tma["ms"],
+                "pointer_ms": pointer["ms"]}  # fmt: skip
+        run.record(event="forward_rule", **rule)
+        if not run.dry:
+            data["forward_kernel"].append({**rule, "measured": True, "device": device, "date": date})
     tuning.write(path, data)
     for (kernel, shape), r in sorted(best.items()):
         run.record(event="winner", kernel=kernel, shape=shape, tile=r["tile"], ms=r["ms"], written=not run.dry)
@@ -776,7 +800,7 @@ def main() -> None:
     tiles = phase_correct(run, tiles, shapes, device)
 
     run.begin("forward")
-    rows = phase_sweep(run, ("forward",), tiles, shapes, device)
+    rows = phase_sweep(run, ("forward", "forward_tma"), tiles, shapes, device)
     run.begin("backward")
     rows += phase_sweep(run, ("dkdv", "dq", "dkdv_fused", "dq_convert"), tiles, shapes, device)
 

@@ -256,6 +256,98 @@ def _forward_kernel(
     _store_tile(Out, out_strides, b, h, head_dim, offs_m, offs_d, acc, mask_m, mask_d, EVEN_M, EVEN_D)
 
 
+@triton.jit
+def _tma_descriptor(X, strides, b, h, head_dim, tokens, TOKEN_MAJOR: tl.constexpr, BLOCK_T: tl.constexpr,
+                    BLOCK_D: tl.constexpr):  # fmt: skip
+    """A tensor descriptor (TMA on sm_90) of head h of sample b of a flat map: (tokens, d) blocks when the channels
+    have unit stride (TOKEN_MAJOR: channels_last), else (d, tokens) blocks (NCHW: the tokens have unit stride).
+    Blocks past the map's tokens or head dim read 0."""
+    base = X + b * strides[0] + h * head_dim * strides[1]
+    if TOKEN_MAJOR:
+        desc = tl.make_tensor_descriptor(base, shape=[tokens, head_dim], strides=[strides[3], 1],
+                                         block_shape=[BLOCK_T, BLOCK_D])  # fmt: skip
+    else:
+        desc = tl.make_tensor_descriptor(base, shape=[head_dim, tokens], strides=[strides[1], 1],
+                                         block_shape=[BLOCK_D, BLOCK_T])  # fmt: skip
+    return desc
+
+
+@triton.jit
+def _tma_load(desc, start, TOKEN_MAJOR: tl.constexpr, TRANS: tl.constexpr):
+    """Tokens start .. start + BLOCK_T - 1 as a (tokens, d) tile, or (d, tokens) when TRANS."""
+    if TOKEN_MAJOR:
+        tile = desc.load([start, 0])
+        if TRANS:
+            tile = tl.trans(tile)
+    else:
+        tile = desc.load([0, start])
+        if not TRANS:
+            tile = tl.trans(tile)
+    return tile
+
+
+def _warp_specialize(args):
+    """Warp specialisation (a producer warp issuing the TMA loads, FlashAttention-3's structure) for one source of
+    16-bit inputs: the forward_tma tiles run 4 warps, the only count at which Triton keeps it, and Triton (3.8)
+    fails to compile a kernel with more than one warp-specialised loop (one per source), so several sources take
+    the TMA loads and Triton's software pipelining alone."""
+    return args["Q"].element_size() == 2 and len(args["K"]) == 1 and not INTERPRET
+
+
+HEURISTICS["forward_tma"] = {**HEURISTICS["forward"], "WARP_SPECIALIZE": _warp_specialize}
+
+
+@triton.autotune(
+    configs=configs.autotune_configs("forward_tma"),
+    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_TOKEN_MAJOR", "KV_TOKEN_MAJOR"],
+    prune_configs_by={"early_config_prune": configs.prune("forward_tma", "Q")},
+)
+@triton.heuristics(HEURISTICS["forward_tma"])
+@triton.jit(do_not_specialize=["heads", "tune_bucket"])
+def _forward_tma_kernel(
+    Out, LSE, Q, K, V,
+    out_strides, q_strides, k_strides, v_strides,
+    q_tokens, q_width, kv_tokens, kv_widths,
+    heads, head_dim, qk_scale, tune_bucket,
+    Q_TOKEN_MAJOR: tl.constexpr, KV_TOKEN_MAJOR: tl.constexpr, PRECISION: tl.constexpr,
+    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, FOLD_SCALE: tl.constexpr,
+    WARP_SPECIALIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """_forward_kernel with every map read through tensor descriptors (flat maps with 16-byte aligned strides,
+    `tma_layout`), its key loop warp-specialised for one source (`_warp_specialize`). Same outputs."""
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // heads).to(tl.int64)
+    h = bh % heads
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    mask_m = offs_m < q_tokens
+    mask_d = offs_d < head_dim
+    q_desc = _tma_descriptor(Q, q_strides, b, h, head_dim, q_tokens, Q_TOKEN_MAJOR, BLOCK_M, BLOCK_D)
+    q = _tma_load(q_desc, pid_m * BLOCK_M, Q_TOKEN_MAJOR, False)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for j in tl.static_range(len(K)):
+        k_desc = _tma_descriptor(K[j], k_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N, BLOCK_D)
+        v_desc = _tma_descriptor(V[j], v_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N, BLOCK_D)
+        for start in tl.range(0, kv_tokens[j], BLOCK_N, warp_specialize=WARP_SPECIALIZE):
+            offs_n = start + tl.arange(0, BLOCK_N)
+            mask_n = offs_n < kv_tokens[j]  # past the keys: the descriptor reads 0, the mask gives them -inf
+            kt = _tma_load(k_desc, start, KV_TOKEN_MAJOR, True)
+            v = _tma_load(v_desc, start, KV_TOKEN_MAJOR, False)
+            m_i, l_i, acc = _softmax_step(q, kt, v, m_i, l_i, acc, mask_n, qk_scale, PRECISION, EVEN_N, FOLD_SCALE)
+
+    acc = acc / l_i[:, None]
+    lse_ptrs = LSE + bh.to(tl.int64) * q_tokens + offs_m
+    if EVEN_M:
+        tl.store(lse_ptrs, m_i + tl.log2(l_i))
+    else:
+        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=mask_m)
+    _store_tile(Out, out_strides, b, h, head_dim, offs_m, offs_d, acc, mask_m, mask_d, EVEN_M, EVEN_D)
+
+
 @triton.autotune(
     configs=configs.autotune_configs("preprocess"),
     key=["tune_bucket", "BLOCK_D", "DO_FLAT"],
@@ -453,8 +545,8 @@ def _dq_convert_kernel(
 
 # The kernels by the names configs.KERNELS gives them.
 KERNELS = {
-    "forward": _forward_kernel, "preprocess": _delta_kernel, "dkdv": _dkdv_kernel, "dq": _dq_kernel,
-    "dkdv_fused": _dkdv_fused_kernel, "dq_convert": _dq_convert_kernel,
+    "forward": _forward_kernel, "forward_tma": _forward_tma_kernel, "preprocess": _delta_kernel, "dkdv": _dkdv_kernel,
+    "dq": _dq_kernel, "dkdv_fused": _dkdv_fused_kernel, "dq_convert": _dq_convert_kernel,
 }  # fmt: skip
 HEURISTICS["dkdv_fused"] = HEURISTICS["dkdv"]
 HEURISTICS["dq_convert"] = HEURISTICS["preprocess"]
@@ -617,6 +709,64 @@ def _source_args(keys: Sequence[Tensor], values: Sequence[Tensor]) -> tuple[dict
     return args, tokens
 
 
+def tma_layout(x: Tensor, head_dim: int) -> bool | None:
+    """How tensor descriptors can read map x: True with (tokens, d) blocks (channels of unit stride: channels_last),
+    False with (d, tokens) blocks (tokens of unit stride: NCHW), None when they cannot (rows that do not follow each
+    other, strides or the first element off 16 bytes, as TMA requires)."""
+    (sb, sc, _, sw), flat = _map_strides(x)
+    per_16_bytes = 16 // x.element_size()
+    if not flat or x.data_ptr() % 16 != 0 or sb % per_16_bytes != 0:
+        return None
+    if sc == 1 and sw % per_16_bytes == 0 and head_dim % per_16_bytes == 0:
+        return True
+    if sw == 1 and sc % per_16_bytes == 0:
+        return False
+    return None
+
+
+def _tma_flags(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int) -> dict[str, bool] | None:
+    """The TMA kernel's layout flags when it can run these inputs: 16-bit maps, q readable through descriptors and
+    every key and value map in one orientation, on Hopper (or in the interpreter), with tiles for the class."""
+    head_dim = q.shape[1] // heads
+    if q.element_size() != 2:
+        return None
+    if not INTERPRET:  # a GPU from Hopper on, or the meta device (the ahead-of-time check compiles for sm_90)
+        if q.device.type not in ("cuda", "meta"):
+            return None
+        if q.device.type == "cuda" and torch.cuda.get_device_capability(q.device) < (9, 0):
+            return None
+        if not configs.gpu_candidates("forward_tma", 2, configs.block_d(head_dim), "ieee", 90):
+            return None
+    q_major = tma_layout(q, head_dim)
+    kv_major = {tma_layout(x, head_dim) for x in (*keys, *values)}
+    if q_major is None or len(kv_major) != 1 or None in kv_major:
+        return None
+    return {"Q_TOKEN_MAJOR": q_major, "KV_TOKEN_MAJOR": kv_major.pop()}
+
+
+def tma_forward(q_tokens: int, kv_tokens: int, batch_heads: int, head_dim: int, dtype: torch.dtype) -> bool:
+    """Whether a forward the TMA kernel can run takes it: where ACKD_TMA_FORWARD=1, or where the committed
+    measurements (kernels/tuned, "forward_kernel" rules) found it faster for this size class on this GPU. Unmeasured,
+    the pointer kernel runs."""
+    if TMA_FORWARD is not None:
+        return TMA_FORWARD
+    if not torch.cuda.is_available():
+        return False
+    arch = configs.arch_of(torch.cuda.get_device_capability())
+    bucket = tuning.tune_bucket(q_tokens, kv_tokens, batch_heads)
+    return tuning.load(arch).forward_kernel.get((str(dtype).removeprefix("torch."), tuning.head_dim_class(head_dim),
+                                                 bucket)) == "tma"  # fmt: skip
+
+
+# ACKD_TMA_FORWARD: "1" the TMA forward wherever it can run, "0" never, unset: as measured (tma_forward)
+TMA_FORWARD = {"1": True, "0": False}.get(os.environ.get("ACKD_TMA_FORWARD", ""))
+
+
+def _tma_allocator(size: int, alignment: int, stream) -> Tensor:
+    """Global memory for the descriptors the TMA kernel builds on the device (Triton asks for it per launch)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 def forward_launches(
     q: Tensor,
     keys: Sequence[Tensor],
@@ -625,8 +775,11 @@ def forward_launches(
     scale: float | None = None,
     out: Tensor | None = None,
     lse: Tensor | None = None,
+    tma: bool | None = None,
 ) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
-    """The outputs (out, lse), allocated unless given, and the launch that computes them (see `forward`)."""
+    """The outputs (out, lse), allocated unless given, and the launch that computes them (see `forward`): through
+    tensor descriptors (`_forward_tma_kernel`) where `tma` (default: `tma_forward`) and the inputs allow it, else
+    through pointers."""
     batch, channels, q_height, q_width = q.shape
     head_dim = channels // heads
     q_tokens = q_height * q_width
@@ -646,6 +799,14 @@ def forward_launches(
         "tune_bucket": _tune_bucket(q_tokens, sum(kv_tokens), batch * heads),
         "Q_FLAT": q_flat, "PRECISION": _precision(q.dtype), "BLOCK_D": configs.block_d(head_dim),
     }  # fmt: skip
+    flags = _tma_flags(q, keys, values, heads)
+    if tma is None and flags is not None:
+        tma = tma_forward(q_tokens, sum(kv_tokens), batch * heads, head_dim, q.dtype)
+    if tma and flags is not None:
+        if q.device.type == "cuda":
+            triton.set_allocator(_tma_allocator)
+        del args["Q_FLAT"], args["KV_FLAT"]
+        return (out, lse), [Launch("forward_tma", grid, {**args, **flags})]
     return (out, lse), [Launch("forward", grid, args)]
 
 

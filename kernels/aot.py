@@ -144,7 +144,8 @@ def _example_args(kernel: str, dtype: str, head_dim: int, layout: str, sources: 
     keys = [feature_map(hw) for hw in SOURCES_HW[:sources]]
     values = [feature_map(hw) for hw in SOURCES_HW[:sources]]
     with _matmul_precision(dtype):
-        (out, lse), launches = ack_attention.forward_launches(q, keys, values, HEADS)
+        (out, lse), launches = ack_attention.forward_launches(q, keys, values, HEADS, tma=False)
+        launches += ack_attention.forward_launches(q, keys, values, HEADS, tma=True)[1]  # where TMA can run
         backward = [  # both backward paths: two kernels, and the fused one (dkdv_fused, dq_convert)
             launch
             for fused in (False, True)

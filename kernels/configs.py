@@ -22,7 +22,7 @@ from ackd_fast.kernels import tuning
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-KERNELS = ("forward", "preprocess", "dkdv", "dq", "dkdv_fused", "dq_convert")
+KERNELS = ("forward", "forward_tma", "preprocess", "dkdv", "dq", "dkdv_fused", "dq_convert")
 
 
 class Tile(NamedTuple):
@@ -50,6 +50,10 @@ _TILES: dict[tuple[str, str, str], tuple[Tile, ...]] = {
     ("forward", "tf32x3", "large"): (Tile(16, 32, 4, 1),),
     ("forward", "fp32", "small"): (Tile(16, 32, 4, 1),),
     ("forward", "fp32", "large"): (Tile(16, 32, 4, 1),),
+    # The forward through tensor descriptors (TMA), 16-bit inputs on Hopper only (gpu_candidates): 4 warps, the one
+    # count at which Triton keeps the warp specialisation its key loop asks for.
+    ("forward_tma", "16bit", "small"): (Tile(128, 64, 4, 2), Tile(128, 128, 4, 2)),
+    ("forward_tma", "16bit", "large"): (Tile(64, 64, 4, 2),),
     ("dkdv", "16bit", "small"): (Tile(32, 128, 8, 2), Tile(64, 64, 8, 2), Tile(32, 64, 8, 2)),
     ("dkdv", "16bit", "large"): (Tile(64, 64, 8, 2), Tile(32, 64, 8, 2), Tile(16, 128, 8, 2)),
     ("dkdv", "tf32", "small"): (Tile(16, 64, 4, 2), Tile(32, 32, 4, 2)),
@@ -111,6 +115,7 @@ def _grid(block_m, block_n, warps, stages) -> tuple[Tile, ...]:
 # arch (kernels/tuned/sm<arch>.json "candidates"); only measured winners reach the autotuner.
 SEARCH_SPACE: dict[tuple[str, str], tuple[Tile, ...]] = {
     ("forward", "16bit"): _grid((64, 128), (64, 128), (4, 8), (2, 3, 4, 5)),
+    ("forward_tma", "16bit"): _grid((64, 128), (64, 128), (4,), (2, 3, 4)),
     ("dkdv", "16bit"): _grid((16, 32, 64), (64, 128), (4, 8), (2, 3, 4)),
     ("dkdv_fused", "16bit"): _grid((16, 32, 64), (64, 128), (4, 8), (2, 3, 4)),
     ("dq", "16bit"): _grid((64, 128), (32, 64), (4, 8), (2, 3, 4)),
@@ -171,6 +176,8 @@ def gpu_candidates(
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     key = (kernel, dot_class(element_size, precision), block_d_class(block_d))
+    if kernel == "forward_tma" and (arch == 80 or key not in _TILES):
+        return ()  # no TMA kernel for this class or arch (`forward_launches` then takes the pointer kernel)
     if bucket is not None:
         winner = tuning.load(arch).winners.get((*key, bucket))
         if winner is not None:
@@ -182,6 +189,8 @@ def shipped_tiles(kernel: str, element_size: int, block_d: int, precision: str, 
     """Every tile a launch on `arch` may run: the default list and the measured winners of every size class
     (what the ahead-of-time check compiles)."""
     key = (kernel, dot_class(element_size, precision), block_d_class(block_d))
+    if not gpu_candidates(kernel, element_size, block_d, precision, arch):
+        return ()
     winners = [Tile(*t) for (*k, _bucket), t in tuning.load(arch).winners.items() if tuple(k) == key]
     return tuple(dict.fromkeys((*gpu_candidates(kernel, element_size, block_d, precision, arch), *winners)))
 

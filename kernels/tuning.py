@@ -11,6 +11,9 @@ A file holds three lists (format 1):
               faster end to end, with both times; ACKAttention(backend="auto") follows it (ops.dispatch).
   backward    per (dtype, BLOCK_D class, size class): whether the fused backward (dQ by fp32 atomics) or the
               two-kernel one was faster, with both times; the backward follows it outside deterministic mode.
+  forward_kernel  per (dtype, BLOCK_D class, size class): whether the forward through tensor descriptors (TMA,
+              warp-specialised) or through pointers was faster, with both times; the forward follows it where the
+              TMA kernel can read the inputs.
 Every winners/backends entry carries "measured": true, the device and the times it was measured with; entries
 without them are refused, so the file never holds an invented timing. The size class is `tune_bucket`, the
 autotuner's key. This module imports neither Triton nor the kernels: ops.dispatch reads it on any machine.
@@ -53,10 +56,11 @@ class Tuned(NamedTuple):
     backends: dict[tuple[str, str, str, int], str]
     raw: dict[str, Any]
     backward: dict[tuple[str, str, int], str]  # (dtype, BLOCK_D class, size class): "fused" or "two_kernel"
+    forward_kernel: dict[tuple[str, str, int], str]  # (dtype, BLOCK_D class, size class): "tma" or "pointer"
 
     @property
     def measured(self) -> bool:
-        return bool(self.winners or self.backends or self.backward)
+        return bool(self.winners or self.backends or self.backward or self.forward_kernel)
 
     def summary(self) -> dict[str, Any]:
         """What `ackd_fast.backends()` reports."""
@@ -67,6 +71,7 @@ class Tuned(NamedTuple):
             "winners": len(self.winners),
             "backend_rules": len(self.backends),
             "backward_rules": len(self.backward),
+            "forward_kernel_rules": len(self.forward_kernel),
             "candidates": sum(len(t) for t in self.candidates.values()),
         }
 
@@ -108,7 +113,13 @@ def parse(data: dict[str, Any], arch: int, where: str = "tuned file") -> Tuned:
         if b["winner"] not in ("fused", "two_kernel"):
             raise ValueError(f"{where}: a backward rule with winner {b['winner']!r}")
         backward[b["dtype"], b["block_d_class"], int(b["bucket"])] = b["winner"]
-    return Tuned(arch, where, candidates, winners, backends, data, backward)
+    forward_kernel = {}
+    for f in data.get("forward_kernel", []):
+        _measured(f, ("tma_ms", "pointer_ms"), where)
+        if f["winner"] not in ("tma", "pointer"):
+            raise ValueError(f"{where}: a forward_kernel rule with winner {f['winner']!r}")
+        forward_kernel[f["dtype"], f["block_d_class"], int(f["bucket"])] = f["winner"]
+    return Tuned(arch, where, candidates, winners, backends, data, backward, forward_kernel)
 
 
 @functools.cache
@@ -116,7 +127,7 @@ def load(arch: int) -> Tuned:
     """The committed results for `arch` (80 or 90, configs.arch_of), empty when there is no file."""
     path = path_for(arch)
     if not path.exists():
-        return Tuned(arch, None, {}, {}, {}, {}, {})
+        return Tuned(arch, None, {}, {}, {}, {}, {}, {})
     return parse(json.loads(path.read_text()), arch, str(path))
 
 

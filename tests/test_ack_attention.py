@@ -345,6 +345,74 @@ def test_fused_backward_matches_reference(kind, device, monkeypatch):
         _assert_close_to_reference(run(ops.ack_attention, q, keys, values, heads, grad), exact, torch_same_dtype)
 
 
+# (query (H, W), sources' (H, W), head dim) the TMA forward can read: NCHW maps need token counts whose channel
+# stride is 16-byte aligned (multiples of 8 for fp16), channels_last maps head dims of 8k; odd sizes otherwise.
+TMA_CASES = {
+    "contiguous": ((8, 8), [(4, 6), (16, 10), (2, 4)], 16),
+    "channels_last": ((9, 7), [(5, 9), (13, 10), (3, 3)], 24),  # head dim 24 pads to 32: the descriptors' zeros
+}
+
+
+@pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+def test_tma_forward_matches_reference(kind, count, device, monkeypatch):
+    """The forward through tensor descriptors (_forward_tma_kernel, fp16) against the fp64 reference, every output
+    element written (NaN-poisoned buffers), then through the op twice (the second call launches the cached plan);
+    the backward is the pointer kernels' (it reads the forward's out and lse)."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    heads = 2
+    query, sources, head_dim = TMA_CASES[kind]
+    c = heads * head_dim
+    q = layout(torch.randn(2, c, *query, dtype=torch.float16, device=device), kind)
+    keys = [layout(torch.randn(2, c, *hw, dtype=torch.float16, device=device), kind) for hw in sources[:count]]
+    values = [layout(torch.randn(2, c, *hw, dtype=torch.float16, device=device), kind) for hw in sources[:count]]
+    if device.type == "cuda" and torch.cuda.get_device_capability(device) < (9, 0):
+        pytest.skip("the TMA forward runs from Hopper (sm_90) on")
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    exact, torch_same_dtype = _exact_and_torch(q, keys, values, heads, grad)
+    out = torch.full_like(q, float("nan"))
+    lse = torch.full((2 * heads, query[0] * query[1]), float("nan"), device=device)
+    (out, lse), launches = kernels.forward_launches(q, keys, values, heads, out=out, lse=lse, tma=True)
+    assert [launch.kernel for launch in launches] == ["forward_tma"]
+    kernels._run(q, launches)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    _assert_close_to_reference([out], exact[:1], torch_same_dtype[:1], torch.float16)
+    _, pointer = kernels.forward_launches(q, keys, values, heads, tma=False)
+    assert [launch.kernel for launch in pointer] == ["forward"]
+    monkeypatch.setattr(kernels, "TMA_FORWARD", True)
+    monkeypatch.setattr(kernels, "_FORWARD_PLANS", {})
+    for _ in range(2):
+        got = run(ops.ack_attention, q, keys, values, heads, grad)
+        _assert_close_to_reference(got, exact, torch_same_dtype, torch.float16)
+
+
+def test_tma_forward_only_where_descriptors_can_read_the_maps(monkeypatch):
+    """Maps TMA cannot read take the pointer kernel even when the TMA forward is asked for: fp32, rows that do not
+    follow each other, a first element off 16 bytes, sources of mixed orientation; unmeasured and unasked, the
+    pointer kernel runs."""
+    from ackd_fast.kernels import ack_attention as kernels
+
+    def kernel(q, keys, values, tma=True):
+        return kernels.forward_launches(q, keys, values, 2, tma=tma)[1][0].kernel
+
+    q, keys, values = make_inputs(2, 2, 16, torch.float16, "meta", batch=1)
+    cl = [x.to(memory_format=torch.channels_last) for x in (q, *keys, *values)]
+    assert kernel(cl[0], cl[1:3], cl[3:]) == "forward_tma"
+    assert kernel(cl[0], cl[1:3], cl[3:], tma=False) == "forward"
+    monkeypatch.setattr(kernels, "TMA_FORWARD", None)
+    if not torch.cuda.is_available():  # unmeasured: no rule, so the pointer kernel
+        assert kernel(cl[0], cl[1:3], cl[3:], tma=None) == "forward"
+    fp32 = [x.float() for x in cl]
+    assert kernel(fp32[0], fp32[1:3], fp32[3:]) == "forward"
+    mixed = [cl[0], cl[1], keys[1].contiguous(), cl[3], cl[4]]
+    assert kernel(mixed[0], mixed[1:3], mixed[3:]) == "forward"
+    assert kernel(q, keys, values) == "forward"  # NCHW with 63 tokens: the channel stride is off 16 bytes
+    sliced = torch.empty(1, 40, 9, 7, dtype=torch.float16).to(memory_format=torch.channels_last)[:, 1:33]
+    assert kernels.tma_layout(sliced, 16) is None  # first element 2 bytes past an aligned one
+    assert kernels.tma_layout(sliced.contiguous(memory_format=torch.channels_last), 16) is True
+
+
 def test_deterministic_mode_takes_the_two_kernel_backward(monkeypatch):
     """Under torch.use_deterministic_algorithms the backward never uses the fused kernel's atomics."""
     from ackd_fast.kernels import ack_attention as kernels
