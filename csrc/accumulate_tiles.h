@@ -184,7 +184,9 @@ ACKD_HOST_DEVICE inline acc_t backward_thread(const BackwardArgs<scalar_t, acc_t
   const scalar_t* gbase = g.plane(b, c);
   acc_t acc[vec];
   for (int e = 0; e < vec; ++e) acc[e] = acc_t(0);
-  for (int e = 0; e < (tl.pixels ? 1 : vec); ++e) {  // planes: vec columns, each its own line; pixels: one
+  ACKD_UNROLL
+  for (int e = 0; e < vec; ++e) {  // planes: vec columns, each its own line; pixels: one
+    if (tl.pixels && e > 0) break;
     const int col = tl.pixels ? t / kLanes : (t % kLanes) * vec + e;
     const int line = rows + col;
     const acc_t* col_w = table.weight + static_cast<int64_t>(rows) * a.readers_y[j] +

@@ -75,7 +75,6 @@ ACKD_HOST_DEVICE inline void load_plane(const Map<const scalar_t, index_t>& m, c
 
 // ---------------------------------------------------------------------------------------------- planes, forward
 
-// A thread's share of one plane: packs p = t, t + kThreads, ...; each covers elements p * vec .. p * vec + vec - 1.
 template <typename acc_t>
 ACKD_HOST_DEVICE inline acc_t inv_sqrt(acc_t v) {
 #if defined(__CUDA_ARCH__)
@@ -83,6 +82,13 @@ ACKD_HOST_DEVICE inline acc_t inv_sqrt(acc_t v) {
 #else
   return acc_t(1) / std::sqrt(v);
 #endif
+}
+
+// A thread's share of one plane: packs p = t, t + kThreads, ...; each covers elements p * vec .. p * vec + vec - 1.
+// The loops over them run a constant number of times when cached (so the cache's indices are constants).
+template <int vec, bool cached, typename scalar_t, typename acc_t, typename index_t>
+ACKD_HOST_DEVICE inline int64_t plane_packs(const NormArgs<scalar_t, acc_t, index_t>& a) {
+  return cached ? kCached / vec : (static_cast<uint32_t>(a.N) / vec + kThreads - 1) / kThreads;  // N < 2^31
 }
 
 template <int vec, bool cached, typename acc_t>
@@ -98,7 +104,9 @@ ACKD_HOST_DEVICE inline acc_t plane_sum(const NormArgs<scalar_t, acc_t, index_t>
   a.split(bc, b, c);
   const scalar_t* xb = a.x.plane(b, c);
   acc_t sum = 0;
-  for (int k = 0;; ++k) {
+  const int64_t packs = plane_packs<vec, cached>(a);
+  ACKD_UNROLL
+  for (int64_t k = 0; k < packs; ++k) {
     const int64_t i = (static_cast<int64_t>(k) * kThreads + t) * vec;
     if (i >= a.N) break;
     acc_t v[vec];
@@ -119,7 +127,9 @@ ACKD_HOST_DEVICE inline acc_t plane_m2(const NormArgs<scalar_t, acc_t, index_t>&
   a.split(bc, b, c);
   const scalar_t* xb = a.x.plane(b, c);
   acc_t m2 = 0;
-  for (int k = 0;; ++k) {
+  const int64_t packs = plane_packs<vec, cached>(a);
+  ACKD_UNROLL
+  for (int64_t k = 0; k < packs; ++k) {
     const int64_t i = (static_cast<int64_t>(k) * kThreads + t) * vec;
     if (i >= a.N) break;
     acc_t v[vec];
@@ -146,10 +156,12 @@ ACKD_HOST_DEVICE inline void plane_write(const NormArgs<scalar_t, acc_t, index_t
   const scalar_t* xb = a.x.plane(b, c);
   const scalar_t* rb = a.res.ptr ? a.res.plane(b, c) : nullptr;
   scalar_t* yb = a.out.plane(b, c);  // dense NCHW: flat
-  for (int k = 0;; ++k) {
+  const int64_t packs = plane_packs<vec, cached>(a);
+  ACKD_UNROLL
+  for (int64_t k = 0; k < packs; ++k) {
     const int64_t i = (static_cast<int64_t>(k) * kThreads + t) * vec;
     if (i >= a.N) break;
-    acc_t v[vec], r[vec];
+    acc_t v[vec], r[vec] = {};
     if (cached)
       for (int e = 0; e < vec; ++e) v[e] = s.v[k * vec + e];
     else
@@ -198,7 +210,9 @@ ACKD_HOST_DEVICE inline void plane_grad_sums(const NormArgs<scalar_t, acc_t, ind
   const scalar_t *xb = a.x.plane(b, c), *gb = a.grad.plane(b, c);
   sum_gz = 0;
   sum_gz_xhat = 0;
-  for (int k = 0;; ++k) {
+  const int64_t packs = plane_packs<vec, cached>(a);
+  ACKD_UNROLL
+  for (int64_t k = 0; k < packs; ++k) {
     const int64_t i = (static_cast<int64_t>(k) * kThreads + t) * vec;
     if (i >= a.N) break;
     acc_t gz[vec], xhat[vec];
@@ -229,7 +243,9 @@ ACKD_HOST_DEVICE inline void plane_grad_write(const NormArgs<scalar_t, acc_t, in
   const acc_t n = static_cast<acc_t>(a.N), k_ = rstd * wc, m1 = sum_gz / n, m2 = sum_gz_xhat / n;
   const scalar_t *xb = a.x.plane(b, c), *gb = a.grad.plane(b, c);
   scalar_t* ob = a.out.plane(b, c);
-  for (int k = 0;; ++k) {
+  const int64_t packs = plane_packs<vec, cached>(a);
+  ACKD_UNROLL
+  for (int64_t k = 0; k < packs; ++k) {
     const int64_t i = (static_cast<int64_t>(k) * kThreads + t) * vec;
     if (i >= a.N) break;
     acc_t gz[vec], xhat[vec];
@@ -366,7 +382,7 @@ template <int vec, typename scalar_t, typename acc_t, typename index_t>
 ACKD_HOST_DEVICE inline void pixels_apply(const NormArgs<scalar_t, acc_t, index_t>& a, int64_t tile, int t) {
   int64_t b, c, y, x;
   if (!a.tiling.element(tile, t, b, c, y, x)) return;
-  acc_t v[vec], r[vec];
+  acc_t v[vec], r[vec] = {};
   load_pixel<vec>(a.x, a.x_packs, b, c, y, x, v);
   if (a.res.ptr) load_pixel<vec>(a.res, a.res_packs, b, c, y, x, r);
   Pack<scalar_t, vec> out;

@@ -20,6 +20,14 @@
 
 #include "resample.h"
 
+// Loops over register arrays are unrolled, so every index is a constant and the arrays stay in registers (a run-time
+// index would move them to local memory).
+#if defined(__CUDA_ARCH__)
+#define ACKD_UNROLL _Pragma("unroll")
+#else
+#define ACKD_UNROLL
+#endif
+
 namespace ackd_fast::tiles {
 
 constexpr int kThreads = 256;  // per block: 32 lanes along the unit-stride axis x 8 rows (or pixels)

@@ -49,13 +49,18 @@ __global__ void __launch_bounds__(kThreads)
     const auto table = reader_table<acc_t, index_t>(smem, args.tiling[j]);
     backward_fill(args, j, tile, t, table);
     __syncthreads();
-    part[j] += backward_thread<vec>(args, j, tile, t, table);
+    const acc_t share = backward_thread<vec>(args, j, tile, t, table);
+    ACKD_UNROLL
+    for (int s = 0; s < kSources; ++s)  // constant indices: part stays in registers
+      if (s == j) part[s] += share;
     __syncthreads();  // the next tile refills the table
   }
   using Reduce = cub::BlockReduce<acc_t, kThreads>;
   __shared__ typename Reduce::TempStorage storage;
   __shared__ bool last;
-  for (int j = 0; j < args.n; ++j) {
+  ACKD_UNROLL
+  for (int j = 0; j < kSources; ++j) {
+    if (j >= args.n) break;
     const acc_t total = Reduce(storage).Sum(part[j]);
     if (t == 0) partials[j * gridDim.x + blockIdx.x] = total;
     __syncthreads();
