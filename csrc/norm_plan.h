@@ -3,8 +3,10 @@
 #pragma once
 
 #include <optional>
+#include <type_traits>
 
 #include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
 
 #include "checks.h"
 #include "norm_tiles.h"
@@ -59,60 +61,82 @@ inline NormPlan plan_norm(const at::Tensor& x, const std::vector<at::Tensor>& ma
   return p;
 }
 
-// The kernels' arguments. residual and grad may be undefined; out: y (forward) or grad x (backward).
+// The tensors of one call. residual, grad, s1 and s2 may be undefined; out: y (forward) or grad x (backward).
+struct NormTensors {
+  at::Tensor x;
+  std::optional<at::Tensor> weight, bias;
+  at::Tensor residual, grad, out, mean, rstd, s1, s2;
+  bool relu;
+  double eps;
+};
+
+template <typename acc_t>
+acc_t* acc_ptr(const at::Tensor& t) {
+  return t.defined() ? static_cast<acc_t*>(const_cast<void*>(t.const_data_ptr())) : nullptr;
+}
+
+// The kernels' arguments for the tensors of a call.
 template <typename scalar_t, typename acc_t, typename index_t>
-NormArgs<scalar_t, acc_t, index_t> norm_args(const at::Tensor& x, const std::optional<at::Tensor>& weight,
-                                             const std::optional<at::Tensor>& bias, const at::Tensor& residual,
-                                             const at::Tensor& grad, const at::Tensor& out, const at::Tensor& mean,
-                                             const at::Tensor& rstd, const NormPlan& p, bool relu, double eps) {
+NormArgs<scalar_t, acc_t, index_t> norm_args(const NormTensors& t, const NormPlan& p) {
   NormArgs<scalar_t, acc_t, index_t> a{};
-  const auto packs = [&](const at::Tensor& t) {
-    return t.defined() && (p.pixels ? packs_load_whole(t, p.vec, 1) : planes_pack(t, p.vec) && p.vec > 1);
+  const auto packs = [&](const at::Tensor& m) {
+    return m.defined() && (p.pixels ? packs_load_whole(m, p.vec, 1) : planes_pack(m, p.vec) && p.vec > 1);
   };
-  a.x = map_of<const scalar_t, index_t>(x);
-  if (residual.defined()) a.res = map_of<const scalar_t, index_t>(residual);
-  if (grad.defined()) a.grad = map_of<const scalar_t, index_t>(grad);
-  a.out = map_of<scalar_t, index_t>(out);
-  a.x_packs = packs(x);
-  a.res_packs = packs(residual);
-  a.grad_packs = packs(grad);
-  a.x_flat = flat_planes(x);
-  a.res_flat = residual.defined() && flat_planes(residual);
-  a.grad_flat = grad.defined() && flat_planes(grad);
-  if (weight) {
-    a.weight = weight->const_data_ptr();
-    a.weight_stride = weight->stride(0);
-    a.weight_dtype = dtype_of(*weight);
+  a.x = map_of<const scalar_t, index_t>(t.x);
+  if (t.residual.defined()) a.res = map_of<const scalar_t, index_t>(t.residual);
+  if (t.grad.defined()) a.grad = map_of<const scalar_t, index_t>(t.grad);
+  a.out = map_of<scalar_t, index_t>(t.out);
+  a.x_packs = packs(t.x);
+  a.res_packs = packs(t.residual);
+  a.grad_packs = packs(t.grad);
+  a.x_flat = flat_planes(t.x);
+  a.res_flat = t.residual.defined() && flat_planes(t.residual);
+  a.grad_flat = t.grad.defined() && flat_planes(t.grad);
+  if (t.weight) {
+    a.weight = t.weight->const_data_ptr();
+    a.weight_stride = t.weight->stride(0);
+    a.weight_dtype = dtype_of(*t.weight);
   }
-  if (bias) {
-    a.bias = bias->const_data_ptr();
-    a.bias_stride = bias->stride(0);
-    a.bias_dtype = dtype_of(*bias);
+  if (t.bias) {
+    a.bias = t.bias->const_data_ptr();
+    a.bias_stride = t.bias->stride(0);
+    a.bias_dtype = dtype_of(*t.bias);
   }
-  a.mean = static_cast<acc_t*>(const_cast<void*>(mean.const_data_ptr()));
-  a.rstd = static_cast<acc_t*>(const_cast<void*>(rstd.const_data_ptr()));
+  a.mean = acc_ptr<acc_t>(t.mean);
+  a.rstd = acc_ptr<acc_t>(t.rstd);
+  a.s1 = acc_ptr<acc_t>(t.s1);
+  a.s2 = acc_ptr<acc_t>(t.s2);
   a.chunks = static_cast<int32_t>(p.chunks);
-  a.relu = relu;
-  a.eps = static_cast<acc_t>(eps);
-  a.C = static_cast<int32_t>(x.size(1));
-  a.H = static_cast<int32_t>(x.size(2));
-  a.W = static_cast<int32_t>(x.size(3));
-  a.N = x.size(2) * x.size(3);
-  if (p.pixels) a.tiling = tiling_of(out, p.vec, "instance_norm_act_residual");
+  a.relu = t.relu;
+  a.eps = static_cast<acc_t>(t.eps);
+  a.C = static_cast<int32_t>(t.x.size(1));
+  a.H = static_cast<int32_t>(t.x.size(2));
+  a.W = static_cast<int32_t>(t.x.size(3));
+  a.N = t.x.size(2) * t.x.size(3);
+  if (p.pixels) a.tiling = tiling_of(t.out, p.vec, "instance_norm_act_residual");
   return a;
 }
 
-// Calls f(std::integral_constant<int, vec>{}, std::bool_constant<cached>{}) for a planes plan.
-template <typename scalar_t, typename F>
-void with_planes_variant(const NormPlan& p, F&& f) {
+// Builds the arguments of the plan's variant and calls planes(args, vec, cached) (one block per plane) or
+// pixels(args, vec) (channels_last), vec and cached as std::integral_constant.
+template <typename scalar_t, typename Planes, typename Pixels>
+void with_norm_args(const NormTensors& t, const NormPlan& p, Planes&& planes, Pixels&& pixels) {
+  using acc_t = at::opmath_type<scalar_t>;
   constexpr int full = 16 / sizeof(scalar_t);
-  if (p.vec == 1) {
-    if (p.cached) f(std::integral_constant<int, 1>{}, std::true_type{});
-    else f(std::integral_constant<int, 1>{}, std::false_type{});
-  } else {
-    if (p.cached) f(std::integral_constant<int, full>{}, std::true_type{});
-    else f(std::integral_constant<int, full>{}, std::false_type{});
+  if (!p.pixels) {
+    const auto a = norm_args<scalar_t, acc_t, int32_t>(t, p);
+    if (p.vec == 1) {
+      if (p.cached) planes(a, std::integral_constant<int, 1>{}, std::true_type{});
+      else planes(a, std::integral_constant<int, 1>{}, std::false_type{});
+    } else {
+      if (p.cached) planes(a, std::integral_constant<int, full>{}, std::true_type{});
+      else planes(a, std::integral_constant<int, full>{}, std::false_type{});
+    }
+    return;
   }
+  with_variant<scalar_t>(p.vec, p.wide, [&](auto vec, auto index) {
+    pixels(norm_args<scalar_t, acc_t, typename decltype(index)::type>(t, p), vec);
+  });
 }
 
 }  // namespace ackd_fast::tiles

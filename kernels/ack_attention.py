@@ -19,8 +19,11 @@ FMA (FOLD_SCALE, any scale > 0). Outputs and gradients are written in their inpu
 (kernels/layout.py): channels_last in, channels_last out.
 
 Passes, one @triton.jit function each:
-  _forward_kernel  grid (query blocks, B*heads): online softmax over the key blocks of all sources, fp32
-                   accumulators, writes O and the log-sum-exp (B*heads, Nq) in base 2.
+  _forward_jit     grid (query blocks, B*heads): online softmax over the key blocks of all sources, fp32
+                   accumulators, writes O and the log-sum-exp (B*heads, Nq) in base 2. Two variants under their own
+                   autotuners: "forward" reads through pointers, "forward_tma" (Hopper, 16-bit, maps TMA can read)
+                   through tensor descriptors, warp-specialised for one source; taken where `tma_forward` says
+                   (measured faster, or ACKD_TMA_FORWARD=1).
   _delta_kernel    Delta = rowsum(O * dO), the backward's pre-pass.
   _dkdv_kernel     grid (key blocks of all sources, B*heads), one launch for all sources: dK, dV of a block's
                    keys, looping over all query blocks (no atomics).
@@ -173,6 +176,20 @@ def _softmax_step(
     return m_new, l_i, acc
 
 
+@triton.jit
+def _write_forward(
+    Out, LSE, out_strides, b, h, bh, head_dim, q_tokens, offs_m, offs_d, mask_m, mask_d, acc, m_i, l_i,
+    EVEN_M: tl.constexpr, EVEN_D: tl.constexpr,
+):  # fmt: skip
+    """A query block's output acc / l and its base-2 log-sum-exp m + log2(l)."""
+    lse_ptrs = LSE + bh.to(tl.int64) * q_tokens + offs_m
+    if EVEN_M:
+        tl.store(lse_ptrs, m_i + tl.log2(l_i))
+    else:
+        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=mask_m)
+    _store_tile(Out, out_strides, b, h, head_dim, offs_m, offs_d, acc / l_i[:, None], mask_m, mask_d, EVEN_M, EVEN_D)
+
+
 # ---------------------------------------------------------------------------------------------- kernels
 # Sources: K, V (and DK, DV) hold one map per source, kv_tokens and kv_widths one int per source, k_strides and
 # v_strides one (batch, channel, row, column) tuple per source; the number of sources is the tuples' length, a
@@ -207,55 +224,6 @@ HEURISTICS = {
 }
 
 
-@triton.autotune(
-    configs=configs.autotune_configs("forward"),
-    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "KV_FLAT"],
-    prune_configs_by={"early_config_prune": configs.prune("forward", "Q")},
-)
-@triton.heuristics(HEURISTICS["forward"])
-@triton.jit(do_not_specialize=["heads", "tune_bucket"])
-def _forward_kernel(
-    Out, LSE, Q, K, V,
-    out_strides, q_strides, k_strides, v_strides,  # out: (batch, channel, token); q: (batch, channel, row, column)
-    q_tokens, q_width, kv_tokens, kv_widths,
-    heads, head_dim, qk_scale, tune_bucket,
-    Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, PRECISION: tl.constexpr,
-    EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, FOLD_SCALE: tl.constexpr,
-    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-):  # fmt: skip
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
-    h = bh % heads
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    mask_m = offs_m < q_tokens
-    mask_d = offs_d < head_dim
-    q_chan = _channels(Q, q_strides, b, h, head_dim, offs_d)
-    q = _load_tile(q_chan, offs_m, q_width, q_strides, mask_m, mask_d, Q_FLAT, False, EVEN_M, EVEN_D)
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for j in tl.static_range(len(K)):  # one loop per source: its pointers and strides stay put
-        k_chan = _channels(K[j], k_strides[j], b, h, head_dim, offs_d)
-        v_chan = _channels(V[j], v_strides[j], b, h, head_dim, offs_d)
-        for start in range(0, kv_tokens[j], BLOCK_N):
-            offs_n = start + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < kv_tokens[j]
-            kt = _load_tile(k_chan, offs_n, kv_widths[j], k_strides[j], mask_n, mask_d, KV_FLAT, True, EVEN_N, EVEN_D)
-            v = _load_tile(v_chan, offs_n, kv_widths[j], v_strides[j], mask_n, mask_d, KV_FLAT, False, EVEN_N, EVEN_D)
-            m_i, l_i, acc = _softmax_step(q, kt, v, m_i, l_i, acc, mask_n, qk_scale, PRECISION, EVEN_N, FOLD_SCALE)
-
-    acc = acc / l_i[:, None]
-    lse_ptrs = LSE + bh.to(tl.int64) * q_tokens + offs_m
-    if EVEN_M:
-        tl.store(lse_ptrs, m_i + tl.log2(l_i))
-    else:
-        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=mask_m)
-    _store_tile(Out, out_strides, b, h, head_dim, offs_m, offs_d, acc, mask_m, mask_d, EVEN_M, EVEN_D)
-
-
 @triton.jit
 def _tma_descriptor(X, strides, b, h, head_dim, tokens, TOKEN_MAJOR: tl.constexpr, BLOCK_T: tl.constexpr,
                     BLOCK_D: tl.constexpr):  # fmt: skip
@@ -287,65 +255,86 @@ def _tma_load(desc, start, TOKEN_MAJOR: tl.constexpr, TRANS: tl.constexpr):
 
 
 def _warp_specialize(args):
-    """Warp specialisation (a producer warp issuing the TMA loads, FlashAttention-3's structure) for one source of
-    16-bit inputs: the forward_tma tiles run 4 warps, the only count at which Triton keeps it, and Triton (3.8)
-    fails to compile a kernel with more than one warp-specialised loop (one per source), so several sources take
-    the TMA loads and Triton's software pipelining alone."""
-    return args["Q"].element_size() == 2 and len(args["K"]) == 1 and not INTERPRET
+    """Warp specialisation (a producer warp issuing the TMA loads, FlashAttention-3's structure) for the TMA
+    forward with one source of 16-bit inputs: its tiles run 4 warps, the only count at which Triton keeps it, and
+    Triton (3.8) fails to compile a kernel with more than one warp-specialised loop (one per source), so several
+    sources take the TMA loads and Triton's software pipelining alone."""
+    return args["TMA"] and args["Q"].element_size() == 2 and len(args["K"]) == 1 and not INTERPRET
 
 
-HEURISTICS["forward_tma"] = {**HEURISTICS["forward"], "WARP_SPECIALIZE": _warp_specialize}
+HEURISTICS["forward"]["WARP_SPECIALIZE"] = _warp_specialize
+HEURISTICS["forward_tma"] = HEURISTICS["forward"]
 
 
-@triton.autotune(
-    configs=configs.autotune_configs("forward_tma"),
-    key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_TOKEN_MAJOR", "KV_TOKEN_MAJOR"],
-    prune_configs_by={"early_config_prune": configs.prune("forward_tma", "Q")},
-)
-@triton.heuristics(HEURISTICS["forward_tma"])
 @triton.jit(do_not_specialize=["heads", "tune_bucket"])
-def _forward_tma_kernel(
+def _forward_jit(
     Out, LSE, Q, K, V,
-    out_strides, q_strides, k_strides, v_strides,
+    out_strides, q_strides, k_strides, v_strides,  # out: (batch, channel, token); q: (batch, channel, row, column)
     q_tokens, q_width, kv_tokens, kv_widths,
     heads, head_dim, qk_scale, tune_bucket,
-    Q_TOKEN_MAJOR: tl.constexpr, KV_TOKEN_MAJOR: tl.constexpr, PRECISION: tl.constexpr,
+    Q_FLAT: tl.constexpr, KV_FLAT: tl.constexpr, PRECISION: tl.constexpr,
+    TMA: tl.constexpr, Q_TOKEN_MAJOR: tl.constexpr, KV_TOKEN_MAJOR: tl.constexpr, WARP_SPECIALIZE: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, FOLD_SCALE: tl.constexpr,
-    WARP_SPECIALIZE: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """_forward_kernel with every map read through tensor descriptors (flat maps with 16-byte aligned strides,
-    `tma_layout`), its key loop warp-specialised for one source (`_warp_specialize`). Same outputs."""
+    """The forward of one query block. TMA: every map read through tensor descriptors (`tma_layout`: flat maps,
+    16-byte aligned strides; Q_TOKEN_MAJOR / KV_TOKEN_MAJOR say each one's orientation), else through pointers."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // heads).to(tl.int64)
+    b = (bh // heads).to(tl.int64)  # batch offsets can pass 2**31 elements
     h = bh % heads
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     mask_m = offs_m < q_tokens
     mask_d = offs_d < head_dim
-    q_desc = _tma_descriptor(Q, q_strides, b, h, head_dim, q_tokens, Q_TOKEN_MAJOR, BLOCK_M, BLOCK_D)
-    q = _tma_load(q_desc, pid_m * BLOCK_M, Q_TOKEN_MAJOR, False)
+    if TMA:
+        q_desc = _tma_descriptor(Q, q_strides, b, h, head_dim, q_tokens, Q_TOKEN_MAJOR, BLOCK_M, BLOCK_D)
+        q = _tma_load(q_desc, pid_m * BLOCK_M, Q_TOKEN_MAJOR, False)
+    else:
+        q_chan = _channels(Q, q_strides, b, h, head_dim, offs_d)
+        q = _load_tile(q_chan, offs_m, q_width, q_strides, mask_m, mask_d, Q_FLAT, False, EVEN_M, EVEN_D)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for j in tl.static_range(len(K)):
-        k_desc = _tma_descriptor(K[j], k_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N, BLOCK_D)
-        v_desc = _tma_descriptor(V[j], v_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N, BLOCK_D)
+    for j in tl.static_range(len(K)):  # one loop per source: its pointers and strides stay put
+        if TMA:
+            k_desc = _tma_descriptor(K[j], k_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N,
+                                     BLOCK_D)  # fmt: skip
+            v_desc = _tma_descriptor(V[j], v_strides[j], b, h, head_dim, kv_tokens[j], KV_TOKEN_MAJOR, BLOCK_N,
+                                     BLOCK_D)  # fmt: skip
+        else:
+            k_chan = _channels(K[j], k_strides[j], b, h, head_dim, offs_d)
+            v_chan = _channels(V[j], v_strides[j], b, h, head_dim, offs_d)
         for start in tl.range(0, kv_tokens[j], BLOCK_N, warp_specialize=WARP_SPECIALIZE):
             offs_n = start + tl.arange(0, BLOCK_N)
-            mask_n = offs_n < kv_tokens[j]  # past the keys: the descriptor reads 0, the mask gives them -inf
-            kt = _tma_load(k_desc, start, KV_TOKEN_MAJOR, True)
-            v = _tma_load(v_desc, start, KV_TOKEN_MAJOR, False)
+            mask_n = offs_n < kv_tokens[j]  # TMA: past the keys the descriptor reads 0, the mask gives them -inf
+            if TMA:
+                kt = _tma_load(k_desc, start, KV_TOKEN_MAJOR, True)
+                v = _tma_load(v_desc, start, KV_TOKEN_MAJOR, False)
+            else:
+                kt = _load_tile(k_chan, offs_n, kv_widths[j], k_strides[j], mask_n, mask_d, KV_FLAT, True, EVEN_N,
+                                EVEN_D)  # fmt: skip
+                v = _load_tile(v_chan, offs_n, kv_widths[j], v_strides[j], mask_n, mask_d, KV_FLAT, False, EVEN_N,
+                               EVEN_D)  # fmt: skip
             m_i, l_i, acc = _softmax_step(q, kt, v, m_i, l_i, acc, mask_n, qk_scale, PRECISION, EVEN_N, FOLD_SCALE)
 
-    acc = acc / l_i[:, None]
-    lse_ptrs = LSE + bh.to(tl.int64) * q_tokens + offs_m
-    if EVEN_M:
-        tl.store(lse_ptrs, m_i + tl.log2(l_i))
-    else:
-        tl.store(lse_ptrs, m_i + tl.log2(l_i), mask=mask_m)
-    _store_tile(Out, out_strides, b, h, head_dim, offs_m, offs_d, acc, mask_m, mask_d, EVEN_M, EVEN_D)
+    _write_forward(Out, LSE, out_strides, b, h, bh, head_dim, q_tokens, offs_m, offs_d, mask_m, mask_d, acc, m_i, l_i,
+                   EVEN_M, EVEN_D)  # fmt: skip
+
+
+def _forward_autotuned(kernel: str):
+    """_forward_jit under its own autotuner per variant (through pointers "forward", through descriptors
+    "forward_tma": other tiles)."""
+    return triton.autotune(
+        configs=configs.autotune_configs(kernel),
+        key=["tune_bucket", "BLOCK_D", "PRECISION", "Q_FLAT", "KV_FLAT", "TMA", "Q_TOKEN_MAJOR", "KV_TOKEN_MAJOR"],
+        prune_configs_by={"early_config_prune": configs.prune(kernel, "Q")},
+    )(triton.heuristics(HEURISTICS["forward"])(_forward_jit))
+
+
+_forward_kernel = _forward_autotuned("forward")
+_forward_tma_kernel = _forward_autotuned("forward_tma")
 
 
 @triton.autotune(
@@ -561,12 +550,19 @@ def fused_backward(q_tokens: int, kv_tokens: int, batch_heads: int, head_dim: in
         return False
     if FUSED_BACKWARD is not None:
         return FUSED_BACKWARD
+    return _measured_winner("backward", q_tokens, kv_tokens, batch_heads, head_dim, dtype) == "fused"
+
+
+def _measured_winner(rules: str, q_tokens: int, kv_tokens: int, batch_heads: int, head_dim: int,
+                     dtype: torch.dtype) -> str | None:  # fmt: skip
+    """The winner the committed measurements of this GPU name for this size class in the tuned file's `rules`
+    ("backward", "forward_kernel"), or None (no GPU, no rule)."""
     if not torch.cuda.is_available():
-        return False
+        return None
     arch = configs.arch_of(torch.cuda.get_device_capability())
-    bucket = tuning.tune_bucket(q_tokens, kv_tokens, batch_heads)
-    return tuning.load(arch).backward.get((str(dtype).removeprefix("torch."), tuning.head_dim_class(head_dim),
-                                           bucket)) == "fused"  # fmt: skip
+    key = (str(dtype).removeprefix("torch."), tuning.head_dim_class(head_dim),
+           tuning.tune_bucket(q_tokens, kv_tokens, batch_heads))  # fmt: skip
+    return getattr(tuning.load(arch), rules).get(key)
 
 
 # ACKD_FUSED_BACKWARD: "1" fused, "0" two-kernel, unset: as measured (fused_backward)
@@ -750,12 +746,7 @@ def tma_forward(q_tokens: int, kv_tokens: int, batch_heads: int, head_dim: int, 
     the pointer kernel runs."""
     if TMA_FORWARD is not None:
         return TMA_FORWARD
-    if not torch.cuda.is_available():
-        return False
-    arch = configs.arch_of(torch.cuda.get_device_capability())
-    bucket = tuning.tune_bucket(q_tokens, kv_tokens, batch_heads)
-    return tuning.load(arch).forward_kernel.get((str(dtype).removeprefix("torch."), tuning.head_dim_class(head_dim),
-                                                 bucket)) == "tma"  # fmt: skip
+    return _measured_winner("forward_kernel", q_tokens, kv_tokens, batch_heads, head_dim, dtype) == "tma"
 
 
 # ACKD_TMA_FORWARD: "1" the TMA forward wherever it can run, "0" never, unset: as measured (tma_forward)
@@ -778,8 +769,8 @@ def forward_launches(
     tma: bool | None = None,
 ) -> tuple[tuple[Tensor, Tensor], list[Launch]]:
     """The outputs (out, lse), allocated unless given, and the launch that computes them (see `forward`): through
-    tensor descriptors (`_forward_tma_kernel`) where `tma` (default: `tma_forward`) and the inputs allow it, else
-    through pointers."""
+    tensor descriptors (the "forward_tma" variant of `_forward_jit`) where `tma` (default: `tma_forward`) and the
+    inputs allow it, else through pointers."""
     batch, channels, q_height, q_width = q.shape
     head_dim = channels // heads
     q_tokens = q_height * q_width
@@ -805,9 +796,9 @@ def forward_launches(
     if tma and flags is not None:
         if q.device.type == "cuda":
             triton.set_allocator(_tma_allocator)
-        del args["Q_FLAT"], args["KV_FLAT"]
-        return (out, lse), [Launch("forward_tma", grid, {**args, **flags})]
-    return (out, lse), [Launch("forward", grid, args)]
+        return (out, lse), [Launch("forward_tma", grid, {**args, "TMA": True, **flags})]
+    pointers = {"TMA": False, "Q_TOKEN_MAJOR": False, "KV_TOKEN_MAJOR": False}
+    return (out, lse), [Launch("forward", grid, {**args, **pointers})]
 
 
 def backward_launches(

@@ -63,7 +63,8 @@ void run_planes(const NormArgs<scalar_t, acc_t, index_t>& a, int64_t planes) {
 }
 
 template <bool grad, int vec, typename scalar_t, typename acc_t, typename index_t>
-void run_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, int64_t B, const at::Tensor& x) {
+void run_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, const at::Tensor& x) {
+  const int64_t B = x.size(0);
   auto chunk_a = at::empty({B, p.chunks, a.C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   auto chunk_b = at::empty_like(chunk_a);
   a.chunk_a = chunk_a.template mutable_data_ptr<acc_t>();
@@ -113,32 +114,14 @@ void run_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, int64_t
 }
 
 template <bool grad, typename scalar_t>
-void run(const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-         const at::Tensor& residual, const at::Tensor& grad_out, const at::Tensor& out, const at::Tensor& mean,
-         const at::Tensor& rstd, const at::Tensor& s1, const at::Tensor& s2, const NormPlan& p, bool relu,
-         double eps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const int64_t B = x.size(0);
-  if (!p.pixels) {
-    auto a = norm_args<scalar_t, acc_t, int32_t>(x, weight, bias, residual, grad_out, out, mean, rstd, p, relu, eps);
-    if (grad) {
-      a.s1 = s1.template mutable_data_ptr<acc_t>();
-      a.s2 = s2.template mutable_data_ptr<acc_t>();
-    }
-    with_planes_variant<scalar_t>(p, [&](auto vec, auto cached) {
-      run_planes<grad, decltype(vec)::value, decltype(cached)::value>(a, B * x.size(1));
-    });
-    return;
-  }
-  with_variant<scalar_t>(p.vec, p.wide, [&](auto vec, auto index) {
-    using index_t = typename decltype(index)::type;
-    auto a = norm_args<scalar_t, acc_t, index_t>(x, weight, bias, residual, grad_out, out, mean, rstd, p, relu, eps);
-    if (grad) {
-      a.s1 = s1.template mutable_data_ptr<acc_t>();
-      a.s2 = s2.template mutable_data_ptr<acc_t>();
-    }
-    run_pixels<grad, decltype(vec)::value>(a, p, B, x);
-  });
+void run(const NormTensors& t, const NormPlan& p) {
+  const int64_t planes = t.x.size(0) * t.x.size(1);
+  with_norm_args<scalar_t>(
+      t, p,
+      [&](const auto& a, auto vec, auto cached) {
+        run_planes<grad, decltype(vec)::value, decltype(cached)::value>(a, planes);
+      },
+      [&](const auto& a, auto vec) { run_pixels<grad, decltype(vec)::value>(a, p, t.x); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> emulated_forward(const at::Tensor& x,
@@ -160,8 +143,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulated_forward(const at::Tensor
   if (res.defined()) maps.push_back(res);
   const NormPlan plan = plan_norm(x, maps, wide_index, "instance_norm_act_residual");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "emulated_instance_norm", [&] {
-    run<false, scalar_t>(x, weight, bias, res, at::Tensor(), y.view, mean.view, rstd.view, at::Tensor(),
-                         at::Tensor(), plan, act == Act::Relu, eps);
+    run<false, scalar_t>({x, weight, bias, res, {}, y.view, mean.view, rstd.view, {}, {}, act == Act::Relu, eps}, plan);
   });
   check_guards(y, "y");
   check_guards(mean, "mean");
@@ -185,8 +167,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> emulated_backward(const at::Tenso
   const auto m = mean.contiguous(), rs = rstd.contiguous();
   const NormPlan plan = plan_norm(x, {x, grad}, wide_index, "instance_norm_act_residual_backward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "emulated_instance_norm_backward", [&] {
-    run<true, scalar_t>(x, weight, bias, at::Tensor(), grad, gx.view, m, rs, s1.view, s2.view, plan,
-                        act == Act::Relu, 0.0);
+    run<true, scalar_t>({x, weight, bias, {}, grad, gx.view, m, rs, s1.view, s2.view, act == Act::Relu, 0.0}, plan);
   });
   check_guards(gx, "grad x");
   check_guards(s1, "the sums of gz");

@@ -111,8 +111,9 @@ __global__ void __launch_bounds__(kThreads) norm_pixels_kernel(const NormArgs<sc
 
 // The pixels path: chunk statistics (or sums), their combination per plane, the elementwise pass.
 template <bool grad, int vec, typename scalar_t, typename acc_t, typename index_t>
-void launch_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, int64_t B, const at::Tensor& x) {
+void launch_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, const at::Tensor& x) {
   const auto stream = at::cuda::getCurrentCUDAStream();
+  const int64_t B = x.size(0);
   auto chunk_a = at::empty({B, p.chunks, a.C}, x.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
   auto chunk_b = at::empty_like(chunk_a);
   a.chunk_a = chunk_a.template mutable_data_ptr<acc_t>();
@@ -132,38 +133,20 @@ void launch_pixels(NormArgs<scalar_t, acc_t, index_t> a, const NormPlan& p, int6
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-template <bool grad, typename scalar_t, typename acc_t>
-void launch_norm(const at::Tensor& x, const std::optional<at::Tensor>& weight, const std::optional<at::Tensor>& bias,
-                 const at::Tensor& residual, const at::Tensor& grad_out, const at::Tensor& out,
-                 const at::Tensor& mean, const at::Tensor& rstd, const at::Tensor& s1, const at::Tensor& s2,
-                 const NormPlan& p, bool relu, double eps) {
-  const int64_t B = x.size(0);
+template <bool grad, typename scalar_t>
+void launch_norm(const NormTensors& t, const NormPlan& p) {
   const auto stream = at::cuda::getCurrentCUDAStream();
-  if (!p.pixels) {
-    auto a = norm_args<scalar_t, acc_t, int32_t>(x, weight, bias, residual, grad_out, out, mean, rstd, p, relu, eps);
-    if (grad) {
-      a.s1 = s1.template mutable_data_ptr<acc_t>();
-      a.s2 = s2.template mutable_data_ptr<acc_t>();
-    }
-    with_planes_variant<scalar_t>(p, [&](auto vec, auto cached) {
-      const auto blocks = static_cast<unsigned>(B * x.size(1));
-      if (grad)
-        norm_planes_backward_kernel<decltype(vec)::value, decltype(cached)::value><<<blocks, kThreads, 0, stream>>>(a);
-      else
-        norm_planes_forward_kernel<decltype(vec)::value, decltype(cached)::value><<<blocks, kThreads, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    });
-    return;
-  }
-  with_variant<scalar_t>(p.vec, p.wide, [&](auto vec, auto index) {
-    using index_t = typename decltype(index)::type;
-    auto a = norm_args<scalar_t, acc_t, index_t>(x, weight, bias, residual, grad_out, out, mean, rstd, p, relu, eps);
-    if (grad) {
-      a.s1 = s1.template mutable_data_ptr<acc_t>();
-      a.s2 = s2.template mutable_data_ptr<acc_t>();
-    }
-    launch_pixels<grad, decltype(vec)::value>(a, p, B, x);
-  });
+  const auto blocks = static_cast<unsigned>(t.x.size(0) * t.x.size(1));
+  with_norm_args<scalar_t>(
+      t, p,
+      [&](const auto& a, auto vec, auto cached) {
+        if (grad)
+          norm_planes_backward_kernel<decltype(vec)::value, decltype(cached)::value><<<blocks, kThreads, 0, stream>>>(a);
+        else
+          norm_planes_forward_kernel<decltype(vec)::value, decltype(cached)::value><<<blocks, kThreads, 0, stream>>>(a);
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      },
+      [&](const auto& a, auto vec) { launch_pixels<grad, decltype(vec)::value>(a, p, t.x); });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cuda(
@@ -182,8 +165,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_cuda(
   if (res.defined()) maps.push_back(res);
   const NormPlan plan = plan_norm(x, maps, false, "instance_norm_act_residual");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_act_residual_cuda", [&] {
-    launch_norm<false, scalar_t, at::opmath_type<scalar_t>>(x, weight, bias, res, at::Tensor(), y, mean, rstd,
-                                                            at::Tensor(), at::Tensor(), plan, act == Act::Relu, eps);
+    launch_norm<false, scalar_t>({x, weight, bias, res, {}, y, mean, rstd, {}, {}, act == Act::Relu, eps}, plan);
   });
   return {y, mean, rstd};
 }
@@ -202,8 +184,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_backwa
   const auto m = mean.contiguous(), rs = rstd.contiguous();  // (B, C) of the forward: already so, no copy
   const NormPlan plan = plan_norm(x, {x, grad}, false, "instance_norm_act_residual_backward");
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "instance_norm_backward_cuda", [&] {
-    launch_norm<true, scalar_t, at::opmath_type<scalar_t>>(x, weight, bias, at::Tensor(), grad, gx, m, rs, s1, s2,
-                                                           plan, act == Act::Relu, 0.0);
+    launch_norm<true, scalar_t>({x, weight, bias, {}, grad, gx, m, rs, s1, s2, act == Act::Relu, 0.0}, plan);
   });
   const auto param_dtype = weight ? weight->scalar_type() : (bias ? bias->scalar_type() : x.scalar_type());
   return {gx, s2.sum(0).to(param_dtype), s1.sum(0).to(param_dtype)};
