@@ -75,6 +75,18 @@ ACKD_HOST_DEVICE inline void load_plane(const Map<const scalar_t, index_t>& m, c
 
 // ---------------------------------------------------------------------------------------------- planes, forward
 
+// a * b + c rounded once, the same on the host and the device: the ReLU's mask in the backward is computed in
+// two passes (the sums, then grad x) that must agree on every element, which a compiler free to contract
+// a * b + c in one place and not the other would not guarantee.
+template <typename acc_t>
+ACKD_HOST_DEVICE inline acc_t fused_madd(acc_t a, acc_t b, acc_t c) {
+#if defined(__CUDA_ARCH__)
+  return ::fma(a, b, c);
+#else
+  return std::fma(a, b, c);
+#endif
+}
+
 template <typename acc_t>
 ACKD_HOST_DEVICE inline acc_t inv_sqrt(acc_t v) {
 #if defined(__CUDA_ARCH__)
@@ -169,7 +181,7 @@ ACKD_HOST_DEVICE inline void plane_write(const NormArgs<scalar_t, acc_t, index_t
     if (rb) load_plane<vec>(a.res, rb, a.res_flat, a.W, i, r);
     Pack<scalar_t, vec> out;
     for (int e = 0; e < vec; ++e) {
-      acc_t z = v[e] * scale + shift;
+      acc_t z = fused_madd(v[e], scale, shift);
       if (a.relu) z = z > acc_t(0) ? z : acc_t(0);
       if (rb) z += r[e];
       out.v[e] = static_cast<scalar_t>(z);
@@ -195,7 +207,7 @@ ACKD_HOST_DEVICE inline void plane_grad_terms(const NormArgs<scalar_t, acc_t, in
   load_plane<vec>(a.grad, gb, a.grad_flat, a.W, i, gz);
   for (int e = 0; e < vec; ++e) {
     xhat[e] = (v[e] - mean) * rstd;
-    if (a.relu && xhat[e] * wc + bc_ <= acc_t(0)) gz[e] = acc_t(0);
+    if (a.relu && fused_madd(xhat[e], wc, bc_) <= acc_t(0)) gz[e] = acc_t(0);
   }
 }
 
@@ -389,7 +401,7 @@ ACKD_HOST_DEVICE inline void pixels_apply(const NormArgs<scalar_t, acc_t, index_
   for (int e = 0; e < vec; ++e) {
     const int64_t bc = b * a.C + c + e;
     const acc_t scale = a.rstd[bc] * a.scale_of(c + e), shift = a.shift_of(c + e) - a.mean[bc] * scale;
-    acc_t z = v[e] * scale + shift;
+    acc_t z = fused_madd(v[e], scale, shift);
     if (a.relu) z = z > acc_t(0) ? z : acc_t(0);
     if (a.res.ptr) z += r[e];
     out.v[e] = static_cast<scalar_t>(z);
@@ -407,7 +419,7 @@ ACKD_HOST_DEVICE inline void pixel_grad_terms(const NormArgs<scalar_t, acc_t, in
   for (int e = 0; e < vec; ++e) {
     const int64_t bc = b * a.C + c + e;
     xhat[e] = (v[e] - a.mean[bc]) * a.rstd[bc];
-    if (a.relu && xhat[e] * a.scale_of(c + e) + a.shift_of(c + e) <= acc_t(0)) gz[e] = acc_t(0);
+    if (a.relu && fused_madd(xhat[e], a.scale_of(c + e), a.shift_of(c + e)) <= acc_t(0)) gz[e] = acc_t(0);
   }
 }
 

@@ -45,8 +45,10 @@ def layout(x: torch.Tensor, kind: str) -> torch.Tensor:
 LAYOUTS = ["contiguous", "channels_last", "sliced_channels", "strided_width"]
 
 
-def close(got, want, dtype):
-    tol = TOLERANCE[dtype]
+def close(got, want, dtype, terms=1):
+    """got equals want to dtype's tolerance; `terms`: each value is a sum of that many, whose rounding grows like
+    the square root of their count (the weight and bias gradients sum over every pixel of the batch)."""
+    tol = TOLERANCE[dtype] * max(1.0, terms**0.5 / 8)
     assert torch.isfinite(got).all(), "an output element was not written"
     torch.testing.assert_close(got.double(), want.double(), rtol=tol, atol=tol)
 
@@ -184,8 +186,9 @@ def check_emulated(target, sizes, mode, dtype, kind, channels, grid=0, wide_inde
         grad, sources, weights, mode, grid, wide_index, weight_table
     )
     expected = torch.autograd.grad(want, exact, grad.double())
+    terms = want.numel()  # a weight's gradient <resize(grad), source> sums over every output element
     for g, e, a in zip((*got_sources, got_weights), expected, (*sources, weights), strict=True):
-        close(g, e, dtype)
+        close(g, e, dtype, terms if g is got_weights else 1)
         assert g.shape == a.shape and g.dtype == a.dtype
     for g, a in zip(got_sources, sources, strict=True):
         assert g.is_contiguous(memory_format=ops._output_format(a))
@@ -311,12 +314,20 @@ def check_norm(shape, dtype, device, kind, affine, with_residual, act, param_dty
 def check_norm_emulated(shape, dtype, kind, affine, with_residual, act, param_dtype=None, wide_index=False):
     """The CUDA kernels' code on the CPU (_emulated_cuda_instance_norm_act_residual and its backward) against the
     fp64 reference: y, the statistics, and the gradients of x, weight and bias."""
-    x, weight, bias, residual = norm_inputs(shape, dtype, "cpu", "contiguous", affine, with_residual)
+    while True:
+        x, weight, bias, residual = norm_inputs(shape, dtype, "cpu", "contiguous", affine, with_residual)
+        if affine:
+            weight = torch.randn(2 * shape[1], dtype=param_dtype or dtype)[::2]  # strided, read through its stride
+            bias = torch.randn(shape[1], dtype=param_dtype or dtype)
+        # No pre-activation within fp32's rounding (~1e-6 here) of the ReLU's kink, where the kernels and the fp64
+        # reference may take different sides: draw again (a draw of 10^5 elements has one below 1e-5 about half
+        # the time).
+        params = [None if p is None else p.double() for p in (weight, bias)]
+        z = reference.instance_norm_act_residual(x.double(), *params, act="none", eps=1e-3)
+        if act != "relu" or z.abs().min() > 1e-5:
+            break
     x = emulated_layout(x, kind)
     residual = None if residual is None else emulated_layout(residual, kind)
-    if affine:
-        weight = torch.randn(2 * shape[1], dtype=param_dtype or dtype)[::2]  # strided, read through its stride
-        bias = torch.randn(shape[1], dtype=param_dtype or dtype)
     y, mean, rstd = torch.ops.ackd_fast._emulated_cuda_instance_norm_act_residual(
         x, weight, bias, residual, act, 1e-3, wide_index
     )
@@ -337,8 +348,9 @@ def check_norm_emulated(shape, dtype, kind, affine, with_residual, act, param_dt
     # for a channels_last grad of a contiguous output (checked against finite differences)
     expected = torch.autograd.grad(want, [e for e in exact if e is not None], grad.double().contiguous())
     got = [gx] + ([gw, gb] if affine else [])
+    terms = shape[0] * shape[2] * shape[3]
     for g, e, t in zip(got, expected, live, strict=True):
-        close(g, e, dtype)
+        close(g, e, dtype, 1 if g is gx else terms)
         assert g.dtype == t.dtype and g.shape == t.shape
     assert gx.is_contiguous(memory_format=ops._output_format(x))
 
