@@ -94,7 +94,9 @@ def extensions():
     # torch adds the C++ standard it needs (C++20 for torch 2.14)
     # -fopenmp: at::parallel_for is header code that runs serially without it; the extension then shares
     # torch's libgomp.so.1 (same soname), so there is one OpenMP runtime.
-    cxx = ["-O3", "-fopenmp", *_cpu_vector_flags()]
+    # -g0: Python's own CFLAGS add -g; debug info for optimised template-heavy code roughly doubled the C++ files'
+    # compile time (the build a newcomer waits for) and nobody steps through these kernels in a debugger
+    cxx = ["-O3", "-g0", "-fopenmp", *_cpu_vector_flags()]
     link = ["-fopenmp"]
     if not _want_cuda():
         print("ackd_fast: building CPU kernels only", flush=True)

@@ -1,7 +1,8 @@
 // The operator library: every schema of ackd_fast._C is declared here, once.
 // Kernels register against these schemas from cpu/ and cuda/ (torchvision style: each backward is an op of its own);
-// Python reaches them only through the dispatcher (torch.ops.ackd_fast.*) and wires autograd and fake kernels in
-// ackd_fast/ops.py, so torch.compile, opcheck and export see ordinary ops.
+// autograd.cpp gives the ACK-F forward ops their autograd and autocast.cpp their autocast kernels; Python reaches them
+// only through the dispatcher (torch.ops.ackd_fast.*) and adds the fake kernels (ackd_fast/ops/fusion.py), so
+// torch.compile, opcheck and export see ordinary ops.
 #include <Python.h>
 #include <torch/library.h>
 

@@ -443,6 +443,56 @@ def test_opcheck(device):
     torch.library.opcheck(torch.ops.ackd_fast.ack_attention_backward.default, args)
 
 
+def _through_op(q, keys, values, heads, scale=None):
+    return torch.ops.ackd_fast.ack_attention(q, list(keys), list(values), heads, scale)[0]
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_eager_calls_skip_the_dispatcher_and_equal_the_op(autocast, device):
+    """A plain eager call runs the kernels under an autograd.Function, not through the op: the same values and
+    gradients, bit for bit, as the op and its registered autograd, under autocast too (fp16 on fp32 inputs: the
+    output in fp16, the gradients in the inputs' fp32); without grad it returns a tensor with no grad_fn."""
+    heads = 2
+    q, keys, values = make_inputs(2, heads, 16, torch.float32, device, batch=1)
+    grad = torch.randn(q.shape, dtype=torch.float64, device=device)
+    with torch.autocast(device.type, dtype=torch.float16, enabled=autocast):
+        got, want = run(ops.ack_attention, q, keys, values, heads, grad), run(_through_op, q, keys, values, heads, grad)
+        leaves = [x.detach().requires_grad_() for x in (q, *keys, *values)]
+        out = ops.ack_attention(leaves[0], leaves[1:3], leaves[3:], heads)
+        assert type(out.grad_fn).__name__ == "_AckAttentionFunctionBackward"
+        with torch.no_grad():
+            assert ops.ack_attention(leaves[0], leaves[1:3], leaves[3:], heads).grad_fn is None
+    assert got[0].dtype == (torch.float16 if autocast else torch.float32)
+    assert all(g.dtype == torch.float32 for g in got[1:])
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    # as through the op: the gradients' own gradient raises (never a silent zero)
+    (dq,) = torch.autograd.grad(out.float().sum(), leaves[0], create_graph=True)
+    with pytest.raises(RuntimeError, match=r"ack_attention_backward\.default but no autograd formula"):
+        dq.sum().backward()
+
+
+def test_modes_and_transforms_see_the_op(device):
+    """Under a dispatch mode the call goes through `ackd_fast::ack_attention` and its backward op, so a mode that
+    counts or rewrites ops sees them."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Seen(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.add(str(func))
+            return func(*args, **(kwargs or {}))
+
+    q, keys, values = make_inputs(1, 2, 16, torch.float32, device, batch=1)
+    q.requires_grad_()
+    with Seen() as seen:
+        ops.ack_attention(q, keys, values, 2).sum().backward()
+    assert {"ackd_fast.ack_attention.default", "ackd_fast.ack_attention_backward.default"} <= seen.ops
+
+
 def test_module_compiles_with_fullgraph(device):
     """ACKAttention on the Triton backend compiles without graph breaks, forward and backward; values as eager."""
     torch._dynamo.reset()

@@ -13,8 +13,8 @@ import torch
 from ackd_fast import ops
 
 OPS = ("ack_accumulate", "ack_accumulate_backward", "instance_norm_act_residual", "instance_norm_act_residual_backward")
-# The forward ops also have autocast kernels (csrc/autocast.cpp).
-AUTOCAST_OPS = ("ack_accumulate", "instance_norm_act_residual")
+# The forward ops also have autocast kernels (csrc/autocast.cpp) and C++ autograd kernels (csrc/autograd.cpp).
+AUTOCAST_OPS = AUTOGRAD_OPS = ("ack_accumulate", "instance_norm_act_residual")
 EXPECT_CUDA_BUILD = os.environ.get("ACKD_FAST_EXPECT_CUDA_BUILD") == "1"
 
 
@@ -33,6 +33,9 @@ def test_extension_loads_and_registers_its_ops():
     for name in AUTOCAST_OPS:
         for key in ("AutocastCPU", "AutocastCUDA"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ackd_fast::{name}", key), (name, key)
+    for name in AUTOGRAD_OPS:  # registered in C++, so an eager call never returns to Python before the kernel
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"ackd_fast::{name}", "Autograd"), name
+        assert "csrc/autograd.cpp" in torch._C._dispatch_dump(f"ackd_fast::{name}"), name
 
 
 @pytest.mark.skipif(not EXPECT_CUDA_BUILD, reason="a CUDA build is not expected here")

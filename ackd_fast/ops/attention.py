@@ -3,6 +3,7 @@
 Triton kernels do not take (memory linear in the tokens: the (Nq x Nkv) score matrix is never held).
 
 Registered with `torch.library.custom_op` so that torch.compile traces through it; its backward is an op of its own.
+Plain eager calls skip the dispatcher and run the same kernels under an autograd.Function (see "eager calls").
 
 Autocast: q, keys and values are cast to autocast's dtype (fp64 is left alone), the rule of matmul and
 scaled_dot_product_attention, and the op runs with autocast off; the kernels accumulate in fp32 and keep the
@@ -49,6 +50,8 @@ def ack_attention(
             _CHECKED.add(key)
     if scale is not None:
         scale = float(scale)
+    if key is not None and _plain_eager():
+        return _eager_call(q, keys, values, heads, scale)
     return torch.ops.ackd_fast.ack_attention(q, list(keys), list(values), heads, scale)[0]
 
 
@@ -136,21 +139,27 @@ def _ack_attention_backward_fake(grad_out, q, keys, values, out, lse, heads, sca
     return like(q), [like(k) for k in keys], [like(v) for v in values]
 
 
-def _ack_attention_setup_context(ctx, inputs, output):
-    q, keys, values, heads, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
+def _save(ctx, q, keys, values, out, lse, heads, scale) -> None:
     ctx.save_for_backward(q, *keys, *values, out, lse)
     ctx.sources, ctx.heads, ctx.scale = len(keys), heads, scale
 
 
-def _ack_attention_backward(ctx, grad_out, _grad_lse):
+def _saved(ctx) -> tuple:
+    """What the backward takes besides grad_out, from what `_save` kept: (q, keys, values, out, lse, heads, scale)."""
     q, *saved = ctx.saved_tensors
     n = ctx.sources
-    keys, values, (out, lse) = saved[:n], saved[n : 2 * n], saved[2 * n :]
-    dq, dkeys, dvalues = torch.ops.ackd_fast.ack_attention_backward(
-        grad_out, q, keys, values, out, lse, ctx.heads, ctx.scale
-    )
+    return q, saved[:n], saved[n : 2 * n], *saved[2 * n :], ctx.heads, ctx.scale
+
+
+def _ack_attention_setup_context(ctx, inputs, output):
+    q, keys, values, heads, scale = inputs
+    out, lse = output
+    ctx.mark_non_differentiable(lse)
+    _save(ctx, q, keys, values, out, lse, heads, scale)
+
+
+def _ack_attention_backward(ctx, grad_out, _grad_lse):
+    dq, dkeys, dvalues = torch.ops.ackd_fast.ack_attention_backward(grad_out, *_saved(ctx))
     return dq, dkeys, dvalues, None, None
 
 
@@ -159,17 +168,23 @@ torch.library.register_autograd(
 )
 
 
+def _autocast_inputs(device_type: str, q: Tensor, keys, values) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """q, keys and values in autocast's dtype on `device_type` (fp64 is left alone)."""
+    dtype = torch.get_autocast_dtype(device_type)
+
+    def cast(t: Tensor) -> Tensor:
+        return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
+
+    return cast(q), [cast(k) for k in keys], [cast(v) for v in values]
+
+
 def _autocast_kernel(device_type: str):
     """The op under autocast on `device_type`: inputs cast to autocast's dtype, then the op with autocast off."""
 
     def run(q, keys, values, heads, scale):
-        dtype = torch.get_autocast_dtype(device_type)
-
-        def cast(t: Tensor) -> Tensor:
-            return t.to(dtype) if t.is_floating_point() and t.dtype != torch.float64 else t
-
+        q, keys, values = _autocast_inputs(device_type, q, keys, values)
         with torch.autocast(device_type, enabled=False):
-            return _ack_attention_op(cast(q), [cast(k) for k in keys], [cast(v) for v in values], heads, scale)
+            return _ack_attention_op(q, keys, values, heads, scale)
 
     return run
 
@@ -177,3 +192,50 @@ def _autocast_kernel(device_type: str):
 # torch.library.register_autocast casts to one dtype fixed at registration; this follows the autocast region's.
 for _device_type, _key in (("cpu", "AutocastCPU"), ("cuda", "AutocastCUDA")):
     torch.library.impl("ackd_fast::ack_attention", _key, _autocast_kernel(_device_type))
+
+
+# ------------------------------------------------------------------------------------------- eager calls
+# Through the dispatcher, a custom op's autograd costs host time on every call: on 2 CPU cores about 130 us more
+# per forward+backward than an autograd.Function around the same kernels (benchmarks/host_overhead_cpu.py). In
+# eager mode with nothing that needs to see the op (no compile or trace, no torch-function or dispatch mode, no
+# functorch transform) `ack_attention` therefore runs the kernels through `_AckAttentionFunction`; everything
+# else goes through the op. Both run the same kernels with the same launch plans, so their values are equal.
+
+
+def _plain_eager() -> bool:
+    """Whether a call may skip the op: nothing is compiling, tracing or intercepting ops."""
+    # is_compiling first: under Dynamo it is a constant True and the private calls after it are never traced
+    return not (
+        torch.compiler.is_compiling()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._functorch.peek_interpreter_stack() is not None
+        or torch._C._get_tracing_state() is not None
+    )
+
+
+def _eager_call(q: Tensor, keys: Sequence[Tensor], values: Sequence[Tensor], heads: int, scale: float | None) -> Tensor:
+    """The op's result for plain tensors in plain eager mode, with the op's autocast rule and autograd."""
+    if torch.is_autocast_enabled(q.device.type):
+        q, keys, values = _autocast_inputs(q.device.type, q, keys, values)
+    if torch.is_grad_enabled() and any(x.requires_grad for x in (q, *keys, *values)):
+        return _AckAttentionFunction.apply(heads, scale, len(keys), q, *keys, *values)
+    return _kernels().forward(q, keys, values, heads, scale)[0]
+
+
+class _AckAttentionFunction(torch.autograd.Function):
+    """`ackd_fast::ack_attention` and its registered autograd without the dispatcher (eager calls only)."""
+
+    @staticmethod
+    def forward(ctx, heads: int, scale: float | None, sources: int, q: Tensor, *keys_and_values: Tensor) -> Tensor:
+        keys, values = keys_and_values[:sources], keys_and_values[sources:]
+        out, lse = _kernels().forward(q, keys, values, heads, scale)
+        _save(ctx, q, keys, values, out, lse, heads, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        # create_graph: through the backward op, so that differentiating the gradients raises as after the op
+        backward = torch.ops.ackd_fast.ack_attention_backward if torch.is_grad_enabled() else _kernels().backward
+        dq, dkeys, dvalues = backward(grad_out, *_saved(ctx))
+        return None, None, None, dq, *dkeys, *dvalues

@@ -1,7 +1,8 @@
 """ACK-F's ops, `ack_accumulate` and `instance_norm_act_residual`: C++/CUDA kernels in ackd_fast._C.
 
 They reach Python only through the dispatcher (`torch.ops.ackd_fast.*`); this file gives them their fake kernels
-(for torch.compile and opcheck) and their autograd, whose backward is an op of its own.
+(for torch.compile and opcheck). Their autograd is C++ (csrc/autograd.cpp, the Autograd key, as torchvision's ops),
+so an eager call stays in C++ down to the kernel; the backward is an op of its own.
 
 Autocast (csrc/autocast.cpp): the inputs that must share a dtype are promoted to the widest among them, as torch.cat
 does: the sources of `ack_accumulate`; x and residual of `instance_norm_act_residual`. Parameters keep their dtype.
@@ -69,42 +70,6 @@ def instance_norm_act_residual(
     return y
 
 
-def _accumulate_setup_context(ctx, inputs, output):
-    sources, weights, _, mode = inputs
-    ctx.save_for_backward(weights, *sources)
-    ctx.mode = mode
-
-
-def _accumulate_backward(ctx, grad):
-    weights, *sources = ctx.saved_tensors
-    grad_sources, grad_weights = torch.ops.ackd_fast.ack_accumulate_backward(grad, sources, weights, ctx.mode)
-    return list(grad_sources), grad_weights, None, None
-
-
-def _norm_setup_context(ctx, inputs, output):
-    x, weight, bias, residual, act, _ = inputs
-    _, mean, rstd = output
-    ctx.mark_non_differentiable(mean, rstd)
-    ctx.save_for_backward(x, mean, rstd, weight, bias)
-    ctx.act = act
-    ctx.has_residual = residual is not None
-
-
-def _norm_backward(ctx, grad, _grad_mean, _grad_rstd):
-    x, mean, rstd, weight, bias = ctx.saved_tensors
-    grad_x, grad_weight, grad_bias = torch.ops.ackd_fast.instance_norm_act_residual_backward(
-        grad, x, mean, rstd, weight, bias, ctx.act
-    )
-    return (
-        grad_x,
-        grad_weight if weight is not None else None,
-        grad_bias if bias is not None else None,
-        grad if ctx.has_residual else None,
-        None,
-        None,
-    )
-
-
 if dispatch.EXTENSION_LOADED:
 
     @torch.library.register_fake("ackd_fast::ack_accumulate")
@@ -129,10 +94,3 @@ if dispatch.EXTENSION_LOADED:
         param = weight if weight is not None else (bias if bias is not None else x)
         grad_param = x.new_empty(x.shape[1], dtype=param.dtype)
         return torch.empty_like(x, memory_format=_output_format(x)), grad_param, grad_param.clone()
-
-    torch.library.register_autograd(
-        "ackd_fast::ack_accumulate", _accumulate_backward, setup_context=_accumulate_setup_context
-    )
-    torch.library.register_autograd(
-        "ackd_fast::instance_norm_act_residual", _norm_backward, setup_context=_norm_setup_context
-    )
