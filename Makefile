@@ -1,6 +1,6 @@
 # `make demo` and `make test` are the two entry points (README.md). Each first sets up .venv: the pinned
 # packages of requirements.txt, then ackd_fast with its C++/CUDA extension, rebuilt when csrc/ changes.
-# On a machine without a GPU, `make demo` builds the extension's CPU kernels only (about 1.5 minutes instead of 4);
+# On a machine without a GPU, `make demo` builds the extension's CPU kernels only (about 1.3 minutes instead of 2.5);
 # its own stamp records that, so a later `make test` still builds the CUDA kernels.
 PYTHON ?= python3
 VENV := .venv

@@ -91,6 +91,9 @@ def _cpu_vector_flags() -> list[str]:
 def extensions():
     cpp = sorted(glob.glob("csrc/*.cpp")) + sorted(glob.glob("csrc/cpu/*.cpp"))
     cu = sorted(glob.glob("csrc/cuda/*.cu"))
+    # The emulation ops (csrc/cpu/*_emulated.cpp) run the CUDA kernels' code on the CPU, for the tests: a build
+    # without the CUDA kernels (the demo's, a CPU wheel) has nothing to emulate, and skips their compile.
+    emulation = sorted(glob.glob("csrc/cpu/*_emulated.cpp"))
     # torch adds the C++ standard it needs (C++20 for torch 2.14)
     # -fopenmp: at::parallel_for is header code that runs serially without it; the extension then shares
     # torch's libgomp.so.1 (same soname), so there is one OpenMP runtime.
@@ -100,7 +103,8 @@ def extensions():
     link = ["-fopenmp"]
     if not _want_cuda():
         print("ackd_fast: building CPU kernels only", flush=True)
-        return [CppExtension("ackd_fast._C", cpp, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
+        cpu_only = [f for f in cpp if f not in emulation]
+        return [CppExtension("ackd_fast._C", cpu_only, extra_compile_args={"cxx": cxx}, extra_link_args=link)]
     if not torch.cuda.is_available():
         # +PTX: a GPU newer than sm_90 JIT-compiles the PTX instead of failing with "no kernel image"
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")

@@ -19,7 +19,8 @@ import json
 import statistics
 import subprocess
 import sys
-from pathlib import Path
+
+import report  # benchmarks/report.py, beside this script
 
 PATHS = ("sdpa", "reference")
 BATCH, HEADS, HEAD_DIM = 1, 4, 64
@@ -92,11 +93,7 @@ def main(argv: list[str] | None = None) -> None:
         f"sdpa / reference: time {sdpa['median_s'] / ref['median_s']:.2f}x, peak memory "
         f"{sdpa['peak_mib'] / ref['peak_mib']:.3f}x",
     ]
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "ack_attention_cpu.json").write_text(json.dumps({"flops": flops, "rows": rows}, indent=1))
-    (out / "ack_attention_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write_result(a.out, "ack_attention_cpu", {"flops": flops, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import report  # benchmarks/report.py, beside this script
+
 BATCH, HEADS, HEAD_DIM, SIDE, SOURCES, CHANNELS = 1, 4, 64, 8, 3, 8
 
 
@@ -172,11 +174,7 @@ def main(argv: list[str] | None = None) -> None:
             base = median["baseline"].get(row)
             line += f" {base:.1f} | {us / base:.2f}x |" if base else " - | - |"
         lines.append(line)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "host_overhead_cpu.json").write_text(json.dumps({"median_us": median, "runs": runs}, indent=1))
-    (out / "host_overhead_cpu.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    report.write_result(a.out, "host_overhead_cpu", {"median_us": median, "runs": runs}, lines)
 
 
 if __name__ == "__main__":

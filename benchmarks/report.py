@@ -31,6 +31,16 @@ LEGACY_FAST_PATHS = {"extension", "ackd_triton", "ackd"}
 NOT_BENCHMARKS = {"ceilings.json"}
 
 
+def write_result(out: str | Path, stem: str, data, lines: list[str]) -> None:
+    """What a CPU benchmark script leaves: OUT/stem.json (`data`) and OUT/stem.md (`lines`), the table also on
+    stdout."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(data, indent=1))
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 # ----------------------------------------------------------------------------------------------- environment
 
 

@@ -3,6 +3,8 @@ the fp64 reference on fresh random inputs, every layout and dtype, every output 
 ops and of their backward ops by opcheck and by bad input, autocast's promote rule, determinism across thread counts,
 and on CUDA the channels_last norm and capture in a CUDA graph."""
 
+import os
+
 import pytest
 import torch
 
@@ -156,6 +158,16 @@ def test_accumulate_half_precision_on_cpu(dtype):
 # where the layout allows, int32 or int64 offsets, reader tables with or without weights). They raise on a
 # misaligned vector access and on a write outside an output. So these check the GPU code without a GPU.
 
+# Built with the CUDA kernels (setup.py: a CPU-only build has nothing to emulate). CI's build must have them
+# (ACKD_FAST_EXPECT_CUDA_BUILD=1): there these tests never skip.
+EMULATION_BUILT = ops.EXTENSION_LOADED and torch._C._dispatch_has_kernel_for_dispatch_key(
+    "ackd_fast::_emulated_cuda_ack_accumulate", "CPU"
+)
+emulated = pytest.mark.skipif(
+    not EMULATION_BUILT and os.environ.get("ACKD_FAST_EXPECT_CUDA_BUILD") != "1",
+    reason="ackd_fast._C was built without its CUDA kernels, so without their emulation",
+)
+
 # (target, source sizes): the cases above, plus widths that are multiples of 8 (planes take 16-byte vectors) and a
 # source far smaller than the target (wide reader ranges).
 EMULATED_CASES = [*ACCUMULATE_CASES, ((6, 40), [(6, 40), (3, 16), (12, 80)]), ((9, 64), [(2, 3)])]
@@ -197,6 +209,7 @@ def check_emulated(target, sizes, mode, dtype, kind, channels, grid=0, wide_inde
 @pytest.mark.parametrize("mode", reference.RESIZE_MODES)
 @pytest.mark.parametrize(("target", "sizes"), EMULATED_CASES)
 @pytest.mark.parametrize("kind", EMULATED_LAYOUTS)
+@emulated
 def test_cuda_kernels_emulated(mode, target, sizes, kind):
     """fp32 at 5 channels (scalar accesses) and 8 (4-wide vectors along C for channels_last), fp64 at 6 (2-wide)."""
     for dtype, channels in ((torch.float32, 5), (torch.float32, 8), (torch.float64, 6)):
@@ -205,6 +218,7 @@ def test_cuda_kernels_emulated(mode, target, sizes, kind):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@emulated
 def test_cuda_kernels_emulated_half_precision(dtype, kind):
     """8-wide vectors of fp16/bf16, accumulated in fp32 (the host's conversions are exact, unlike the interpreter's)."""
     for target, sizes in EMULATED_CASES[-2:]:
@@ -213,6 +227,7 @@ def test_cuda_kernels_emulated_half_precision(dtype, kind):
 
 @pytest.mark.parametrize("mode", reference.RESIZE_MODES)
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last", "strided_width"])
+@emulated
 def test_cuda_kernels_emulated_variants(mode, kind):
     """The variants the launcher picks for large maps or extreme ratios, forced at small sizes: int64 offsets,
     reader tables without weights, and fewer blocks than tiles (each block walks several tiles of several sources)."""
@@ -222,6 +237,7 @@ def test_cuda_kernels_emulated_variants(mode, kind):
     check_emulated(target, sizes, mode, torch.float32, kind, 8, grid=7, wide_index=True, weight_table=True)
 
 
+@emulated
 def test_cuda_kernels_emulated_mixed_layouts():
     sources = [torch.randn(2, 8, *s, dtype=f64) for s in [(13, 11), (7, 6), (4, 3)]]
     weights = torch.randn(3, dtype=f64)
@@ -358,6 +374,7 @@ def check_norm_emulated(shape, dtype, kind, affine, with_residual, act, param_dt
 @pytest.mark.parametrize("kind", EMULATED_LAYOUTS)
 @pytest.mark.parametrize(("affine", "with_residual", "act"), [(True, True, "relu"), (False, False, "none"),
                                                               (True, False, "none")])  # fmt: skip
+@emulated
 def test_norm_cuda_kernels_emulated(kind, affine, with_residual, act):
     """Planes: 13 x 11 (scalar, cached), 8 x 8 (4-wide packs) and 67 x 63 (past the register cache); channels_last:
     75 channels (scalar, 3 chunks of pixels), 76 (4-wide packs, a partial block of channels) and 300 (two full
@@ -370,12 +387,14 @@ def test_norm_cuda_kernels_emulated(kind, affine, with_residual, act):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("kind", ["contiguous", "channels_last"])
+@emulated
 def test_norm_cuda_kernels_emulated_half_precision(dtype, kind):
     """8-wide packs of fp16/bf16 maps, with parameters in their dtype and in fp32 (as under autocast)."""
     for param_dtype in (None, torch.float32):
         check_norm_emulated((2, 16, 8, 8), dtype, kind, True, True, "relu", param_dtype)
 
 
+@emulated
 def test_norm_cuda_kernels_emulated_wide_offsets():
     check_norm_emulated((2, 12, 9, 7), torch.float32, "channels_last", True, True, "relu", wide_index=True)
 
