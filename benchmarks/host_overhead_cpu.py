@@ -36,7 +36,9 @@ import report  # benchmarks/report.py, beside this script
 BATCH, HEADS, HEAD_DIM, SIDE, SOURCES, CHANNELS = 1, 4, 64, 8, 3, 8
 
 
-def _attention_calls(torch, grad):
+def _attention_calls():
+    import torch
+
     from ackd_fast import ops
     from ackd_fast.ops import attention
 
@@ -76,7 +78,8 @@ def _attention_calls(torch, grad):
     return calls
 
 
-def _fusion_calls(torch):
+def _fusion_calls():
+    import torch
     import torch.nn.functional as F
 
     from ackd_fast import ops
@@ -109,7 +112,7 @@ def child(rounds: int, calls: int) -> None:
     import torch
 
     torch.manual_seed(0)
-    todo = {**_attention_calls(torch, None), **_fusion_calls(torch)}
+    todo = {**_attention_calls(), **_fusion_calls()}
     for fn in todo.values():
         for _ in range(20):
             fn()

@@ -8,9 +8,10 @@
 // accumulation type. The casts are ordinary differentiable ops, so gradients reach each input in its own dtype.
 // The backward ops have no autocast kernel (they run on what the forward saved, already of one dtype).
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
+
+#include "op_handles.h"
 
 namespace ackd_fast {
 namespace {
@@ -35,10 +36,7 @@ at::Tensor ack_accumulate_autocast(at::TensorList sources, const at::Tensor& wei
   const auto dtype = widest(sources.vec());
   std::vector<at::Tensor> cast;
   for (const auto& a : sources) cast.push_back(cast_to(a, dtype));
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("ackd_fast::ack_accumulate", "")
-                       .typed<at::Tensor(at::TensorList, const at::Tensor&, at::IntArrayRef, c10::string_view)>();
-  return op.call(cast, weights, size, mode);
+  return accumulate_op().call(cast, weights, size, mode);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_autocast(
@@ -47,12 +45,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_autoca
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const auto dtype = widest({x, residual.value_or(at::Tensor())});
   const auto cast_residual = residual ? std::optional<at::Tensor>(cast_to(*residual, dtype)) : std::nullopt;
-  static auto op = c10::Dispatcher::singleton()
-                       .findSchemaOrThrow("ackd_fast::instance_norm_act_residual", "")
-                       .typed<std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-                           const at::Tensor&, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                           const std::optional<at::Tensor>&, c10::string_view, double)>();
-  return op.call(cast_to(x, dtype), weight, bias, cast_residual, act, eps);
+  return norm_op().call(cast_to(x, dtype), weight, bias, cast_residual, act, eps);
 }
 
 }  // namespace

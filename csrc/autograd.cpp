@@ -8,9 +8,10 @@
 //
 // Under autocast the Autocast kernels (autocast.cpp) run first and call these with inputs of one dtype.
 #include <ATen/ATen.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
+
+#include "op_handles.h"
 
 namespace ackd_fast {
 namespace {
@@ -18,42 +19,24 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-using AccumulateSignature = at::Tensor(at::TensorList, const at::Tensor&, at::IntArrayRef, c10::string_view);
-using AccumulateBackwardSignature =
-    std::tuple<std::vector<at::Tensor>, at::Tensor>(const at::Tensor&, at::TensorList, const at::Tensor&,
-                                                    c10::string_view);
-using Optional = std::optional<at::Tensor>;
-using NormSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(const at::Tensor&, const Optional&,
-                                                                     const Optional&, const Optional&,
-                                                                     c10::string_view, double);
-using NormBackwardSignature = std::tuple<at::Tensor, at::Tensor, at::Tensor>(
-    const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const Optional&, const Optional&,
-    c10::string_view);
-
 class AccumulateFunction : public torch::autograd::Function<AccumulateFunction> {
  public:
   // Gradients come back for every source and the weights, in that order, then none for size and mode.
   static at::Tensor forward(AutogradContext* ctx, at::TensorList sources, const at::Tensor& weights,
                             at::IntArrayRef size, c10::string_view mode) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static auto op = find_op<AccumulateSignature>("ackd_fast::ack_accumulate");
     variable_list saved{weights};
     saved.insert(saved.end(), sources.begin(), sources.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["mode"] = std::string(mode);
-    return op.call(sources, weights, size, mode);
+    return accumulate_op().call(sources, weights, size, mode);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = find_op<AccumulateBackwardSignature>("ackd_fast::ack_accumulate_backward");
     const auto saved = ctx->get_saved_variables();
     const variable_list sources(saved.begin() + 1, saved.end());
-    auto [grad_sources, grad_weights] = op.call(grads[0], sources, saved[0], ctx->saved_data["mode"].toStringRef());
+    auto [grad_sources, grad_weights] =
+        accumulate_backward_op().call(grads[0], sources, saved[0], ctx->saved_data["mode"].toStringRef());
     variable_list out(grad_sources.begin(), grad_sources.end());
     out.push_back(grad_weights);
     out.resize(out.size() + 2);  // size, mode
@@ -65,11 +48,11 @@ class NormFunction : public torch::autograd::Function<NormFunction> {
  public:
   // Outputs (y, mean, rstd); mean and rstd are not differentiable. Gradients for x, weight, bias and residual
   // (none for an absent one), then none for act and eps.
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const Optional& weight, const Optional& bias,
-                               const Optional& residual, c10::string_view act, double eps) {
+  static variable_list forward(AutogradContext* ctx, const at::Tensor& x, const OptionalTensor& weight,
+                               const OptionalTensor& bias, const OptionalTensor& residual, c10::string_view act,
+                               double eps) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    static auto op = find_op<NormSignature>("ackd_fast::instance_norm_act_residual");
-    auto [y, mean, rstd] = op.call(x, weight, bias, residual, act, eps);
+    auto [y, mean, rstd] = norm_op().call(x, weight, bias, residual, act, eps);
     ctx->mark_non_differentiable({mean, rstd});
     ctx->save_for_backward({x, mean, rstd, weight.value_or(at::Tensor()), bias.value_or(at::Tensor())});
     ctx->saved_data["act"] = std::string(act);
@@ -78,12 +61,12 @@ class NormFunction : public torch::autograd::Function<NormFunction> {
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto op = find_op<NormBackwardSignature>("ackd_fast::instance_norm_act_residual_backward");
     const auto saved = ctx->get_saved_variables();
     const at::Tensor &x = saved[0], &mean = saved[1], &rstd = saved[2], &weight = saved[3], &bias = saved[4];
-    const auto param = [](const at::Tensor& t) { return t.defined() ? Optional(t) : std::nullopt; };
+    const auto param = [](const at::Tensor& t) { return t.defined() ? OptionalTensor(t) : std::nullopt; };
     auto [grad_x, grad_weight, grad_bias] =
-        op.call(grads[0], x, mean, rstd, param(weight), param(bias), ctx->saved_data["act"].toStringRef());
+        norm_backward_op().call(grads[0], x, mean, rstd, param(weight), param(bias),
+                                ctx->saved_data["act"].toStringRef());
     return {grad_x,
             weight.defined() ? grad_weight : at::Tensor(),
             bias.defined() ? grad_bias : at::Tensor(),
@@ -99,8 +82,8 @@ at::Tensor ack_accumulate_autograd(at::TensorList sources, const at::Tensor& wei
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> instance_norm_act_residual_autograd(
-    const at::Tensor& x, const Optional& weight, const Optional& bias, const Optional& residual, c10::string_view act,
-    double eps) {
+    const at::Tensor& x, const OptionalTensor& weight, const OptionalTensor& bias, const OptionalTensor& residual,
+    c10::string_view act, double eps) {
   const auto out = NormFunction::apply(x, weight, bias, residual, act, eps);
   return {out[0], out[1], out[2]};
 }
